@@ -1,0 +1,341 @@
+//! Reference scalar codecs for every numeric dtype. These are the definition
+//! of each layout: the runtime's SIMD kernels are tested against them.
+//!
+//! q8 block (34 bytes): `f16 d` (little-endian), then `i8 q[32]`; x[i] = d * q[i].
+//! q4 block (18 bytes): `f16 d`, then 16 bytes; byte j holds element j in its
+//! low nibble and element j + 16 in its high nibble; x[i] = d * (nibble - 8).
+//!
+//! Error bounds (tested): q8 |x - x̂| <= |d| / 2 for every element; q4
+//! |x - x̂| <= |d| for every element (and <= |d| / 2 except where the value
+//! opposite in sign to the block's largest magnitude is clamped to +7).
+
+use crate::dtype::{DType, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
+use half::{bf16, f16};
+
+/// Why a slice could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CodecError {
+    /// Element `index` is NaN or infinite.
+    NonFinite { index: usize },
+    /// Element `index` needs a scale beyond f16's range (|x| > ~8.3e6 for q8).
+    OutOfRange { index: usize },
+    /// Quantised data must be a whole number of 32-element blocks.
+    NotWholeBlocks { len: usize },
+    /// The output buffer has the wrong size.
+    WrongOutputLen { expected: usize, actual: usize },
+}
+
+impl core::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            CodecError::NonFinite { index } => write!(f, "element {index} is not finite"),
+            CodecError::OutOfRange { index } => {
+                write!(f, "element {index} is too large for an f16 block scale")
+            }
+            CodecError::NotWholeBlocks { len } => {
+                write!(f, "{len} elements is not a multiple of the 32-element quantisation block")
+            }
+            CodecError::WrongOutputLen { expected, actual } => {
+                write!(f, "output buffer holds {actual} bytes, {expected} are needed")
+            }
+        }
+    }
+}
+
+/// Reads the f16 scale at the start of a block.
+#[inline]
+pub fn block_scale(block: &[u8]) -> f32 {
+    f16::from_le_bytes([block[0], block[1]]).to_f32()
+}
+
+/// Smallest f16 `d` with `|d| * limit >= amax`, so that rounding `x / d` never
+/// leaves [-limit, limit]. Rounding the ideal scale to f16 can make it slightly
+/// too small; stepping up one ulp fixes that and keeps the error bound exact.
+fn scale_for(amax: f32, limit: f32) -> Option<f16> {
+    let mut d = f16::from_f32(amax / limit);
+    while d.to_f32() * limit < amax {
+        if !d.is_finite() {
+            return None;
+        }
+        d = f16::from_bits(d.to_bits() + 1);
+    }
+    if d.is_finite() {
+        Some(d)
+    } else {
+        None
+    }
+}
+
+fn check_finite(x: &[f32], base: usize) -> Result<(), CodecError> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(CodecError::NonFinite { index: base + i }),
+        None => Ok(()),
+    }
+}
+
+/// Quantises one block of 32 values into 34 bytes.
+pub fn quantize_q8_block(x: &[f32], out: &mut [u8], base: usize) -> Result<(), CodecError> {
+    check_finite(x, base)?;
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = scale_for(amax, 127.0).ok_or(CodecError::OutOfRange { index: base })?;
+    out[..2].copy_from_slice(&d.to_le_bytes());
+    let df = d.to_f32();
+    for (o, &v) in out[2..2 + QK].iter_mut().zip(x) {
+        // Division rather than multiplication by the inverse keeps the
+        // rounding exactly at the half-step the bound promises.
+        let q = if df > 0.0 { libm::roundf(v / df) } else { 0.0 };
+        *o = (q.clamp(-127.0, 127.0) as i8) as u8;
+    }
+    Ok(())
+}
+
+/// Quantises one block of 32 values into 18 bytes.
+pub fn quantize_q4_block(x: &[f32], out: &mut [u8], base: usize) -> Result<(), CodecError> {
+    check_finite(x, base)?;
+    // As in ggml's Q4_0, the value of largest magnitude maps to -8 so the
+    // full 16-level range is used on its side.
+    let mut max = 0.0f32;
+    for &v in x {
+        if v.abs() > max.abs() {
+            max = v;
+        }
+    }
+    let mag = scale_for(max.abs(), 8.0).ok_or(CodecError::OutOfRange { index: base })?;
+    let d = if max > 0.0 { -mag } else { mag };
+    out[..2].copy_from_slice(&d.to_le_bytes());
+    let df = d.to_f32();
+    let mut q = [0u8; QK];
+    for (qi, &v) in q.iter_mut().zip(x) {
+        let r = if df != 0.0 { libm::roundf(v / df) } else { 0.0 };
+        *qi = (r.clamp(-8.0, 7.0) + 8.0) as u8;
+    }
+    for j in 0..QK / 2 {
+        out[2 + j] = q[j] | (q[j + QK / 2] << 4);
+    }
+    Ok(())
+}
+
+fn dequantize_q8_block(block: &[u8], out: &mut [f32]) {
+    let d = block_scale(block);
+    for (o, &b) in out.iter_mut().zip(&block[2..2 + QK]) {
+        *o = d * (b as i8) as f32;
+    }
+}
+
+fn dequantize_q4_block(block: &[u8], out: &mut [f32]) {
+    let d = block_scale(block);
+    for j in 0..QK / 2 {
+        let b = block[2 + j];
+        out[j] = d * ((b & 0x0f) as i32 - 8) as f32;
+        out[j + QK / 2] = d * ((b >> 4) as i32 - 8) as f32;
+    }
+}
+
+/// Encodes `x` as `dtype` into `out`, which must be exactly
+/// `dtype.byte_len(x.len())` bytes.
+pub fn encode(dtype: DType, x: &[f32], out: &mut [u8]) -> Result<(), CodecError> {
+    let need = dtype
+        .byte_len(x.len() as u64)
+        .ok_or(CodecError::NotWholeBlocks { len: x.len() })? as usize;
+    if out.len() != need {
+        return Err(CodecError::WrongOutputLen { expected: need, actual: out.len() });
+    }
+    match dtype {
+        DType::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            check_finite(x, 0)?;
+            for (i, (o, v)) in out.chunks_exact_mut(2).zip(x).enumerate() {
+                let h = f16::from_f32(*v);
+                if !h.is_finite() {
+                    return Err(CodecError::OutOfRange { index: i });
+                }
+                o.copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            check_finite(x, 0)?;
+            for (i, (o, v)) in out.chunks_exact_mut(2).zip(x).enumerate() {
+                let h = bf16::from_f32(*v);
+                if !h.is_finite() {
+                    return Err(CodecError::OutOfRange { index: i });
+                }
+                o.copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        DType::Q8 => {
+            for (i, (o, v)) in out.chunks_exact_mut(Q8_BLOCK_BYTES).zip(x.chunks_exact(QK)).enumerate() {
+                quantize_q8_block(v, o, i * QK)?;
+            }
+        }
+        DType::Q4 => {
+            for (i, (o, v)) in out.chunks_exact_mut(Q4_BLOCK_BYTES).zip(x.chunks_exact(QK)).enumerate() {
+                quantize_q4_block(v, o, i * QK)?;
+            }
+        }
+        DType::U8 => {
+            // Raw bytes carry no numbers; callers store them directly.
+            return Err(CodecError::WrongOutputLen { expected: 0, actual: out.len() });
+        }
+    }
+    Ok(())
+}
+
+/// Decodes `data` (of `dtype`) into `out`; `out.len()` is the element count.
+pub fn decode(dtype: DType, data: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
+    let need = dtype
+        .byte_len(out.len() as u64)
+        .ok_or(CodecError::NotWholeBlocks { len: out.len() })? as usize;
+    if data.len() != need {
+        return Err(CodecError::WrongOutputLen { expected: need, actual: data.len() });
+    }
+    match dtype {
+        DType::F32 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::F16 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        DType::Q8 => {
+            for (o, b) in out.chunks_exact_mut(QK).zip(data.chunks_exact(Q8_BLOCK_BYTES)) {
+                dequantize_q8_block(b, o);
+            }
+        }
+        DType::Q4 => {
+            for (o, b) in out.chunks_exact_mut(QK).zip(data.chunks_exact(Q4_BLOCK_BYTES)) {
+                dequantize_q4_block(b, o);
+            }
+        }
+        DType::U8 => {
+            for (o, &b) in out.iter_mut().zip(data) {
+                *o = b as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator so the tests need no crate.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next_f32(&mut self) -> f32 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    fn blocks(seed: u64) -> impl Iterator<Item = [f32; QK]> {
+        let mut rng = Lcg(seed);
+        (0..2000).map(move |i| {
+            // Vary the magnitude over many decades, include zeros and a lone spike.
+            let scale = 10f32.powi((i % 11) as i32 - 8);
+            let mut b = [0.0; QK];
+            for v in b.iter_mut() {
+                *v = rng.next_f32() * scale;
+            }
+            match i % 7 {
+                0 => b = [0.0; QK],
+                1 => b[(i / 7) % QK] = 1000.0 * scale,
+                2 => b[3] = -b[3].abs() * 50.0,
+                _ => {}
+            }
+            b
+        })
+    }
+
+    #[test]
+    fn q8_error_is_at_most_half_the_scale() {
+        let mut buf = [0u8; Q8_BLOCK_BYTES];
+        let mut back = [0f32; QK];
+        for x in blocks(1) {
+            encode(DType::Q8, &x, &mut buf).unwrap();
+            decode(DType::Q8, &buf, &mut back).unwrap();
+            let d = block_scale(&buf).abs();
+            for (a, b) in x.iter().zip(&back) {
+                assert!((a - b).abs() <= d / 2.0 * (1.0 + 1e-6), "{a} vs {b}, d = {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn q4_error_is_at_most_the_scale() {
+        let mut buf = [0u8; Q4_BLOCK_BYTES];
+        let mut back = [0f32; QK];
+        for x in blocks(2) {
+            encode(DType::Q4, &x, &mut buf).unwrap();
+            decode(DType::Q4, &buf, &mut back).unwrap();
+            let d = block_scale(&buf).abs();
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let biggest = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+            for (a, b) in x.iter().zip(&back) {
+                let err = (a - b).abs();
+                assert!(err <= d * (1.0 + 1e-6), "{a} vs {b}, d = {d}");
+                if a.signum() == biggest.signum() || *a == 0.0 {
+                    assert!(err <= d / 2.0 * (1.0 + 1e-6), "{a} vs {b}, d = {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_codecs_round_trip() {
+        let x: [f32; 5] = [0.0, -1.5, 3.25, 1e-3, 6.0e4];
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let mut buf = [0u8; 20];
+            let n = dtype.byte_len(5).unwrap() as usize;
+            encode(dtype, &x, &mut buf[..n]).unwrap();
+            let mut back = [0f32; 5];
+            decode(dtype, &buf[..n], &mut back).unwrap();
+            for (a, b) in x.iter().zip(&back) {
+                let tol = match dtype {
+                    DType::F32 => 0.0,
+                    DType::F16 => a.abs() / 1024.0,
+                    _ => a.abs() / 128.0,
+                };
+                assert!((a - b).abs() <= tol, "{dtype}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let mut buf = [0u8; Q8_BLOCK_BYTES];
+        let mut x = [0.5f32; QK];
+        x[7] = f32::NAN;
+        assert_eq!(encode(DType::Q8, &x, &mut buf), Err(CodecError::NonFinite { index: 7 }));
+        x[7] = 1e30;
+        assert_eq!(encode(DType::Q8, &x, &mut buf), Err(CodecError::OutOfRange { index: 0 }));
+        assert!(matches!(encode(DType::Q8, &x[..31], &mut buf), Err(CodecError::NotWholeBlocks { .. })));
+        assert!(matches!(encode(DType::F16, &[1e6], &mut buf[..2]), Err(CodecError::OutOfRange { .. })));
+        assert!(matches!(decode(DType::Q8, &buf[..33], &mut [0.0; 32]), Err(CodecError::WrongOutputLen { .. })));
+    }
+
+    #[test]
+    fn nibble_layout_matches_the_spec() {
+        let mut x = [0f32; QK];
+        x[0] = -8.0; // largest magnitude, negative: d = +1, nibble 0
+        x[16] = 7.0; // nibble 15, stored in the high half of byte 0
+        x[1] = 1.0; // nibble 9
+        let mut buf = [0u8; Q4_BLOCK_BYTES];
+        encode(DType::Q4, &x, &mut buf).unwrap();
+        assert_eq!(block_scale(&buf), 1.0);
+        assert_eq!(buf[2], 0x00 | (15 << 4));
+        assert_eq!(buf[3], 9 | (8 << 4));
+    }
+}

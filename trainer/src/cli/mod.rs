@@ -1,0 +1,1 @@
+//! The `kilobyte` commands.

@@ -128,9 +128,16 @@ impl MegabyteConfig {
         for (field, value) in fields {
             check_dim(field, value)?;
         }
-        check_dim("global width (patch_size * d_global)", self.patch_size.saturating_mul(self.d_global))?;
+        check_dim(
+            "global width (patch_size * d_global)",
+            self.patch_size.saturating_mul(self.d_global),
+        )?;
         if self.max_seq % self.patch_size != 0 {
-            return Err(bad_config("max_seq", self.max_seq, "must be a multiple of patch_size"));
+            return Err(bad_config(
+                "max_seq",
+                self.max_seq,
+                "must be a multiple of patch_size",
+            ));
         }
         if (self.global_width() % self.heads_global as usize) != 0 {
             return Err(bad_config(
@@ -140,7 +147,11 @@ impl MegabyteConfig {
             ));
         }
         if self.d_local % self.heads_local != 0 {
-            return Err(bad_config("heads_local", self.heads_local, "must divide d_local"));
+            return Err(bad_config(
+                "heads_local",
+                self.heads_local,
+                "must divide d_local",
+            ));
         }
         check_eps(self.norm_eps)
     }
@@ -201,7 +212,14 @@ impl BigsConfig {
     pub const BASE: Self = Self::preset(512, 1536, 12, 64, 1, 1024);
 
     /// A preset with the masked-byte head only.
-    pub const fn preset(d_model: u32, d_expand: u32, layers: u32, n_modes: u32, ssm_kernels: u32, max_seq: u32) -> Self {
+    pub const fn preset(
+        d_model: u32,
+        d_expand: u32,
+        layers: u32,
+        n_modes: u32,
+        ssm_kernels: u32,
+        max_seq: u32,
+    ) -> Self {
         Self {
             d_model,
             d_expand,
@@ -245,17 +263,33 @@ impl BigsConfig {
             check_dim(field, value)?;
         }
         if self.d_model % self.ssm_kernels != 0 {
-            return Err(bad_config("ssm_kernels", self.ssm_kernels, "must divide d_model"));
+            return Err(bad_config(
+                "ssm_kernels",
+                self.ssm_kernels,
+                "must divide d_model",
+            ));
         }
         if self.heads == 0 || self.heads & !(BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY) != 0 {
-            return Err(bad_config("heads", self.heads, "must be 1 (mlm), 2 (classify) or 3 (both)"));
+            return Err(bad_config(
+                "heads",
+                self.heads,
+                "must be 1 (mlm), 2 (classify) or 3 (both)",
+            ));
         }
         if self.has_classifier() {
             if self.n_classes < 2 || self.n_classes > 65536 {
-                return Err(bad_config("n_classes", self.n_classes, "a classifier needs 2..=65536 classes"));
+                return Err(bad_config(
+                    "n_classes",
+                    self.n_classes,
+                    "a classifier needs 2..=65536 classes",
+                ));
             }
         } else if self.n_classes != 0 {
-            return Err(bad_config("n_classes", self.n_classes, "must be 0 without a classification head"));
+            return Err(bad_config(
+                "n_classes",
+                self.n_classes,
+                "must be 0 without a classification head",
+            ));
         }
         check_eps(self.norm_eps)
     }
@@ -268,7 +302,11 @@ impl BigsConfig {
         let n = self.n_modes as u64;
         let ssm = k * (4 * n + 2); // a, w, C (2 floats) per mode; log_dt, D per kernel
         let layer = 2 * d + (d * e + e) + 4 * (d * d + d) + (d * e + e) + (e * d + d) + 2 * ssm;
-        let mut total = BIGS_VOCAB as u64 * d + self.max_seq as u64 * d + 2 * d + self.layers as u64 * layer + 2 * d;
+        let mut total = BIGS_VOCAB as u64 * d
+            + self.max_seq as u64 * d
+            + 2 * d
+            + self.layers as u64 * layer
+            + 2 * d;
         if self.has_mlm_head() {
             total += d * d + d + 2 * d;
         }
@@ -350,7 +388,9 @@ impl ModelConfig {
     /// later version can give them meaning without old readers misreading them.
     pub fn from_words(family: ModelFamily, w: &[u32; CONFIG_WORDS]) -> Result<Self, FormatError> {
         if let Some(i) = w[9..].iter().position(|&x| x != 0) {
-            return Err(FormatError::ReservedNotZero { offset: (64 + 4 * (9 + i)) as u64 });
+            return Err(FormatError::ReservedNotZero {
+                offset: (64 + 4 * (9 + i)) as u64,
+            });
         }
         let eps = f32::from_bits(w[8]);
         let config = match family {
@@ -397,7 +437,10 @@ impl ModelConfig {
     }
 
     /// Inverse of [`ModelConfig::fields`]: builds a config from named values.
-    pub fn from_fields(family: ModelFamily, mut get: impl FnMut(&str) -> Option<u32>) -> Result<Self, FormatError> {
+    pub fn from_fields(
+        family: ModelFamily,
+        mut get: impl FnMut(&str) -> Option<u32>,
+    ) -> Result<Self, FormatError> {
         let names = match family {
             ModelFamily::Megabyte => MEGABYTE_FIELDS,
             ModelFamily::Bigs => BIGS_FIELDS,
@@ -451,7 +494,11 @@ pub const BIGS_FIELDS: [&str; 9] = [
 ];
 
 fn bad_config(field: &'static str, value: u32, reason: &'static str) -> FormatError {
-    FormatError::BadConfig { field, value, reason }
+    FormatError::BadConfig {
+        field,
+        value,
+        reason,
+    }
 }
 
 fn check_dim(field: &'static str, value: u32) -> Result<(), FormatError> {
@@ -468,7 +515,11 @@ fn check_eps(eps: f32) -> Result<(), FormatError> {
     if eps.is_finite() && eps > 0.0 && eps < 1.0 {
         Ok(())
     } else {
-        Err(bad_config("norm_eps", eps.to_bits(), "must be a finite number in (0, 1)"))
+        Err(bad_config(
+            "norm_eps",
+            eps.to_bits(),
+            "must be a finite number in (0, 1)",
+        ))
     }
 }
 
@@ -478,7 +529,11 @@ mod tests {
 
     #[test]
     fn presets_are_valid_and_match_the_design_sizes() {
-        for c in [MegabyteConfig::MICRO, MegabyteConfig::SMALL, MegabyteConfig::BASE] {
+        for c in [
+            MegabyteConfig::MICRO,
+            MegabyteConfig::SMALL,
+            MegabyteConfig::BASE,
+        ] {
             c.validate().unwrap();
         }
         for c in [BigsConfig::MICRO, BigsConfig::SMALL, BigsConfig::BASE] {
@@ -500,11 +555,17 @@ mod tests {
         let mut bigs = BigsConfig::MICRO;
         bigs.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
         bigs.n_classes = 2;
-        for c in [ModelConfig::Megabyte(MegabyteConfig::SMALL), ModelConfig::Bigs(bigs)] {
+        for c in [
+            ModelConfig::Megabyte(MegabyteConfig::SMALL),
+            ModelConfig::Bigs(bigs),
+        ] {
             let back = ModelConfig::from_words(c.family(), &c.to_words()).unwrap();
             assert_eq!(back, c);
             let fields = c.fields();
-            let again = ModelConfig::from_fields(c.family(), |n| fields.iter().find(|f| f.0 == n).map(|f| f.1)).unwrap();
+            let again = ModelConfig::from_fields(c.family(), |n| {
+                fields.iter().find(|f| f.0 == n).map(|f| f.1)
+            })
+            .unwrap();
             assert_eq!(again, c);
         }
     }
@@ -514,7 +575,13 @@ mod tests {
         let mut c = MegabyteConfig::MICRO;
         c.max_seq = 510;
         let e = c.validate().unwrap_err();
-        assert!(matches!(e, FormatError::BadConfig { field: "max_seq", .. }));
+        assert!(matches!(
+            e,
+            FormatError::BadConfig {
+                field: "max_seq",
+                ..
+            }
+        ));
         c = MegabyteConfig::MICRO;
         c.heads_local = 3;
         assert!(c.validate().is_err());

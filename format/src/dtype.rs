@@ -22,7 +22,14 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 6] = [DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4, DType::U8];
+    pub const ALL: [DType; 6] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8,
+        DType::Q4,
+        DType::U8,
+    ];
 
     pub const fn code(self) -> u8 {
         match self {
@@ -59,7 +66,9 @@ impl DType {
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|d| d.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(name))
     }
 
     pub const fn is_quantized(self) -> bool {
@@ -82,7 +91,11 @@ impl DType {
                 if numel % QK as u64 != 0 {
                     return None;
                 }
-                let block = if matches!(self, DType::Q8) { Q8_BLOCK_BYTES } else { Q4_BLOCK_BYTES };
+                let block = if matches!(self, DType::Q8) {
+                    Q8_BLOCK_BYTES
+                } else {
+                    Q4_BLOCK_BYTES
+                };
                 (numel / QK as u64).checked_mul(block as u64)
             }
         }

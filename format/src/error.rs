@@ -25,7 +25,10 @@ impl Shape {
             d[i] = dims[i];
             i += 1;
         }
-        Shape { dims: d, rank: dims.len() as u8 }
+        Shape {
+            dims: d,
+            rank: dims.len() as u8,
+        }
     }
 
     pub fn dims(&self) -> &[u32] {
@@ -34,7 +37,9 @@ impl Shape {
 
     /// Product of the dimensions, `None` on overflow.
     pub fn numel(&self) -> Option<u64> {
-        self.dims().iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        self.dims()
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
     }
 
     /// The last dimension (the row length along which blocks are cut).
@@ -78,109 +83,266 @@ pub fn tensor_name(name: &str) -> TensorName {
 #[derive(Clone, Debug, PartialEq)]
 pub enum FormatError {
     /// The input ends at byte `len` but at least `needed` bytes are required.
-    Truncated { len: u64, needed: u64 },
+    Truncated {
+        len: u64,
+        needed: u64,
+    },
     /// The input is longer than its header says (`expected` bytes).
-    TrailingBytes { expected: u64, actual: u64 },
-    BadMagic { found: [u8; 8] },
-    UnsupportedVersion { found: u16, supported: u16 },
+    TrailingBytes {
+        expected: u64,
+        actual: u64,
+    },
+    BadMagic {
+        found: [u8; 8],
+    },
+    UnsupportedVersion {
+        found: u16,
+        supported: u16,
+    },
     /// A fixed header field holds a value this version does not allow.
-    BadHeader { field: &'static str, value: u64, expected: u64 },
+    BadHeader {
+        field: &'static str,
+        value: u64,
+        expected: u64,
+    },
     /// A reserved byte range is not zero.
-    ReservedNotZero { offset: u64 },
-    UnknownFamily { code: u16 },
-    BadConfig { field: &'static str, value: u32, reason: &'static str },
-    MissingConfigField { field: &'static str },
-    ChecksumMismatch { stored: u32, computed: u32 },
+    ReservedNotZero {
+        offset: u64,
+    },
+    UnknownFamily {
+        code: u16,
+    },
+    BadConfig {
+        field: &'static str,
+        value: u32,
+        reason: &'static str,
+    },
+    MissingConfigField {
+        field: &'static str,
+    },
+    ChecksumMismatch {
+        stored: u32,
+        computed: u32,
+    },
     /// Directory entry `index` has a name that is empty, too long or not UTF-8.
-    BadTensorName { index: u32 },
+    BadTensorName {
+        index: u32,
+    },
     /// Names must be strictly increasing (bytewise), which also rules out duplicates.
-    TensorsNotSorted { index: u32, name: TensorName },
-    DuplicateTensor { name: TensorName },
-    UnknownDtype { name: TensorName, code: u8 },
-    BadRank { name: TensorName, rank: u8 },
+    TensorsNotSorted {
+        index: u32,
+        name: TensorName,
+    },
+    DuplicateTensor {
+        name: TensorName,
+    },
+    UnknownDtype {
+        name: TensorName,
+        code: u8,
+    },
+    BadRank {
+        name: TensorName,
+        rank: u8,
+    },
     /// The byte length stored for a tensor does not match its dtype and shape.
-    LengthMismatch { name: TensorName, dtype: DType, shape: Shape, byte_len: u64 },
+    LengthMismatch {
+        name: TensorName,
+        dtype: DType,
+        shape: Shape,
+        byte_len: u64,
+    },
     /// Quantised tensors need a last dimension that is a multiple of 32.
-    NotWholeBlocks { name: TensorName, last_dim: u32 },
-    OutOfBounds { name: TensorName, offset: u64, byte_len: u64, limit: u64 },
-    Misaligned { name: TensorName, offset: u64 },
-    Overlapping { name: TensorName, offset: u64, previous_end: u64 },
+    NotWholeBlocks {
+        name: TensorName,
+        last_dim: u32,
+    },
+    OutOfBounds {
+        name: TensorName,
+        offset: u64,
+        byte_len: u64,
+        limit: u64,
+    },
+    Misaligned {
+        name: TensorName,
+        offset: u64,
+    },
+    Overlapping {
+        name: TensorName,
+        offset: u64,
+        previous_end: u64,
+    },
     /// Tensors are packed: each starts at the next 64-byte boundary after the last.
-    Gap { name: TensorName, offset: u64, expected: u64 },
-    NonZeroPadding { offset: u64 },
-    MissingTensor { name: TensorName },
-    UnexpectedTensor { name: TensorName },
-    WrongShape { name: TensorName, expected: Shape, found: Shape },
+    Gap {
+        name: TensorName,
+        offset: u64,
+        expected: u64,
+    },
+    NonZeroPadding {
+        offset: u64,
+    },
+    MissingTensor {
+        name: TensorName,
+    },
+    UnexpectedTensor {
+        name: TensorName,
+    },
+    WrongShape {
+        name: TensorName,
+        expected: Shape,
+        found: Shape,
+    },
     /// The tensor's dtype is not allowed for its role (e.g. q4 layer-norm weights).
-    WrongDtype { name: TensorName, dtype: DType },
+    WrongDtype {
+        name: TensorName,
+        dtype: DType,
+    },
     /// Data could not be encoded or decoded.
-    Codec { name: TensorName, error: CodecError },
+    Codec {
+        name: TensorName,
+        error: CodecError,
+    },
     /// The metadata tensor `meta.labels` does not list exactly n_classes names.
-    BadLabels { expected: u32, found: u32 },
+    BadLabels {
+        expected: u32,
+        found: u32,
+    },
     /// An accessor needed a different dtype (e.g. `as_f32` on a q8 tensor).
-    DtypeMismatch { name: TensorName, expected: DType, found: DType },
+    DtypeMismatch {
+        name: TensorName,
+        expected: DType,
+        found: DType,
+    },
     /// A tensor's bytes are not aligned in memory for a typed view; load the
     /// file into 64-byte aligned memory (see `include_model!` and `AlignedBytes`).
-    UnalignedMemory { name: TensorName },
+    UnalignedMemory {
+        name: TensorName,
+    },
 }
 
 impl core::fmt::Display for FormatError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         use FormatError::*;
         match self {
-            Truncated { len, needed } => write!(f, "truncated at byte {len}: at least {needed} bytes are needed"),
+            Truncated { len, needed } => write!(
+                f,
+                "truncated at byte {len}: at least {needed} bytes are needed"
+            ),
             TrailingBytes { expected, actual } => {
                 write!(f, "{} trailing bytes: the header says the file is {expected} bytes, it is {actual}", actual - expected)
             }
-            BadMagic { found } => write!(f, "not a .kbm file: bad magic bytes {found:02x?} at offset 0"),
+            BadMagic { found } => write!(
+                f,
+                "not a .kbm file: bad magic bytes {found:02x?} at offset 0"
+            ),
             UnsupportedVersion { found, supported } => {
-                write!(f, "unsupported .kbm version {found} (this build reads version {supported})")
+                write!(
+                    f,
+                    "unsupported .kbm version {found} (this build reads version {supported})"
+                )
             }
-            BadHeader { field, value, expected } => {
+            BadHeader {
+                field,
+                value,
+                expected,
+            } => {
                 write!(f, "bad header field {field}: {value} (expected {expected})")
             }
-            ReservedNotZero { offset } => write!(f, "reserved header bytes at offset {offset} are not zero"),
-            UnknownFamily { code } => write!(f, "unknown model family code {code} (1 = megabyte, 2 = bigs)"),
-            BadConfig { field, value, reason } => write!(f, "bad config: {field} = {value} {reason}"),
+            ReservedNotZero { offset } => {
+                write!(f, "reserved header bytes at offset {offset} are not zero")
+            }
+            UnknownFamily { code } => write!(
+                f,
+                "unknown model family code {code} (1 = megabyte, 2 = bigs)"
+            ),
+            BadConfig {
+                field,
+                value,
+                reason,
+            } => write!(f, "bad config: {field} = {value} {reason}"),
             MissingConfigField { field } => write!(f, "config field {field} is missing"),
             ChecksumMismatch { stored, computed } => {
                 write!(f, "checksum mismatch: stored CRC-32 {stored:08x}, computed {computed:08x} (the file is corrupt)")
             }
-            BadTensorName { index } => write!(f, "tensor directory entry {index}: name is empty, too long or not UTF-8"),
+            BadTensorName { index } => write!(
+                f,
+                "tensor directory entry {index}: name is empty, too long or not UTF-8"
+            ),
             TensorsNotSorted { index, name } => {
-                write!(f, "tensor directory entry {index} ({name}) is out of order: names must be sorted")
+                write!(
+                    f,
+                    "tensor directory entry {index} ({name}) is out of order: names must be sorted"
+                )
             }
             DuplicateTensor { name } => write!(f, "tensor {name} appears twice"),
             UnknownDtype { name, code } => write!(f, "tensor {name}: unknown dtype code {code}"),
             BadRank { name, rank } => write!(f, "tensor {name}: rank {rank} is not in 1..=4"),
-            LengthMismatch { name, dtype, shape, byte_len } => {
+            LengthMismatch {
+                name,
+                dtype,
+                shape,
+                byte_len,
+            } => {
                 write!(f, "tensor {name}: {byte_len} bytes does not match dtype {dtype} with shape {shape}")
             }
             NotWholeBlocks { name, last_dim } => {
                 write!(f, "tensor {name}: last dimension {last_dim} is not a multiple of the 32-element quantisation block")
             }
-            OutOfBounds { name, offset, byte_len, limit } => {
+            OutOfBounds {
+                name,
+                offset,
+                byte_len,
+                limit,
+            } => {
                 write!(f, "tensor {name} is out of bounds: bytes {offset}..{} but the data ends at {limit}", offset.saturating_add(*byte_len))
             }
-            Misaligned { name, offset } => write!(f, "tensor {name} at offset {offset} is not 64-byte aligned"),
-            Overlapping { name, offset, previous_end } => {
+            Misaligned { name, offset } => {
+                write!(f, "tensor {name} at offset {offset} is not 64-byte aligned")
+            }
+            Overlapping {
+                name,
+                offset,
+                previous_end,
+            } => {
                 write!(f, "tensor {name} at offset {offset} overlaps the previous tensor, which ends at {previous_end}")
             }
-            Gap { name, offset, expected } => {
+            Gap {
+                name,
+                offset,
+                expected,
+            } => {
                 write!(f, "tensor {name} starts at offset {offset}, expected {expected} (tensors are packed in directory order)")
             }
             NonZeroPadding { offset } => write!(f, "padding byte at offset {offset} is not zero"),
             MissingTensor { name } => write!(f, "required tensor {name} is missing"),
-            UnexpectedTensor { name } => write!(f, "tensor {name} is not part of this model family"),
-            WrongShape { name, expected, found } => {
-                write!(f, "tensor {name} has shape {found}, the config needs {expected}")
+            UnexpectedTensor { name } => {
+                write!(f, "tensor {name} is not part of this model family")
             }
-            WrongDtype { name, dtype } => write!(f, "tensor {name}: dtype {dtype} is not allowed for this tensor"),
+            WrongShape {
+                name,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "tensor {name} has shape {found}, the config needs {expected}"
+                )
+            }
+            WrongDtype { name, dtype } => write!(
+                f,
+                "tensor {name}: dtype {dtype} is not allowed for this tensor"
+            ),
             Codec { name, error } => write!(f, "tensor {name}: {error}"),
             BadLabels { expected, found } => {
-                write!(f, "meta.labels lists {found} label names, the classifier has {expected} classes")
+                write!(
+                    f,
+                    "meta.labels lists {found} label names, the classifier has {expected} classes"
+                )
             }
-            DtypeMismatch { name, expected, found } => {
+            DtypeMismatch {
+                name,
+                expected,
+                found,
+            } => {
                 write!(f, "tensor {name} is {found}, {expected} was needed")
             }
             UnalignedMemory { name } => {

@@ -135,9 +135,15 @@ impl<'a> Tensor<'a> {
 
     fn typed<T: bytemuck::Pod>(&self, want: DType) -> Result<&'a [T], FormatError> {
         if self.dtype != want {
-            return Err(FormatError::DtypeMismatch { name: tensor_name(self.name), expected: want, found: self.dtype });
+            return Err(FormatError::DtypeMismatch {
+                name: tensor_name(self.name),
+                expected: want,
+                found: self.dtype,
+            });
         }
-        bytemuck::try_cast_slice(self.data).map_err(|_| FormatError::UnalignedMemory { name: tensor_name(self.name) })
+        bytemuck::try_cast_slice(self.data).map_err(|_| FormatError::UnalignedMemory {
+            name: tensor_name(self.name),
+        })
     }
 
     pub fn as_f32(&self) -> Result<&'a [f32], FormatError> {
@@ -159,8 +165,10 @@ impl<'a> Tensor<'a> {
     /// Dequantises (or copies) the tensor into `out`, which must hold
     /// exactly `numel()` values.
     pub fn decode_into(&self, out: &mut [f32]) -> Result<(), FormatError> {
-        crate::quant::decode(self.dtype, self.data, out)
-            .map_err(|error| FormatError::Codec { name: tensor_name(self.name), error })
+        crate::quant::decode(self.dtype, self.data, out).map_err(|error| FormatError::Codec {
+            name: tensor_name(self.name),
+            error,
+        })
     }
 }
 
@@ -183,7 +191,10 @@ impl<'a> ModelFile<'a> {
     pub fn parse_with(bytes: &'a [u8], checksum: Checksum) -> Result<Self, FormatError> {
         let len = bytes.len() as u64;
         if bytes.len() < HEADER_BYTES {
-            return Err(FormatError::Truncated { len, needed: HEADER_BYTES as u64 });
+            return Err(FormatError::Truncated {
+                len,
+                needed: HEADER_BYTES as u64,
+            });
         }
         let h = &bytes[..HEADER_BYTES];
         let mut magic = [0u8; 8];
@@ -193,42 +204,72 @@ impl<'a> ModelFile<'a> {
         }
         let version = u16_at(h, hdr::VERSION);
         if version != VERSION {
-            return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
+            return Err(FormatError::UnsupportedVersion {
+                found: version,
+                supported: VERSION,
+            });
         }
         let header_bytes = u16_at(h, hdr::HEADER_BYTES);
         if header_bytes as usize != HEADER_BYTES {
-            return Err(FormatError::BadHeader { field: "header_bytes", value: header_bytes as u64, expected: HEADER_BYTES as u64 });
+            return Err(FormatError::BadHeader {
+                field: "header_bytes",
+                value: header_bytes as u64,
+                expected: HEADER_BYTES as u64,
+            });
         }
         let family_code = u16_at(h, hdr::FAMILY);
-        let family = ModelFamily::from_code(family_code).ok_or(FormatError::UnknownFamily { code: family_code })?;
+        let family = ModelFamily::from_code(family_code)
+            .ok_or(FormatError::UnknownFamily { code: family_code })?;
         check_zero(h, hdr::RESERVED0, hdr::TENSOR_COUNT, 0, reserved)?;
         check_zero(h, hdr::RESERVED1, hdr::CONFIG, 0, reserved)?;
 
         let tensor_count = u32_at(h, hdr::TENSOR_COUNT);
         if tensor_count > MAX_TENSORS {
-            return Err(FormatError::BadHeader { field: "tensor_count", value: tensor_count as u64, expected: MAX_TENSORS as u64 });
+            return Err(FormatError::BadHeader {
+                field: "tensor_count",
+                value: tensor_count as u64,
+                expected: MAX_TENSORS as u64,
+            });
         }
         let dir_bytes = u32_at(h, hdr::DIRECTORY_BYTES) as u64;
         let want_dir = tensor_count as u64 * ENTRY_BYTES as u64;
         if dir_bytes != want_dir {
-            return Err(FormatError::BadHeader { field: "directory_bytes", value: dir_bytes, expected: want_dir });
+            return Err(FormatError::BadHeader {
+                field: "directory_bytes",
+                value: dir_bytes,
+                expected: want_dir,
+            });
         }
         let dir_end = HEADER_BYTES as u64 + dir_bytes;
         let data_offset = u64_at(h, hdr::DATA_OFFSET);
         let want_data = align_up(dir_end).unwrap_or(u64::MAX);
         if data_offset != want_data {
-            return Err(FormatError::BadHeader { field: "data_offset", value: data_offset, expected: want_data });
+            return Err(FormatError::BadHeader {
+                field: "data_offset",
+                value: data_offset,
+                expected: want_data,
+            });
         }
         let file_bytes = u64_at(h, hdr::FILE_BYTES);
         let min_file = data_offset + TRAILER_BYTES as u64;
         if file_bytes < min_file {
-            return Err(FormatError::BadHeader { field: "file_bytes", value: file_bytes, expected: min_file });
+            return Err(FormatError::BadHeader {
+                field: "file_bytes",
+                value: file_bytes,
+                expected: min_file,
+            });
         }
         if len < file_bytes {
-            return Err(FormatError::Truncated { len, needed: file_bytes });
+            return Err(FormatError::Truncated {
+                len,
+                needed: file_bytes,
+            });
         }
         if len > file_bytes {
-            return Err(FormatError::TrailingBytes { expected: file_bytes, actual: len });
+            return Err(FormatError::TrailingBytes {
+                expected: file_bytes,
+                actual: len,
+            });
         }
         // From here on every offset below `len` fits in usize (len came from a slice).
         let mut words = [0u32; CONFIG_WORDS];
@@ -246,7 +287,13 @@ impl<'a> ModelFile<'a> {
             }
         }
 
-        let file = ModelFile { bytes, config, tensor_count, checksum: stored, checksum_verified: checksum == Checksum::Verify };
+        let file = ModelFile {
+            bytes,
+            config,
+            tensor_count,
+            checksum: stored,
+            checksum_verified: checksum == Checksum::Verify,
+        };
         check_zero(bytes, dir_end as usize, data_offset as usize, 0, padding)?;
         file.check_directory(data_offset, body_end as u64)?;
         file.check_schema()?;
@@ -267,14 +314,20 @@ impl<'a> ModelFile<'a> {
                 return Err(FormatError::BadTensorName { index });
             }
             let raw_name = &e[ent::NAME..ent::NAME + name_len];
-            let name = core::str::from_utf8(raw_name).map_err(|_| FormatError::BadTensorName { index })?;
+            let name =
+                core::str::from_utf8(raw_name).map_err(|_| FormatError::BadTensorName { index })?;
             check_zero(e, ent::NAME + name_len, ENTRY_BYTES, base, reserved)?;
             check_zero(e, ent::RESERVED, ent::OFFSET, base, reserved)?;
             if index > 0 && raw_name <= prev_name {
                 return Err(if raw_name == prev_name {
-                    FormatError::DuplicateTensor { name: tensor_name(name) }
+                    FormatError::DuplicateTensor {
+                        name: tensor_name(name),
+                    }
                 } else {
-                    FormatError::TensorsNotSorted { index, name: tensor_name(name) }
+                    FormatError::TensorsNotSorted {
+                        index,
+                        name: tensor_name(name),
+                    }
                 });
             }
             prev_name = raw_name;
@@ -287,28 +340,50 @@ impl<'a> ModelFile<'a> {
                 byte_len: t.data.len() as u64,
             })?;
             if t.dtype.is_quantized() && t.shape.last() as usize % QK != 0 {
-                return Err(FormatError::NotWholeBlocks { name: tensor_name(name), last_dim: t.shape.last() });
+                return Err(FormatError::NotWholeBlocks {
+                    name: tensor_name(name),
+                    last_dim: t.shape.last(),
+                });
             }
             let byte_len = u64_at(e, ent::BYTE_LEN);
             if t.dtype.byte_len(numel) != Some(byte_len) {
-                return Err(FormatError::LengthMismatch { name: tensor_name(name), dtype: t.dtype, shape: t.shape, byte_len });
+                return Err(FormatError::LengthMismatch {
+                    name: tensor_name(name),
+                    dtype: t.dtype,
+                    shape: t.shape,
+                    byte_len,
+                });
             }
             let offset = t.offset;
             if offset % ALIGN as u64 != 0 {
-                return Err(FormatError::Misaligned { name: tensor_name(name), offset });
+                return Err(FormatError::Misaligned {
+                    name: tensor_name(name),
+                    offset,
+                });
             }
             if offset < prev_end {
-                return Err(FormatError::Overlapping { name: tensor_name(name), offset, previous_end: prev_end });
+                return Err(FormatError::Overlapping {
+                    name: tensor_name(name),
+                    offset,
+                    previous_end: prev_end,
+                });
             }
             if offset != expected {
-                return Err(FormatError::Gap { name: tensor_name(name), offset, expected });
+                return Err(FormatError::Gap {
+                    name: tensor_name(name),
+                    offset,
+                    expected,
+                });
             }
-            let end = offset.checked_add(byte_len).filter(|&end| end <= data_end).ok_or(FormatError::OutOfBounds {
-                name: tensor_name(name),
-                offset,
-                byte_len,
-                limit: data_end,
-            })?;
+            let end = offset
+                .checked_add(byte_len)
+                .filter(|&end| end <= data_end)
+                .ok_or(FormatError::OutOfBounds {
+                    name: tensor_name(name),
+                    offset,
+                    byte_len,
+                    limit: data_end,
+                })?;
             check_zero(self.bytes, prev_end as usize, offset as usize, 0, padding)?;
             prev_end = end;
             expected = align_up(end).unwrap_or(u64::MAX);
@@ -329,15 +404,27 @@ impl<'a> ModelFile<'a> {
         let mut required = 0u32;
         for_each_tensor(&self.config, |spec| {
             required += 1;
-            let t = self.tensor(&spec.name).ok_or_else(|| FormatError::MissingTensor { name: spec.name.clone() })?;
+            let t = self
+                .tensor(&spec.name)
+                .ok_or_else(|| FormatError::MissingTensor {
+                    name: spec.name.clone(),
+                })?;
             if !spec.role.allows(t.dtype) {
-                return Err(FormatError::WrongDtype { name: spec.name.clone(), dtype: t.dtype });
+                return Err(FormatError::WrongDtype {
+                    name: spec.name.clone(),
+                    dtype: t.dtype,
+                });
             }
             match spec.shape {
-                Some(shape) if shape != t.shape => {
-                    Err(FormatError::WrongShape { name: spec.name.clone(), expected: shape, found: t.shape })
-                }
-                None if t.shape.rank != 1 => Err(FormatError::BadRank { name: spec.name.clone(), rank: t.shape.rank }),
+                Some(shape) if shape != t.shape => Err(FormatError::WrongShape {
+                    name: spec.name.clone(),
+                    expected: shape,
+                    found: t.shape,
+                }),
+                None if t.shape.rank != 1 => Err(FormatError::BadRank {
+                    name: spec.name.clone(),
+                    rank: t.shape.rank,
+                }),
                 _ => Ok(()),
             }
         })?;
@@ -345,7 +432,9 @@ impl<'a> ModelFile<'a> {
             // Some tensor is not in the schema; name the first one.
             for t in self.tensors() {
                 if crate::schema::find_spec(&self.config, t.name).is_none() {
-                    return Err(FormatError::UnexpectedTensor { name: tensor_name(t.name) });
+                    return Err(FormatError::UnexpectedTensor {
+                        name: tensor_name(t.name),
+                    });
                 }
             }
         }
@@ -354,7 +443,10 @@ impl<'a> ModelFile<'a> {
                 let found = self.labels().map(|l| l.count() as u32).unwrap_or(0);
                 let valid = self.labels().is_some_and(|mut l| l.all(|s| !s.is_empty()));
                 if found != c.n_classes || !valid {
-                    return Err(FormatError::BadLabels { expected: c.n_classes, found });
+                    return Err(FormatError::BadLabels {
+                        expected: c.n_classes,
+                        found,
+                    });
                 }
             }
         }
@@ -375,29 +467,45 @@ impl<'a> ModelFile<'a> {
         let name_len = (u16_at(e, ent::NAME_LEN) as usize).min(MAX_NAME_LEN);
         let name = core::str::from_utf8(&e[ent::NAME..ent::NAME + name_len]).unwrap_or("?");
         let code = e[ent::DTYPE];
-        let dtype = DType::from_code(code).ok_or(FormatError::UnknownDtype { name: tensor_name(name), code })?;
+        let dtype = DType::from_code(code).ok_or(FormatError::UnknownDtype {
+            name: tensor_name(name),
+            code,
+        })?;
         let rank = e[ent::RANK];
         if !(1..=4).contains(&rank) {
-            return Err(FormatError::BadRank { name: tensor_name(name), rank });
+            return Err(FormatError::BadRank {
+                name: tensor_name(name),
+                rank,
+            });
         }
         let mut dims = [0u32; 4];
         for (i, d) in dims.iter_mut().enumerate() {
             *d = u32_at(e, ent::DIMS + 4 * i);
             if i >= rank as usize && *d != 0 {
-                let offset = (HEADER_BYTES + index as usize * ENTRY_BYTES + ent::DIMS + 4 * i) as u64;
+                let offset =
+                    (HEADER_BYTES + index as usize * ENTRY_BYTES + ent::DIMS + 4 * i) as u64;
                 return Err(FormatError::ReservedNotZero { offset });
             }
         }
         let offset = u64_at(e, ent::OFFSET);
         let byte_len = u64_at(e, ent::BYTE_LEN);
         let limit = (self.bytes.len() - TRAILER_BYTES) as u64;
-        let end = offset.checked_add(byte_len).filter(|&end| end <= limit).ok_or(FormatError::OutOfBounds {
-            name: tensor_name(name),
+        let end = offset
+            .checked_add(byte_len)
+            .filter(|&end| end <= limit)
+            .ok_or(FormatError::OutOfBounds {
+                name: tensor_name(name),
+                offset,
+                byte_len,
+                limit,
+            })?;
+        Ok(Tensor {
+            name,
+            dtype,
+            shape: Shape { dims, rank },
             offset,
-            byte_len,
-            limit,
-        })?;
-        Ok(Tensor { name, dtype, shape: Shape { dims, rank }, offset, data: &self.bytes[offset as usize..end as usize] })
+            data: &self.bytes[offset as usize..end as usize],
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -450,7 +558,9 @@ impl<'a> ModelFile<'a> {
 
     /// Like [`ModelFile::tensor`], with an error naming the missing tensor.
     pub fn get(&self, name: &str) -> Result<Tensor<'a>, FormatError> {
-        self.tensor(name).ok_or_else(|| FormatError::MissingTensor { name: tensor_name(name) })
+        self.tensor(name).ok_or_else(|| FormatError::MissingTensor {
+            name: tensor_name(name),
+        })
     }
 
     /// The role of a tensor in this file's model (for printing and export).
@@ -473,7 +583,13 @@ impl<'a> ModelFile<'a> {
 
 /// Checks that `bytes[from..to]` (offsets relative to `base`) are all zero;
 /// `err` receives the offset of the first byte that is not.
-fn check_zero(bytes: &[u8], from: usize, to: usize, base: u64, err: fn(u64) -> FormatError) -> Result<(), FormatError> {
+fn check_zero(
+    bytes: &[u8],
+    from: usize,
+    to: usize,
+    base: u64,
+    err: fn(u64) -> FormatError,
+) -> Result<(), FormatError> {
     match bytes.get(from..to) {
         Some(s) => match s.iter().position(|&b| b != 0) {
             None => Ok(()),

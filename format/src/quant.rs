@@ -33,10 +33,16 @@ impl core::fmt::Display for CodecError {
                 write!(f, "element {index} is too large for an f16 block scale")
             }
             CodecError::NotWholeBlocks { len } => {
-                write!(f, "{len} elements is not a multiple of the 32-element quantisation block")
+                write!(
+                    f,
+                    "{len} elements is not a multiple of the 32-element quantisation block"
+                )
             }
             CodecError::WrongOutputLen { expected, actual } => {
-                write!(f, "output buffer holds {actual} bytes, {expected} are needed")
+                write!(
+                    f,
+                    "output buffer holds {actual} bytes, {expected} are needed"
+                )
             }
         }
     }
@@ -138,7 +144,10 @@ pub fn encode(dtype: DType, x: &[f32], out: &mut [u8]) -> Result<(), CodecError>
         .byte_len(x.len() as u64)
         .ok_or(CodecError::NotWholeBlocks { len: x.len() })? as usize;
     if out.len() != need {
-        return Err(CodecError::WrongOutputLen { expected: need, actual: out.len() });
+        return Err(CodecError::WrongOutputLen {
+            expected: need,
+            actual: out.len(),
+        });
     }
     match dtype {
         DType::F32 => {
@@ -167,18 +176,29 @@ pub fn encode(dtype: DType, x: &[f32], out: &mut [u8]) -> Result<(), CodecError>
             }
         }
         DType::Q8 => {
-            for (i, (o, v)) in out.chunks_exact_mut(Q8_BLOCK_BYTES).zip(x.chunks_exact(QK)).enumerate() {
+            for (i, (o, v)) in out
+                .chunks_exact_mut(Q8_BLOCK_BYTES)
+                .zip(x.chunks_exact(QK))
+                .enumerate()
+            {
                 quantize_q8_block(v, o, i * QK)?;
             }
         }
         DType::Q4 => {
-            for (i, (o, v)) in out.chunks_exact_mut(Q4_BLOCK_BYTES).zip(x.chunks_exact(QK)).enumerate() {
+            for (i, (o, v)) in out
+                .chunks_exact_mut(Q4_BLOCK_BYTES)
+                .zip(x.chunks_exact(QK))
+                .enumerate()
+            {
                 quantize_q4_block(v, o, i * QK)?;
             }
         }
         DType::U8 => {
             // Raw bytes carry no numbers; callers store them directly.
-            return Err(CodecError::WrongOutputLen { expected: 0, actual: out.len() });
+            return Err(CodecError::WrongOutputLen {
+                expected: 0,
+                actual: out.len(),
+            });
         }
     }
     Ok(())
@@ -190,7 +210,10 @@ pub fn decode(dtype: DType, data: &[u8], out: &mut [f32]) -> Result<(), CodecErr
         .byte_len(out.len() as u64)
         .ok_or(CodecError::NotWholeBlocks { len: out.len() })? as usize;
     if data.len() != need {
-        return Err(CodecError::WrongOutputLen { expected: need, actual: data.len() });
+        return Err(CodecError::WrongOutputLen {
+            expected: need,
+            actual: data.len(),
+        });
     }
     match dtype {
         DType::F32 => {
@@ -209,12 +232,18 @@ pub fn decode(dtype: DType, data: &[u8], out: &mut [f32]) -> Result<(), CodecErr
             }
         }
         DType::Q8 => {
-            for (o, b) in out.chunks_exact_mut(QK).zip(data.chunks_exact(Q8_BLOCK_BYTES)) {
+            for (o, b) in out
+                .chunks_exact_mut(QK)
+                .zip(data.chunks_exact(Q8_BLOCK_BYTES))
+            {
                 dequantize_q8_block(b, o);
             }
         }
         DType::Q4 => {
-            for (o, b) in out.chunks_exact_mut(QK).zip(data.chunks_exact(Q4_BLOCK_BYTES)) {
+            for (o, b) in out
+                .chunks_exact_mut(QK)
+                .zip(data.chunks_exact(Q4_BLOCK_BYTES))
+            {
                 dequantize_q4_block(b, o);
             }
         }
@@ -235,7 +264,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next_f32(&mut self) -> f32 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         }
     }
@@ -268,7 +300,10 @@ mod tests {
             decode(DType::Q8, &buf, &mut back).unwrap();
             let d = block_scale(&buf).abs();
             for (a, b) in x.iter().zip(&back) {
-                assert!((a - b).abs() <= d / 2.0 * (1.0 + 1e-6), "{a} vs {b}, d = {d}");
+                assert!(
+                    (a - b).abs() <= d / 2.0 * (1.0 + 1e-6),
+                    "{a} vs {b}, d = {d}"
+                );
             }
         }
     }
@@ -318,12 +353,27 @@ mod tests {
         let mut buf = [0u8; Q8_BLOCK_BYTES];
         let mut x = [0.5f32; QK];
         x[7] = f32::NAN;
-        assert_eq!(encode(DType::Q8, &x, &mut buf), Err(CodecError::NonFinite { index: 7 }));
+        assert_eq!(
+            encode(DType::Q8, &x, &mut buf),
+            Err(CodecError::NonFinite { index: 7 })
+        );
         x[7] = 1e30;
-        assert_eq!(encode(DType::Q8, &x, &mut buf), Err(CodecError::OutOfRange { index: 0 }));
-        assert!(matches!(encode(DType::Q8, &x[..31], &mut buf), Err(CodecError::NotWholeBlocks { .. })));
-        assert!(matches!(encode(DType::F16, &[1e6], &mut buf[..2]), Err(CodecError::OutOfRange { .. })));
-        assert!(matches!(decode(DType::Q8, &buf[..33], &mut [0.0; 32]), Err(CodecError::WrongOutputLen { .. })));
+        assert_eq!(
+            encode(DType::Q8, &x, &mut buf),
+            Err(CodecError::OutOfRange { index: 0 })
+        );
+        assert!(matches!(
+            encode(DType::Q8, &x[..31], &mut buf),
+            Err(CodecError::NotWholeBlocks { .. })
+        ));
+        assert!(matches!(
+            encode(DType::F16, &[1e6], &mut buf[..2]),
+            Err(CodecError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            decode(DType::Q8, &buf[..33], &mut [0.0; 32]),
+            Err(CodecError::WrongOutputLen { .. })
+        ));
     }
 
     #[test]

@@ -89,14 +89,27 @@ fn name(args: core::fmt::Arguments<'_>) -> TensorName {
 }
 
 /// Calls `f` with every tensor `config` needs, in a fixed canonical order.
-pub fn for_each_tensor<E>(config: &ModelConfig, mut f: impl FnMut(&TensorSpec) -> Result<(), E>) -> Result<(), E> {
-    let mut emit = |n: TensorName, dims: &[u32], role: Role| f(&TensorSpec { name: n, shape: Some(Shape::new(dims)), role });
+pub fn for_each_tensor<E>(
+    config: &ModelConfig,
+    mut f: impl FnMut(&TensorSpec) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut emit = |n: TensorName, dims: &[u32], role: Role| {
+        f(&TensorSpec {
+            name: n,
+            shape: Some(Shape::new(dims)),
+            role,
+        })
+    };
     match config {
         ModelConfig::Megabyte(c) => megabyte_tensors(c, &mut emit),
         ModelConfig::Bigs(c) => {
             bigs_tensors(c, &mut emit)?;
             if c.has_classifier() {
-                f(&TensorSpec { name: name(format_args!("{LABELS_TENSOR}")), shape: None, role: Role::Meta })?;
+                f(&TensorSpec {
+                    name: name(format_args!("{LABELS_TENSOR}")),
+                    shape: None,
+                    role: Role::Meta,
+                })?;
             }
             Ok(())
         }
@@ -134,16 +147,32 @@ fn transformer_block<E>(prefix: &str, i: u32, w: u32, emit: &mut Emit<'_, E>) ->
 fn megabyte_tensors<E>(c: &MegabyteConfig, emit: &mut Emit<'_, E>) -> Result<(), E> {
     let g = c.patch_size * c.d_global;
     let l = c.d_local;
-    emit(name(format_args!("global.tok_emb")), &[256, c.d_global], Role::TokenEmbedding)?;
-    emit(name(format_args!("global.pos_emb")), &[c.max_seq, c.d_global], Role::PositionEmbedding)?;
+    emit(
+        name(format_args!("global.tok_emb")),
+        &[256, c.d_global],
+        Role::TokenEmbedding,
+    )?;
+    emit(
+        name(format_args!("global.pos_emb")),
+        &[c.max_seq, c.d_global],
+        Role::PositionEmbedding,
+    )?;
     emit(name(format_args!("global.pad")), &[g], Role::Vector)?;
     for i in 0..c.layers_global {
         transformer_block("global", i, g, emit)?;
     }
     emit(name(format_args!("global.ln_f.weight")), &[g], Role::Vector)?;
     emit(name(format_args!("global.ln_f.bias")), &[g], Role::Vector)?;
-    emit(name(format_args!("global_to_local")), &[l, c.d_global], Role::Matrix)?;
-    emit(name(format_args!("local.tok_emb")), &[256, l], Role::TokenEmbedding)?;
+    emit(
+        name(format_args!("global_to_local")),
+        &[l, c.d_global],
+        Role::Matrix,
+    )?;
+    emit(
+        name(format_args!("local.tok_emb")),
+        &[256, l],
+        Role::TokenEmbedding,
+    )?;
     emit(name(format_args!("local.pad")), &[l], Role::Vector)?;
     for i in 0..c.layers_local {
         transformer_block("local", i, l, emit)?;
@@ -154,39 +183,87 @@ fn megabyte_tensors<E>(c: &MegabyteConfig, emit: &mut Emit<'_, E>) -> Result<(),
 
 fn bigs_tensors<E>(c: &BigsConfig, emit: &mut Emit<'_, E>) -> Result<(), E> {
     let (d, e, k, n) = (c.d_model, c.d_expand, c.ssm_kernels, c.n_modes);
-    emit(name(format_args!("embed.tok")), &[BIGS_VOCAB, d], Role::TokenEmbedding)?;
-    emit(name(format_args!("embed.pos")), &[c.max_seq, d], Role::PositionEmbedding)?;
+    emit(
+        name(format_args!("embed.tok")),
+        &[BIGS_VOCAB, d],
+        Role::TokenEmbedding,
+    )?;
+    emit(
+        name(format_args!("embed.pos")),
+        &[c.max_seq, d],
+        Role::PositionEmbedding,
+    )?;
     emit(name(format_args!("embed.ln.weight")), &[d], Role::Vector)?;
     emit(name(format_args!("embed.ln.bias")), &[d], Role::Vector)?;
     for i in 0..c.layers {
         let p = |part: &str| name(format_args!("layers.{i}.{part}"));
         emit(p("ln.weight"), &[d], Role::Vector)?;
         emit(p("ln.bias"), &[d], Role::Vector)?;
-        for (lin, out, inp) in [("v", e, d), ("f", d, d), ("b", d, d), ("uf", d, d), ("ub", d, d), ("l", e, d), ("o", d, e)] {
-            emit(name(format_args!("layers.{i}.{lin}.weight")), &[out, inp], Role::Matrix)?;
-            emit(name(format_args!("layers.{i}.{lin}.bias")), &[out], Role::Vector)?;
+        for (lin, out, inp) in [
+            ("v", e, d),
+            ("f", d, d),
+            ("b", d, d),
+            ("uf", d, d),
+            ("ub", d, d),
+            ("l", e, d),
+            ("o", d, e),
+        ] {
+            emit(
+                name(format_args!("layers.{i}.{lin}.weight")),
+                &[out, inp],
+                Role::Matrix,
+            )?;
+            emit(
+                name(format_args!("layers.{i}.{lin}.bias")),
+                &[out],
+                Role::Vector,
+            )?;
         }
         for dir in ["ssm_fwd", "ssm_bwd"] {
             emit(name(format_args!("layers.{i}.{dir}.a")), &[k, n], Role::Ssm)?;
             emit(name(format_args!("layers.{i}.{dir}.w")), &[k, n], Role::Ssm)?;
-            emit(name(format_args!("layers.{i}.{dir}.c")), &[k, n, 2], Role::Ssm)?;
-            emit(name(format_args!("layers.{i}.{dir}.log_dt")), &[k], Role::Ssm)?;
+            emit(
+                name(format_args!("layers.{i}.{dir}.c")),
+                &[k, n, 2],
+                Role::Ssm,
+            )?;
+            emit(
+                name(format_args!("layers.{i}.{dir}.log_dt")),
+                &[k],
+                Role::Ssm,
+            )?;
             emit(name(format_args!("layers.{i}.{dir}.d")), &[k], Role::Ssm)?;
         }
     }
     emit(name(format_args!("ln_f.weight")), &[d], Role::Vector)?;
     emit(name(format_args!("ln_f.bias")), &[d], Role::Vector)?;
     if c.has_mlm_head() {
-        emit(name(format_args!("mlm.dense.weight")), &[d, d], Role::Matrix)?;
+        emit(
+            name(format_args!("mlm.dense.weight")),
+            &[d, d],
+            Role::Matrix,
+        )?;
         emit(name(format_args!("mlm.dense.bias")), &[d], Role::Vector)?;
         emit(name(format_args!("mlm.ln.weight")), &[d], Role::Vector)?;
         emit(name(format_args!("mlm.ln.bias")), &[d], Role::Vector)?;
     }
     if c.has_classifier() {
-        emit(name(format_args!("cls.dense.weight")), &[d, d], Role::Matrix)?;
+        emit(
+            name(format_args!("cls.dense.weight")),
+            &[d, d],
+            Role::Matrix,
+        )?;
         emit(name(format_args!("cls.dense.bias")), &[d], Role::Vector)?;
-        emit(name(format_args!("cls.out.weight")), &[c.n_classes, d], Role::Matrix)?;
-        emit(name(format_args!("cls.out.bias")), &[c.n_classes], Role::Vector)?;
+        emit(
+            name(format_args!("cls.out.weight")),
+            &[c.n_classes, d],
+            Role::Matrix,
+        )?;
+        emit(
+            name(format_args!("cls.out.bias")),
+            &[c.n_classes],
+            Role::Vector,
+        )?;
     }
     Ok(())
 }
@@ -231,8 +308,17 @@ mod tests {
         assert_eq!(s.role, Role::Matrix);
         assert!(find_spec(&c, "global.blocks.4.attn.qkv").is_none());
         assert!(!Role::Vector.allows(DType::Q8));
-        assert_eq!(Role::Vector.storage_dtype(Shape::new(&[128]), DType::Q4, DType::Q8), DType::F32);
-        assert_eq!(Role::Matrix.storage_dtype(Shape::new(&[3, 40]), DType::Q4, DType::Q8), DType::F16);
-        assert_eq!(Role::Ssm.storage_dtype(Shape::new(&[1, 32]), DType::F16, DType::F16), DType::F32);
+        assert_eq!(
+            Role::Vector.storage_dtype(Shape::new(&[128]), DType::Q4, DType::Q8),
+            DType::F32
+        );
+        assert_eq!(
+            Role::Matrix.storage_dtype(Shape::new(&[3, 40]), DType::Q4, DType::Q8),
+            DType::F16
+        );
+        assert_eq!(
+            Role::Ssm.storage_dtype(Shape::new(&[1, 32]), DType::F16, DType::F16),
+            DType::F32
+        );
     }
 }

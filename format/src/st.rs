@@ -6,8 +6,6 @@
 //! each tensor's .kbm dtype as `kilobyte.dtype.<name>`, so a round trip
 //! restores the original storage types unless the caller asks for others.
 
-use std::prelude::rust_2021::*;
-use std::{format, vec};
 use crate::config::{ModelConfig, ModelFamily};
 use crate::dtype::DType;
 use crate::error::{tensor_name, FormatError};
@@ -16,6 +14,8 @@ use crate::schema::{find_spec, Role};
 use crate::writer::KbmWriter;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use std::collections::HashMap;
+use std::prelude::rust_2021::*;
+use std::{format, vec};
 
 /// Errors of the bridge: the .kbm side, or the safetensors side.
 #[derive(Debug)]
@@ -25,7 +25,10 @@ pub enum BridgeError {
     /// Metadata needed to rebuild the config is missing or malformed.
     Metadata(String),
     /// A safetensors tensor has a dtype the bridge cannot convert.
-    UnsupportedDtype { name: String, dtype: String },
+    UnsupportedDtype {
+        name: String,
+        dtype: String,
+    },
 }
 
 impl std::fmt::Display for BridgeError {
@@ -62,8 +65,14 @@ pub enum ExportFloats {
 pub fn config_metadata(config: &ModelConfig) -> HashMap<String, String> {
     let mut m = HashMap::new();
     m.insert("format".to_string(), "kilobyte".to_string());
-    m.insert("kilobyte.version".to_string(), crate::file::VERSION.to_string());
-    m.insert("kilobyte.family".to_string(), config.family().name().to_string());
+    m.insert(
+        "kilobyte.version".to_string(),
+        crate::file::VERSION.to_string(),
+    );
+    m.insert(
+        "kilobyte.family".to_string(),
+        config.family().name().to_string(),
+    );
     for (name, value) in config.fields() {
         m.insert(format!("kilobyte.{name}"), value.to_string());
     }
@@ -75,8 +84,16 @@ pub fn config_from_metadata(m: &HashMap<String, String>) -> Result<ModelConfig, 
     let family = match m.get("kilobyte.family").map(String::as_str) {
         Some("megabyte") => ModelFamily::Megabyte,
         Some("bigs") => ModelFamily::Bigs,
-        Some(other) => return Err(BridgeError::Metadata(format!("unknown kilobyte.family {other:?}"))),
-        None => return Err(BridgeError::Metadata("no kilobyte.family entry: not a kilobyte export".to_string())),
+        Some(other) => {
+            return Err(BridgeError::Metadata(format!(
+                "unknown kilobyte.family {other:?}"
+            )))
+        }
+        None => {
+            return Err(BridgeError::Metadata(
+                "no kilobyte.family entry: not a kilobyte export".to_string(),
+            ))
+        }
     };
     let mut bad = None;
     let config = ModelConfig::from_fields(family, |field| {
@@ -84,7 +101,9 @@ pub fn config_from_metadata(m: &HashMap<String, String>) -> Result<ModelConfig, 
         match v.parse::<u32>() {
             Ok(x) => Some(x),
             Err(_) => {
-                bad = Some(format!("kilobyte.{field} = {v:?} is not an unsigned integer"));
+                bad = Some(format!(
+                    "kilobyte.{field} = {v:?} is not an unsigned integer"
+                ));
                 None
             }
         }
@@ -100,7 +119,10 @@ pub fn to_safetensors(file: &ModelFile<'_>, floats: ExportFloats) -> Result<Vec<
     let mut metadata = config_metadata(file.config());
     let mut owned: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for t in file.tensors() {
-        metadata.insert(format!("kilobyte.dtype.{}", t.name), t.dtype.name().to_string());
+        metadata.insert(
+            format!("kilobyte.dtype.{}", t.name),
+            t.dtype.name().to_string(),
+        );
         let shape: Vec<usize> = t.shape.dims().iter().map(|&d| d as usize).collect();
         let (dtype, data) = match (t.dtype, floats) {
             (DType::U8, _) => (StDtype::U8, t.data.to_vec()),
@@ -110,7 +132,10 @@ pub fn to_safetensors(file: &ModelFile<'_>, floats: ExportFloats) -> Result<Vec<
             _ => {
                 let mut values = vec![0f32; t.numel()];
                 t.decode_into(&mut values)?;
-                (StDtype::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+                (
+                    StDtype::F32,
+                    values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
             }
         };
         owned.push((t.name.to_string(), dtype, shape, data));
@@ -123,7 +148,8 @@ pub fn to_safetensors(file: &ModelFile<'_>, floats: ExportFloats) -> Result<Vec<
                 .map_err(|e| BridgeError::SafeTensors(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, Some(metadata)).map_err(|e| BridgeError::SafeTensors(e.to_string()))
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| BridgeError::SafeTensors(e.to_string()))
 }
 
 /// The storage dtype chosen for one tensor on import.
@@ -142,42 +168,71 @@ pub fn from_safetensors(
     bytes: &[u8],
     mut choose: impl FnMut(&DtypeChoice<'_>) -> DType,
 ) -> Result<KbmWriter, BridgeError> {
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| BridgeError::SafeTensors(e.to_string()))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| BridgeError::SafeTensors(e.to_string()))?;
     let m = meta.metadata().clone().unwrap_or_default();
     let config = config_from_metadata(&m)?;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| BridgeError::SafeTensors(e.to_string()))?;
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| BridgeError::SafeTensors(e.to_string()))?;
     let mut writer = KbmWriter::new(config);
     let mut names = st.names();
     names.sort();
     for name in names {
-        let view = st.tensor(name).map_err(|e| BridgeError::SafeTensors(e.to_string()))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| BridgeError::SafeTensors(e.to_string()))?;
         let stored = match view.dtype() {
             StDtype::F32 => DType::F32,
             StDtype::F16 => DType::F16,
             StDtype::BF16 => DType::BF16,
             StDtype::U8 => DType::U8,
-            other => return Err(BridgeError::UnsupportedDtype { name: name.to_string(), dtype: format!("{other:?}") }),
+            other => {
+                return Err(BridgeError::UnsupportedDtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
         };
         let role = find_spec(&config, name)
-            .ok_or_else(|| FormatError::UnexpectedTensor { name: tensor_name(name) })?
+            .ok_or_else(|| FormatError::UnexpectedTensor {
+                name: tensor_name(name),
+            })?
             .role;
-        let original = m.get(&format!("kilobyte.dtype.{name}")).and_then(|d| DType::parse(d));
+        let original = m
+            .get(&format!("kilobyte.dtype.{name}"))
+            .and_then(|d| DType::parse(d));
         let dims: Vec<u32> = view
             .shape()
             .iter()
             .map(|&d| u32::try_from(d))
             .collect::<Result<_, _>>()
-            .map_err(|_| BridgeError::Metadata(format!("tensor {name}: a dimension exceeds u32")))?;
-        let target = choose(&DtypeChoice { name, role, original, stored });
+            .map_err(|_| {
+                BridgeError::Metadata(format!("tensor {name}: a dimension exceeds u32"))
+            })?;
+        let target = choose(&DtypeChoice {
+            name,
+            role,
+            original,
+            stored,
+        });
         if !role.allows(target) {
-            return Err(FormatError::WrongDtype { name: tensor_name(name), dtype: target }.into());
+            return Err(FormatError::WrongDtype {
+                name: tensor_name(name),
+                dtype: target,
+            }
+            .into());
         }
         if stored == DType::U8 || target == stored {
             writer.add_raw(name, stored, &dims, view.data().to_vec())?;
         } else {
-            let mut values = vec![0f32; view.data().len() / (stored.bits_per_element() as usize / 8)];
-            crate::quant::decode(stored, view.data(), &mut values)
-                .map_err(|error| FormatError::Codec { name: tensor_name(name), error })?;
+            let mut values =
+                vec![0f32; view.data().len() / (stored.bits_per_element() as usize / 8)];
+            crate::quant::decode(stored, view.data(), &mut values).map_err(|error| {
+                FormatError::Codec {
+                    name: tensor_name(name),
+                    error,
+                }
+            })?;
             writer.add_f32(name, target, &dims, &values)?;
         }
     }
@@ -199,8 +254,14 @@ mod tests {
         assert_eq!(config_from_metadata(&m).unwrap(), config);
         let mut broken = m.clone();
         broken.insert("kilobyte.d_model".into(), "wide".into());
-        assert!(config_from_metadata(&broken).unwrap_err().to_string().contains("kilobyte.d_model"));
+        assert!(config_from_metadata(&broken)
+            .unwrap_err()
+            .to_string()
+            .contains("kilobyte.d_model"));
         broken.remove("kilobyte.family");
-        assert!(matches!(config_from_metadata(&broken), Err(BridgeError::Metadata(_))));
+        assert!(matches!(
+            config_from_metadata(&broken),
+            Err(BridgeError::Metadata(_))
+        ));
     }
 }

@@ -2,8 +2,6 @@
 //! write to disk. Every file the writer produces is re-parsed before it is
 //! returned, so the writer can never emit something the reader rejects.
 
-use std::prelude::rust_2021::*;
-use std::{format, vec};
 use crate::config::ModelConfig;
 use crate::crc::Crc32;
 use crate::dtype::DType;
@@ -12,6 +10,8 @@ use crate::file::{align_up, ent, hdr, ModelFile, ENTRY_BYTES, HEADER_BYTES, MAGI
 use crate::schema::LABELS_TENSOR;
 use std::io::{self, Write};
 use std::path::Path;
+use std::prelude::rust_2021::*;
+use std::{format, vec};
 
 /// A tensor waiting to be written.
 #[derive(Clone, Debug)]
@@ -31,7 +31,10 @@ pub struct KbmWriter {
 
 impl KbmWriter {
     pub fn new(config: ModelConfig) -> Self {
-        KbmWriter { config, tensors: Vec::new() }
+        KbmWriter {
+            config,
+            tensors: Vec::new(),
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -43,42 +46,82 @@ impl KbmWriter {
     }
 
     /// Adds already-encoded bytes.
-    pub fn add_raw(&mut self, name: &str, dtype: DType, dims: &[u32], data: Vec<u8>) -> Result<(), FormatError> {
+    pub fn add_raw(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        dims: &[u32],
+        data: Vec<u8>,
+    ) -> Result<(), FormatError> {
         if name.is_empty() || name.len() > MAX_NAME_LEN || dims.is_empty() || dims.len() > 4 {
-            return Err(FormatError::BadRank { name: tensor_name(name), rank: dims.len() as u8 });
+            return Err(FormatError::BadRank {
+                name: tensor_name(name),
+                rank: dims.len() as u8,
+            });
         }
         let shape = Shape::new(dims);
         let expected = shape.numel().and_then(|n| dtype.byte_len(n));
         if expected != Some(data.len() as u64) {
-            return Err(FormatError::LengthMismatch { name: tensor_name(name), dtype, shape, byte_len: data.len() as u64 });
+            return Err(FormatError::LengthMismatch {
+                name: tensor_name(name),
+                dtype,
+                shape,
+                byte_len: data.len() as u64,
+            });
         }
         if self.tensors.iter().any(|t| t.name == name) {
-            return Err(FormatError::DuplicateTensor { name: tensor_name(name) });
+            return Err(FormatError::DuplicateTensor {
+                name: tensor_name(name),
+            });
         }
-        self.tensors.push(PendingTensor { name: name.to_string(), dtype, shape, data });
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            dtype,
+            shape,
+            data,
+        });
         Ok(())
     }
 
     /// Encodes f32 values as `dtype` and adds them.
-    pub fn add_f32(&mut self, name: &str, dtype: DType, dims: &[u32], values: &[f32]) -> Result<(), FormatError> {
+    pub fn add_f32(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        dims: &[u32],
+        values: &[f32],
+    ) -> Result<(), FormatError> {
         let shape = Shape::new(dims);
         if dtype.is_quantized() && shape.last() as usize % crate::dtype::QK != 0 {
-            return Err(FormatError::NotWholeBlocks { name: tensor_name(name), last_dim: shape.last() });
+            return Err(FormatError::NotWholeBlocks {
+                name: tensor_name(name),
+                last_dim: shape.last(),
+            });
         }
         let len = shape
             .numel()
             .filter(|&n| n == values.len() as u64)
             .and_then(|n| dtype.byte_len(n))
-            .ok_or(FormatError::LengthMismatch { name: tensor_name(name), dtype, shape, byte_len: values.len() as u64 })?;
+            .ok_or(FormatError::LengthMismatch {
+                name: tensor_name(name),
+                dtype,
+                shape,
+                byte_len: values.len() as u64,
+            })?;
         let mut data = vec![0u8; len as usize];
-        crate::quant::encode(dtype, values, &mut data).map_err(|error| FormatError::Codec { name: tensor_name(name), error })?;
+        crate::quant::encode(dtype, values, &mut data).map_err(|error| FormatError::Codec {
+            name: tensor_name(name),
+            error,
+        })?;
         self.add_raw(name, dtype, dims, data)
     }
 
     /// Stores a classifier's label names (`meta.labels`).
     pub fn add_labels<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<(), FormatError> {
         let found = labels.len() as u32;
-        let bad = labels.iter().any(|l| l.as_ref().is_empty() || l.as_ref().contains('\n'));
+        let bad = labels
+            .iter()
+            .any(|l| l.as_ref().is_empty() || l.as_ref().contains('\n'));
         let expected = match self.config {
             ModelConfig::Bigs(c) if c.has_classifier() => c.n_classes,
             _ => 0,
@@ -86,7 +129,11 @@ impl KbmWriter {
         if bad || found != expected {
             return Err(FormatError::BadLabels { expected, found });
         }
-        let text = labels.iter().map(|l| l.as_ref()).collect::<Vec<_>>().join("\n");
+        let text = labels
+            .iter()
+            .map(|l| l.as_ref())
+            .collect::<Vec<_>>()
+            .join("\n");
         let n = text.len() as u32;
         self.add_raw(LABELS_TENSOR, DType::U8, &[n], text.into_bytes())
     }
@@ -104,16 +151,24 @@ impl KbmWriter {
             offsets.push(cursor);
             cursor = align_up(cursor + t.data.len() as u64).expect("fits in memory");
         }
-        let data_end = offsets.last().zip(order.last()).map(|(o, t)| o + t.data.len() as u64).unwrap_or(data_offset);
+        let data_end = offsets
+            .last()
+            .zip(order.last())
+            .map(|(o, t)| o + t.data.len() as u64)
+            .unwrap_or(data_offset);
         let file_bytes = data_end + 4;
 
         let mut out = vec![0u8; file_bytes as usize];
         out[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&MAGIC);
         out[hdr::VERSION..hdr::VERSION + 2].copy_from_slice(&VERSION.to_le_bytes());
-        out[hdr::HEADER_BYTES..hdr::HEADER_BYTES + 2].copy_from_slice(&(HEADER_BYTES as u16).to_le_bytes());
-        out[hdr::FAMILY..hdr::FAMILY + 2].copy_from_slice(&self.config.family().code().to_le_bytes());
-        out[hdr::TENSOR_COUNT..hdr::TENSOR_COUNT + 4].copy_from_slice(&(count as u32).to_le_bytes());
-        out[hdr::DIRECTORY_BYTES..hdr::DIRECTORY_BYTES + 4].copy_from_slice(&((count * ENTRY_BYTES) as u32).to_le_bytes());
+        out[hdr::HEADER_BYTES..hdr::HEADER_BYTES + 2]
+            .copy_from_slice(&(HEADER_BYTES as u16).to_le_bytes());
+        out[hdr::FAMILY..hdr::FAMILY + 2]
+            .copy_from_slice(&self.config.family().code().to_le_bytes());
+        out[hdr::TENSOR_COUNT..hdr::TENSOR_COUNT + 4]
+            .copy_from_slice(&(count as u32).to_le_bytes());
+        out[hdr::DIRECTORY_BYTES..hdr::DIRECTORY_BYTES + 4]
+            .copy_from_slice(&((count * ENTRY_BYTES) as u32).to_le_bytes());
         out[hdr::DATA_OFFSET..hdr::DATA_OFFSET + 8].copy_from_slice(&data_offset.to_le_bytes());
         out[hdr::FILE_BYTES..hdr::FILE_BYTES + 8].copy_from_slice(&file_bytes.to_le_bytes());
         for (i, w) in self.config.to_words().iter().enumerate() {
@@ -121,14 +176,16 @@ impl KbmWriter {
         }
         for (i, (t, &offset)) in order.iter().zip(&offsets).enumerate() {
             let e = &mut out[HEADER_BYTES + i * ENTRY_BYTES..HEADER_BYTES + (i + 1) * ENTRY_BYTES];
-            e[ent::NAME_LEN..ent::NAME_LEN + 2].copy_from_slice(&(t.name.len() as u16).to_le_bytes());
+            e[ent::NAME_LEN..ent::NAME_LEN + 2]
+                .copy_from_slice(&(t.name.len() as u16).to_le_bytes());
             e[ent::DTYPE] = t.dtype.code();
             e[ent::RANK] = t.shape.rank;
             for (j, d) in t.shape.dims.iter().enumerate() {
                 e[ent::DIMS + 4 * j..ent::DIMS + 4 * j + 4].copy_from_slice(&d.to_le_bytes());
             }
             e[ent::OFFSET..ent::OFFSET + 8].copy_from_slice(&offset.to_le_bytes());
-            e[ent::BYTE_LEN..ent::BYTE_LEN + 8].copy_from_slice(&(t.data.len() as u64).to_le_bytes());
+            e[ent::BYTE_LEN..ent::BYTE_LEN + 8]
+                .copy_from_slice(&(t.data.len() as u64).to_le_bytes());
             e[ent::NAME..ent::NAME + t.name.len()].copy_from_slice(t.name.as_bytes());
             out[offset as usize..offset as usize + t.data.len()].copy_from_slice(&t.data);
         }
@@ -141,7 +198,9 @@ impl KbmWriter {
 
     /// Writes the file atomically (see [`write_atomic`]).
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        let bytes = self.to_bytes().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let bytes = self
+            .to_bytes()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         write_atomic(path, &bytes)
     }
 }
@@ -154,9 +213,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a file path", path.display())))?;
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a file path", path.display()),
+        )
+    })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".tmp.{}", std::process::id()));
@@ -188,13 +250,17 @@ pub struct AlignedBytes {
 
 impl AlignedBytes {
     pub fn from_slice(bytes: &[u8]) -> Self {
-        let mut blocks: Vec<crate::align::Aligned64<[u8; 64]>> = Vec::with_capacity(bytes.len().div_ceil(64));
+        let mut blocks: Vec<crate::align::Aligned64<[u8; 64]>> =
+            Vec::with_capacity(bytes.len().div_ceil(64));
         for chunk in bytes.chunks(64) {
             let mut b = [0u8; 64];
             b[..chunk.len()].copy_from_slice(chunk);
             blocks.push(crate::align::Aligned64(b));
         }
-        AlignedBytes { blocks, len: bytes.len() }
+        AlignedBytes {
+            blocks,
+            len: bytes.len(),
+        }
     }
 
     /// Reads a whole file into aligned memory.

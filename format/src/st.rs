@@ -156,6 +156,7 @@ pub fn to_safetensors(file: &ModelFile<'_>, floats: ExportFloats) -> Result<Vec<
 pub struct DtypeChoice<'a> {
     pub name: &'a str,
     pub role: Role,
+    pub shape: crate::error::Shape,
     /// The dtype recorded in the metadata by a kilobyte export, if any.
     pub original: Option<DType>,
     /// The dtype the safetensors file stores (F32, F16, BF16 or U8).
@@ -209,9 +210,18 @@ pub fn from_safetensors(
             .map_err(|_| {
                 BridgeError::Metadata(format!("tensor {name}: a dimension exceeds u32"))
             })?;
+        if dims.is_empty() || dims.len() > 4 {
+            return Err(FormatError::BadRank {
+                name: tensor_name(name),
+                rank: dims.len() as u8,
+            }
+            .into());
+        }
+        let shape = crate::error::Shape::new(&dims);
         let target = choose(&DtypeChoice {
             name,
             role,
+            shape,
             original,
             stored,
         });

@@ -23,3 +23,4 @@ extern crate std;
 pub use kilobyte_format as format;
 
 pub mod kernels;
+pub mod rng;

@@ -1,0 +1,1 @@
+//! Integration tests across kilobyte's crates live in `tests/tests/`.

@@ -1,1 +1,62 @@
-//! The `kilobyte` commands.
+//! The `kilobyte` commands. Each command lives in its own module and returns
+//! `anyhow::Result`; `main` prints any error as one line and exits non-zero.
+
+mod convert;
+mod init;
+mod inspect;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kilobyte",
+    version,
+    about = "Byte-level language models for devices: train, quantise, inspect and run .kbm models"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print a .kbm file's header, config, tensor table, sizes and checksum status.
+    Inspect(inspect::Args),
+    /// Convert between .kbm and .safetensors (direction from the file extensions).
+    Convert(convert::ConvertArgs),
+    /// Re-encode a .kbm model's weights as f32, f16, bf16, q8 or q4.
+    Quantize(convert::QuantizeArgs),
+    /// Write a randomly initialised model (for tests, benchmarks and trying the tools).
+    Init(init::Args),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run_convert(a),
+        Command::Quantize(a) => convert::run_quantize(a),
+        Command::Init(a) => init::run(a),
+    }
+}
+
+/// Parses a dtype name for clap.
+pub(crate) fn parse_dtype(s: &str) -> std::result::Result<kilobyte_format::DType, String> {
+    match kilobyte_format::DType::parse(s) {
+        Some(d) if d.is_numeric() => Ok(d),
+        _ => Err(format!(
+            "unknown dtype {s:?} (expected f32, f16, bf16, q8 or q4)"
+        )),
+    }
+}
+
+/// Writes command output to stdout. A closed pipe (`kilobyte inspect m.kbm |
+/// head`) ends the output quietly instead of panicking like `println!`.
+pub(crate) fn print(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}

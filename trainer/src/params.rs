@@ -1,0 +1,211 @@
+//! A model's parameters as plain f32 tensors in the schema's order: how they
+//! are initialised, read from a .kbm file and written to one. Training,
+//! export, `kilobyte init` and `kilobyte quantize` all go through here.
+
+use anyhow::{bail, Context, Result};
+use kilobyte_format::schema::{for_each_tensor, Role, LABELS_TENSOR};
+use kilobyte_format::{DType, FormatError, KbmWriter, ModelConfig, ModelFile, Shape};
+use kilobyte_runtime::rng::Rng;
+
+/// One parameter tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub shape: Shape,
+    pub role: Role,
+    pub data: Vec<f32>,
+}
+
+/// All parameters of one model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSet {
+    pub config: ModelConfig,
+    pub params: Vec<Param>,
+    /// A BiGS classifier's label names (empty otherwise).
+    pub labels: Vec<String>,
+}
+
+/// Standard deviation of weight matrices and embeddings at initialisation
+/// (GPT-2's choice; residual output projections are further scaled down).
+pub const INIT_STD: f64 = 0.02;
+
+impl ParamSet {
+    /// Fresh random parameters. Matrices and embeddings ~ N(0, 0.02²), with
+    /// residual output projections scaled by 1/sqrt(2 * layers); norm
+    /// weights 1, biases 0, pad vectors ~ N(0, 0.02²); SSM parameters as
+    /// MODELS.md prescribes (S4D-Lin, log_dt uniform in [ln 0.001, ln 0.1],
+    /// C complex normal of variance 0.5, skip D ~ N(0, 1) as in S4D).
+    pub fn init(config: ModelConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut rng = Rng::new(seed);
+        let depth = match config {
+            ModelConfig::Megabyte(c) => c.layers_global.max(c.layers_local),
+            ModelConfig::Bigs(c) => c.layers,
+        } as f64;
+        let residual_std = INIT_STD / (2.0 * depth).sqrt();
+        let mut params = Vec::new();
+        for_each_tensor::<FormatError>(&config, |spec| {
+            let Some(shape) = spec.shape else {
+                return Ok(());
+            };
+            let n = shape.numel().unwrap_or(0) as usize;
+            let name = spec.name.as_str();
+            let mut data = vec![0f32; n];
+            let mut normal = |std: f64| {
+                data.iter_mut()
+                    .for_each(|v| *v = (rng.normal() * std) as f32)
+            };
+            match spec.role {
+                Role::Matrix if name.ends_with(".proj") || name.ends_with(".o.weight") => {
+                    normal(residual_std)
+                }
+                Role::Matrix | Role::TokenEmbedding | Role::PositionEmbedding => normal(INIT_STD),
+                Role::Vector if name.ends_with("pad") => normal(INIT_STD),
+                Role::Vector if name.ends_with(".weight") => data.fill(1.0),
+                Role::Vector => {}
+                Role::Ssm => init_ssm(name, shape, &mut data, &mut rng),
+                Role::Meta => {}
+            }
+            params.push(Param {
+                name: name.to_string(),
+                shape,
+                role: spec.role,
+                data,
+            });
+            Ok(())
+        })?;
+        let labels = match config {
+            ModelConfig::Bigs(c) if c.has_classifier() => {
+                (0..c.n_classes).map(|i| i.to_string()).collect()
+            }
+            _ => Vec::new(),
+        };
+        Ok(ParamSet {
+            config,
+            params,
+            labels,
+        })
+    }
+
+    /// Reads (and dequantises) every parameter of a parsed file.
+    pub fn from_file(file: &ModelFile<'_>) -> Result<Self> {
+        let config = *file.config();
+        let mut params = Vec::new();
+        for_each_tensor::<anyhow::Error>(&config, |spec| {
+            let Some(shape) = spec.shape else {
+                return Ok(());
+            };
+            let t = file.get(&spec.name)?;
+            let mut data = vec![0f32; t.numel()];
+            t.decode_into(&mut data)?;
+            params.push(Param {
+                name: spec.name.to_string(),
+                shape,
+                role: spec.role,
+                data,
+            });
+            Ok(())
+        })?;
+        let labels = file
+            .labels()
+            .map(|l| l.map(str::to_string).collect())
+            .unwrap_or_default();
+        Ok(ParamSet {
+            config,
+            params,
+            labels,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Param> {
+        self.params.iter().find(|p| p.name == name)
+    }
+
+    pub fn numel(&self) -> usize {
+        self.params.iter().map(|p| p.data.len()).sum()
+    }
+
+    /// A writer holding every parameter, stored as [`Role::storage_dtype`]
+    /// decides for the requested matrix and embedding dtypes.
+    pub fn to_writer(&self, matrices: DType, embeddings: DType) -> Result<KbmWriter> {
+        if !matrices.is_numeric() || !embeddings.is_numeric() {
+            bail!("u8 is not a weight dtype (use f32, f16, bf16, q8 or q4)");
+        }
+        let mut w = KbmWriter::new(self.config);
+        for p in &self.params {
+            let dtype = p.role.storage_dtype(p.shape, matrices, embeddings);
+            w.add_f32(&p.name, dtype, p.shape.dims(), &p.data)?;
+        }
+        if !self.labels.is_empty() {
+            w.add_labels(&self.labels)?;
+        }
+        Ok(w)
+    }
+}
+
+fn init_ssm(name: &str, shape: Shape, data: &mut [f32], rng: &mut Rng) {
+    let modes = shape.dims().get(1).copied().unwrap_or(1) as usize;
+    if name.ends_with(".a") {
+        data.fill(0.5f32.ln());
+    } else if name.ends_with(".w") {
+        for (i, v) in data.iter_mut().enumerate() {
+            *v = std::f32::consts::PI * (i % modes) as f32;
+        }
+    } else if name.ends_with(".c") {
+        // Complex normal with E|C|^2 = 0.5: each part has variance 0.25.
+        data.iter_mut()
+            .for_each(|v| *v = (rng.normal() * 0.5) as f32);
+    } else if name.ends_with(".log_dt") {
+        let (lo, hi) = (0.001f64.ln(), 0.1f64.ln());
+        data.iter_mut()
+            .for_each(|v| *v = (lo + rng.next_f64() * (hi - lo)) as f32);
+    } else {
+        data.iter_mut().for_each(|v| *v = rng.normal() as f32);
+    }
+}
+
+/// Reads a .kbm file into aligned memory with a one-line error naming it.
+pub fn read_kbm(path: &std::path::Path) -> Result<kilobyte_format::AlignedBytes> {
+    let bytes =
+        kilobyte_format::AlignedBytes::read(path).with_context(|| format!("{}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Parses bytes read with [`read_kbm`], naming the file in any error.
+pub fn parse_kbm<'a>(path: &std::path::Path, bytes: &'a [u8]) -> Result<ModelFile<'a>> {
+    ModelFile::parse(bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// The label tensor name, re-exported for commands that print it.
+pub const LABELS: &str = LABELS_TENSOR;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kilobyte_format::{BigsConfig, MegabyteConfig};
+
+    #[test]
+    fn init_is_deterministic_and_round_trips_through_a_file() {
+        for config in [
+            ModelConfig::Megabyte(MegabyteConfig::preset(2, 32, 1, 2, 32, 1, 2, 16)),
+            {
+                let mut c = BigsConfig::preset(32, 96, 1, 8, 1, 16);
+                c.heads = 3;
+                c.n_classes = 2;
+                ModelConfig::Bigs(c)
+            },
+        ] {
+            let a = ParamSet::init(config, 7).unwrap();
+            assert_eq!(a, ParamSet::init(config, 7).unwrap());
+            assert_ne!(a, ParamSet::init(config, 8).unwrap());
+            assert_eq!(a.numel() as u64, config.param_count());
+            let bytes = a
+                .to_writer(DType::F32, DType::F32)
+                .unwrap()
+                .to_bytes()
+                .unwrap();
+            let back = ParamSet::from_file(&ModelFile::parse(&bytes).unwrap()).unwrap();
+            assert_eq!(back, a);
+        }
+    }
+}

@@ -352,3 +352,24 @@ fn atomic_write_replaces_the_file() {
     assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Writes small valid files as a seed corpus for the fuzzer
+/// (`KILOBYTE_FUZZ_SEEDS=dir cargo test ... -- --ignored write_fuzz_seeds`).
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let Ok(dir) = std::env::var("KILOBYTE_FUZZ_SEEDS") else { return };
+    std::fs::create_dir_all(&dir).unwrap();
+    let smallest = ModelConfig::Megabyte(MegabyteConfig::preset(1, 1, 1, 1, 1, 1, 1, 1));
+    let mut bigs = BigsConfig::preset(32, 32, 1, 1, 1, 1);
+    bigs.heads = BIGS_HEAD_CLASSIFY;
+    bigs.n_classes = 3;
+    let seeds = [
+        ("megabyte-f32", build(smallest, DType::F32)),
+        ("megabyte-q8", build(tiny_megabyte(), DType::Q8)),
+        ("bigs-q4", build(ModelConfig::Bigs(bigs), DType::Q4)),
+    ];
+    for (name, bytes) in seeds {
+        std::fs::write(std::path::Path::new(&dir).join(name), bytes).unwrap();
+    }
+}

@@ -21,7 +21,8 @@ pub enum Role {
     TokenEmbedding,
     /// A learned position embedding `[T_max, d]`. Any numeric dtype; not decayed.
     PositionEmbedding,
-    /// Norm weights and biases, layer biases, learned pad vectors. f32, f16 or bf16; not decayed.
+    /// Norm weights and biases, layer biases, learned pad vectors. f32 only
+    /// (they are tiny, and norms are sensitive to rounding); not decayed.
     Vector,
     /// State-space parameters (a, w, C, log_dt, D). f32 only: the kernel is
     /// sensitive to them and they are tiny. Not decayed.
@@ -34,8 +35,7 @@ impl Role {
     pub fn allows(self, dtype: DType) -> bool {
         match self {
             Role::Matrix | Role::TokenEmbedding | Role::PositionEmbedding => dtype.is_numeric(),
-            Role::Vector => matches!(dtype, DType::F32 | DType::F16 | DType::BF16),
-            Role::Ssm => dtype == DType::F32,
+            Role::Vector | Role::Ssm => dtype == DType::F32,
             Role::Meta => dtype == DType::U8,
         }
     }
@@ -52,11 +52,7 @@ impl Role {
         let wanted = match self {
             Role::Matrix => matrices,
             Role::TokenEmbedding | Role::PositionEmbedding => embeddings,
-            Role::Vector => match matrices {
-                DType::F16 | DType::BF16 => matrices,
-                _ => DType::F32,
-            },
-            Role::Ssm => DType::F32,
+            Role::Vector | Role::Ssm => DType::F32,
             Role::Meta => DType::U8,
         };
         if wanted.is_quantized() && shape.last() as usize % QK != 0 {

@@ -385,7 +385,7 @@ mod tests {
         let mut buf = [0u8; Q4_BLOCK_BYTES];
         encode(DType::Q4, &x, &mut buf).unwrap();
         assert_eq!(block_scale(&buf), 1.0);
-        assert_eq!(buf[2], 0x00 | (15 << 4));
+        assert_eq!(buf[2], 15 << 4);
         assert_eq!(buf[3], 9 | (8 << 4));
     }
 }

@@ -104,7 +104,11 @@ fn check_flip(bad: &[u8], bit: usize) {
 #[test]
 fn every_bit_flip_is_rejected_without_panic() {
     // The smallest model, so that flipping every one of its bits stays fast.
-    let dtypes: &[DType] = if cfg!(miri) { &[DType::F32] } else { &[DType::F32, DType::F16] };
+    let dtypes: &[DType] = if cfg!(miri) {
+        &[DType::F32]
+    } else {
+        &[DType::F32, DType::F16]
+    };
     for &dtype in dtypes {
         let config = smallest();
         let good = build(config, dtype);

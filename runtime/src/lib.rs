@@ -22,5 +22,13 @@ extern crate std;
 
 pub use kilobyte_format as format;
 
+pub mod arena;
+pub mod error;
 pub mod kernels;
+pub mod megabyte;
 pub mod rng;
+pub mod sampling;
+
+pub use error::RuntimeError;
+pub use megabyte::{ArenaSpec, Megabyte, Session};
+pub use sampling::{Sampler, SamplerConfig};

@@ -11,4 +11,6 @@
 
 pub mod backend;
 pub mod cli;
+pub mod megabyte;
+pub mod optim;
 pub mod params;

@@ -145,3 +145,81 @@ fn bad_files_get_one_line_errors() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn generate_streams_reproducible_bytes() {
+    let dir = temp_dir("gen");
+    ok(
+        &["init", "--preset", "micro", "--dtype", "q8", "-o", "m.kbm"],
+        &dir,
+    );
+    assert!(
+        ok(&["inspect", "m.kbm", "--summary", "--context", "512"], &dir).contains("arena      ")
+    );
+    let run = |seed: &str| {
+        let out = kilobyte(
+            &[
+                "generate",
+                "m.kbm",
+                "--prompt",
+                "Once upon",
+                "--bytes",
+                "600",
+                "--seed",
+                seed,
+            ],
+            &dir,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let a = run("5");
+    assert_eq!(
+        a.len(),
+        600,
+        "600 bytes, past the 512-byte window (it slides)"
+    );
+    assert_eq!(a, run("5"), "same seed, same bytes");
+    assert_ne!(a, run("6"));
+    let out = kilobyte(
+        &[
+            "generate",
+            "m.kbm",
+            "--prompt",
+            "x",
+            "--bytes",
+            "20",
+            "--temperature",
+            "0",
+        ],
+        &dir,
+    );
+    assert_eq!(out.stdout.len(), 20);
+    // Stopping at the greedy output's third byte ends the stream there.
+    let stop = format!("\\x{:02x}", out.stdout[2]);
+    let args = [
+        "generate",
+        "m.kbm",
+        "--prompt",
+        "x",
+        "--bytes",
+        "20",
+        "--temperature",
+        "0",
+        "--stop",
+        &stop,
+    ];
+    let stopped = kilobyte(&args, &dir).stdout;
+    let first = out.stdout.iter().position(|&b| b == out.stdout[2]).unwrap();
+    assert_eq!(stopped, out.stdout[..=first]);
+    assert!(fails(&["generate", "m.kbm", "--context", "6"], &dir)
+        .contains("multiple of the patch size"));
+    assert!(fails(&["generate", "m.kbm", "--top-p", "0"], &dir).contains("top_p"));
+    ok(&["init", "--model", "bigs", "-o", "b.kbm"], &dir);
+    assert!(fails(&["generate", "b.kbm"], &dir).contains("bigs model"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

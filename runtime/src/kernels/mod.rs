@@ -1,2 +1,643 @@
-//! CPU kernels: a scalar reference for every op, and SIMD versions tested
-//! against it. (Filled in by the runtime issue.)
+//! CPU kernels for the MEGABYTE and BiGS forward passes.
+//!
+//! Every op is defined by a plain loop in [`scalar`]. The functions here check
+//! their arguments, then run the fastest version this machine supports:
+//! AVX2+FMA+F16C on x86_64 (detected at run time, since `no_std` has no
+//! `is_x86_feature_detected!`), NEON on aarch64 (always present there), and
+//! the scalar code everywhere else and under Miri. The SIMD versions are
+//! tested against the scalar ones and differ from them only in the order of
+//! float additions.
+//!
+//! Matrices are row-major `[out, in]`, so `y = W x` streams each row once.
+//! With q8/q4 weights the input is first quantised to q8 blocks in the
+//! caller's `scratch`, and each block's dot product is an exact integer sum,
+//! as in ggml: the inner loop becomes byte multiplies and the weights stay
+//! compressed all the way to the registers. The price is the input's
+//! rounding error, bounded in [`scalar::quantize_q8`].
+//!
+//! Nothing here allocates or panics on bad input: wrong lengths and shapes
+//! are [`KernelError`]s, and NaNs or infinities only propagate.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use half::{bf16, f16};
+use kilobyte_format::dtype::QK;
+use kilobyte_format::error::tensor_name;
+use kilobyte_format::{BlockQ4, BlockQ8, DType, FormatError, Shape, Tensor};
+
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+mod avx2;
+#[cfg(all(target_arch = "aarch64", not(miri)))]
+mod neon;
+pub mod scalar;
+#[cfg(test)]
+mod tests;
+#[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(miri)))]
+mod tiles;
+
+pub use scalar::{
+    add, embedding_row, gelu_tanh, layer_norm, mul, quantize_row_i8, rms_norm, scale, softmax,
+};
+
+/// Why a kernel refused its arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelError {
+    /// `what` holds `actual` values where the op needs exactly `expected`.
+    Length {
+        what: &'static str,
+        expected: usize,
+        actual: usize,
+    },
+    /// `what` holds `actual` values where the op needs at least `needed`.
+    TooShort {
+        what: &'static str,
+        needed: usize,
+        actual: usize,
+    },
+    /// A zero dimension, a size that overflows `usize`, or q8/q4 rows that
+    /// are not whole 32-value blocks.
+    BadShape {
+        rows: usize,
+        cols: usize,
+    },
+    RowOutOfRange {
+        row: usize,
+        rows: usize,
+    },
+    /// [`set_isa`] asked for an instruction set this CPU or build lacks.
+    Unsupported(Isa),
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            KernelError::Length {
+                what,
+                expected,
+                actual,
+            } => write!(f, "{what} holds {actual} values, {expected} are needed"),
+            KernelError::TooShort {
+                what,
+                needed,
+                actual,
+            } => write!(
+                f,
+                "{what} holds {actual} values, at least {needed} are needed"
+            ),
+            KernelError::BadShape { rows, cols } => write!(
+                f,
+                "a {rows} x {cols} matrix is empty, too large, or not whole {QK}-value blocks"
+            ),
+            KernelError::RowOutOfRange { row, rows } => {
+                write!(f, "row {row} is out of range for {rows} rows")
+            }
+            KernelError::Unsupported(isa) => write!(f, "{isa:?} is not available here"),
+        }
+    }
+}
+
+fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(KernelError::Length {
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+fn check_at_least(what: &'static str, needed: usize, actual: usize) -> Result<(), KernelError> {
+    if actual >= needed {
+        Ok(())
+    } else {
+        Err(KernelError::TooShort {
+            what,
+            needed,
+            actual,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Weight views
+
+/// A weight matrix's elements, borrowed (typically straight from a `.kbm`).
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+    /// Blocks run along each row: row `r` is blocks `r * cols / 32 ..`.
+    Q8(&'a [BlockQ8]),
+    Q4(&'a [BlockQ4]),
+}
+
+/// A row-major `[rows, cols]` (`[out, in]`) matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a> {
+    pub weights: Weights<'a>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<'a> Matrix<'a> {
+    pub fn new(weights: Weights<'a>, rows: usize, cols: usize) -> Result<Self, KernelError> {
+        let m = Matrix {
+            weights,
+            rows,
+            cols,
+        };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Views a tensor of a parsed file as a `rows x cols` matrix. The tensor
+    /// must hold `rows * cols` elements with `cols` as its last dimension;
+    /// errors name the tensor, which is what a model loader wants to report.
+    // FormatError is large because it carries that name; boxing is not an
+    // option without an allocator.
+    #[allow(clippy::result_large_err)]
+    pub fn from_tensor(t: &Tensor<'a>, rows: usize, cols: usize) -> Result<Self, FormatError> {
+        let wrong_shape = || FormatError::WrongShape {
+            name: tensor_name(t.name),
+            expected: Shape::new(&[
+                u32::try_from(rows).unwrap_or(u32::MAX),
+                u32::try_from(cols).unwrap_or(u32::MAX),
+            ]),
+            found: t.shape,
+        };
+        let numel_matches = matches!(
+            (t.shape.numel(), rows.checked_mul(cols)),
+            (Some(have), Some(want)) if have == want as u64
+        );
+        if !numel_matches || t.shape.last() as usize != cols {
+            return Err(wrong_shape());
+        }
+        let weights = match t.dtype {
+            DType::F32 => Weights::F32(t.as_f32()?),
+            DType::F16 => Weights::F16(t.as_f16()?),
+            DType::BF16 => Weights::BF16(t.as_bf16()?),
+            DType::Q8 => Weights::Q8(t.as_q8()?),
+            DType::Q4 => Weights::Q4(t.as_q4()?),
+            DType::U8 => {
+                return Err(FormatError::WrongDtype {
+                    name: tensor_name(t.name),
+                    dtype: t.dtype,
+                })
+            }
+        };
+        Matrix::new(weights, rows, cols).map_err(|_| wrong_shape())
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weights, Weights::Q8(_) | Weights::Q4(_))
+    }
+
+    /// Every op calls this: the fields are public, so a `Matrix` may not
+    /// have come through [`Matrix::new`], and the SIMD kernels rely on it.
+    fn check(&self) -> Result<(), KernelError> {
+        let bad = KernelError::BadShape {
+            rows: self.rows,
+            cols: self.cols,
+        };
+        if self.rows == 0 || self.cols == 0 || (self.is_quantized() && self.cols % QK != 0) {
+            return Err(bad);
+        }
+        let numel = self.rows.checked_mul(self.cols).ok_or(bad)?;
+        let (expected, actual) = match self.weights {
+            Weights::F32(w) => (numel, w.len()),
+            Weights::F16(w) => (numel, w.len()),
+            Weights::BF16(w) => (numel, w.len()),
+            Weights::Q8(w) => (numel / QK, w.len()),
+            Weights::Q4(w) => (numel / QK, w.len()),
+        };
+        check_len("weights", expected, actual)
+    }
+}
+
+/// Blocks of `scratch` that [`matmul`] needs for `n` inputs of `cols` values
+/// when the weights are q8 or q4; f32, f16 and bf16 weights ignore `scratch`.
+pub const fn scratch_blocks(cols: usize, n: usize) -> usize {
+    n.saturating_mul(cols / QK)
+}
+
+/// The head layout of attention rows: head `h` uses columns
+/// `h * head_dim .. (h + 1) * head_dim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub n_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    /// Values per row. Saturates, so an absurd layout fails the length checks.
+    pub const fn width(self) -> usize {
+        self.n_heads.saturating_mul(self.head_dim)
+    }
+}
+
+/// Rows quantised by [`quantize_row_i8`]: `values` holds rows of
+/// `heads.width()` values and `scales` one scale per row per head
+/// (`scales[pos * n_heads + h]`).
+#[derive(Clone, Copy, Debug)]
+pub struct I8Rows<'a> {
+    pub values: &'a [i8],
+    pub scales: &'a [f32],
+}
+
+// ---------------------------------------------------------------------------
+// Instruction set selection
+
+/// The instruction sets the kernels have versions for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// x86_64 AVX2 with FMA and F16C.
+    Avx2,
+    /// aarch64 Advanced SIMD.
+    Neon,
+}
+
+impl Isa {
+    const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Neon];
+
+    // 0 means "not chosen yet" in the atomics below.
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+
+    fn from_code(code: u8) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|isa| isa.code() == code)
+    }
+}
+
+static DETECTED: AtomicU8 = AtomicU8::new(0);
+static SELECTED: AtomicU8 = AtomicU8::new(0);
+
+/// The best instruction set this machine supports.
+pub fn detected() -> Isa {
+    if let Some(isa) = Isa::from_code(DETECTED.load(Relaxed)) {
+        return isa;
+    }
+    let isa = detect();
+    DETECTED.store(isa.code(), Relaxed);
+    isa
+}
+
+/// The instruction set the kernels use: [`detected`] unless [`set_isa`]
+/// chose another.
+pub fn isa() -> Isa {
+    Isa::from_code(SELECTED.load(Relaxed)).unwrap_or_else(detected)
+}
+
+/// Makes every kernel use `isa`, e.g. `Isa::Scalar` to measure what SIMD
+/// buys. Only `Isa::Scalar` and [`detected`] are accepted, which is what keeps
+/// the dispatch sound. Affects all threads.
+pub fn set_isa(isa: Isa) -> Result<(), KernelError> {
+    if isa != Isa::Scalar && isa != detected() {
+        return Err(KernelError::Unsupported(isa));
+    }
+    SELECTED.store(isa.code(), Relaxed);
+    Ok(())
+}
+
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+fn detect() -> Isa {
+    use core::arch::x86_64::{__cpuid_count, _xgetbv};
+    // SAFETY: every x86_64 CPU has cpuid, and xgetbv is only executed once
+    // cpuid reports OSXSAVE, i.e. that the OS enabled it.
+    let usable = unsafe {
+        let leaf1 = __cpuid_count(1, 0);
+        let bit = |n: u32| leaf1.ecx & (1 << n) != 0;
+        let (fma, osxsave, avx, f16c) = (bit(12), bit(27), bit(28), bit(29));
+        // The OS must also save the YMM registers on a context switch
+        // (XCR0 bits 1 and 2), or AVX state would be corrupted.
+        let os_saves_ymm = osxsave && _xgetbv(0) & 0b110 == 0b110;
+        let avx2 = __cpuid_count(0, 0).eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 5) != 0;
+        fma && avx && f16c && os_saves_ymm && avx2
+    };
+    if usable {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+#[cfg(all(target_arch = "aarch64", not(miri)))]
+fn detect() -> Isa {
+    Isa::Neon
+}
+
+#[cfg(not(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(miri))))]
+fn detect() -> Isa {
+    Isa::Scalar
+}
+
+/// An instruction set known to work on this machine. Only `current` and
+/// `best` make one, which is what makes the `unsafe` in [`dispatch!`] sound.
+#[derive(Clone, Copy, Debug)]
+struct Backend(Isa);
+
+impl Backend {
+    fn current() -> Backend {
+        Backend(isa())
+    }
+
+    #[cfg(test)]
+    fn best() -> Backend {
+        Backend(detected())
+    }
+}
+
+/// Evaluates `$simd` with `$m` naming the backend's module (`avx2` or
+/// `neon`, whose functions all share one signature), or `$scalar`.
+macro_rules! dispatch {
+    ($backend:expr, |$m:ident| $simd:expr, $scalar:expr) => {
+        match $backend.0 {
+            #[cfg(all(target_arch = "x86_64", not(miri)))]
+            // SAFETY: a Backend holds Avx2 only if the CPU has AVX2, FMA and
+            // F16C. The SIMD functions bound every access by the lengths of
+            // the slices they get.
+            Isa::Avx2 => unsafe {
+                use avx2 as $m;
+                $simd
+            },
+            #[cfg(all(target_arch = "aarch64", not(miri)))]
+            // SAFETY: NEON is part of every aarch64 target; accesses are
+            // bounded as above.
+            Isa::Neon => unsafe {
+                use neon as $m;
+                $simd
+            },
+            _ => $scalar,
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Matrix products
+
+/// `y = W x`: `x` holds `w.cols` values, `y` `w.rows`. For q8/q4 weights,
+/// `scratch` needs [`scratch_blocks`]`(w.cols, 1)` blocks and receives `x`
+/// quantised; float weights ignore it.
+pub fn matvec(
+    w: &Matrix,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [BlockQ8],
+) -> Result<(), KernelError> {
+    check_len("x", w.cols, x.len())?;
+    matmul(w, x, y, scratch)
+}
+
+/// `y_i = W x_i` for the `n = x.len() / w.cols` inputs stored one after the
+/// other in `x`; `y` holds `n` rows of `w.rows`. Much faster than `n`
+/// [`matvec`]s: each weight row is loaded once for a batch of inputs.
+/// `scratch` needs [`scratch_blocks`]`(w.cols, n)` blocks for q8/q4 weights.
+pub fn matmul(
+    w: &Matrix,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [BlockQ8],
+) -> Result<(), KernelError> {
+    matmul_on(Backend::current(), w, x, y, scratch)
+}
+
+fn matmul_on(
+    backend: Backend,
+    w: &Matrix,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [BlockQ8],
+) -> Result<(), KernelError> {
+    dispatch!(
+        backend,
+        |simd| {
+            let n = check_matmul(w, x, y, scratch)?;
+            simd::matmul(w, x, n, y, scratch)
+        },
+        scalar::matmul(w, x, y, scratch)?
+    );
+    Ok(())
+}
+
+/// Returns the number of inputs.
+fn check_matmul(
+    w: &Matrix,
+    x: &[f32],
+    y: &[f32],
+    scratch: &[BlockQ8],
+) -> Result<usize, KernelError> {
+    w.check()?;
+    let n = x.len() / w.cols;
+    check_len("x", n * w.cols, x.len())?;
+    check_len("y", n.saturating_mul(w.rows), y.len())?;
+    if w.is_quantized() {
+        check_at_least("scratch", scratch_blocks(w.cols, n), scratch.len())?;
+    }
+    Ok(n)
+}
+
+// ---------------------------------------------------------------------------
+// Vector ops
+
+/// `a · b`.
+pub fn dot(a: &[f32], b: &[f32]) -> Result<f32, KernelError> {
+    dot_on(Backend::current(), a, b)
+}
+
+fn dot_on(backend: Backend, a: &[f32], b: &[f32]) -> Result<f32, KernelError> {
+    check_len("b", a.len(), b.len())?;
+    Ok(dispatch!(
+        backend,
+        |simd| simd::dot(a, b),
+        scalar::dot(a, b)?
+    ))
+}
+
+/// `y += alpha * x`.
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
+    axpy_on(Backend::current(), alpha, x, y)
+}
+
+fn axpy_on(backend: Backend, alpha: f32, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
+    check_len("y", x.len(), y.len())?;
+    dispatch!(
+        backend,
+        |simd| simd::axpy(alpha, x, y),
+        scalar::axpy(alpha, x, y)?
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Attention
+
+/// One query against the first `n_pos` rows of a key/value cache:
+/// per head, scores `q·k / sqrt(head_dim)`, softmax over positions, then
+/// the weighted sum of the values. `q` and `out` hold `heads.width()` values;
+/// `keys` and `values` at least `n_pos` rows of that width (more is ignored,
+/// so a whole cache buffer can be passed); `scores` is scratch for at least
+/// `n_pos` values. Causal masking is the caller's choice of `n_pos`.
+pub fn attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n_pos: usize,
+    heads: Heads,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    attention_on(
+        Backend::current(),
+        q,
+        keys,
+        values,
+        n_pos,
+        heads,
+        scores,
+        out,
+    )
+}
+
+/// [`attention`] over a cache quantised with [`quantize_row_i8`] (a quarter
+/// of the memory, for microcontrollers). `keys` and `values` hold at least
+/// `n_pos` rows and `n_pos * n_heads` scales.
+pub fn attention_i8(
+    q: &[f32],
+    keys: I8Rows,
+    values: I8Rows,
+    n_pos: usize,
+    heads: Heads,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    attention_i8_on(
+        Backend::current(),
+        q,
+        keys,
+        values,
+        n_pos,
+        heads,
+        scores,
+        out,
+    )
+}
+
+/// Checks the lengths every attention call shares.
+fn check_attention(
+    q: &[f32],
+    n_pos: usize,
+    heads: Heads,
+    scores: &[f32],
+    out: &[f32],
+) -> Result<(), KernelError> {
+    check_len("q", heads.width(), q.len())?;
+    check_len("out", heads.width(), out.len())?;
+    check_at_least("positions", 1, n_pos)?;
+    check_at_least("scores", n_pos, scores.len())
+}
+
+/// Checks that a cache holds `n_pos` rows of `per_row` values.
+fn check_rows(
+    what: &'static str,
+    n_pos: usize,
+    per_row: usize,
+    len: usize,
+) -> Result<(), KernelError> {
+    check_at_least(what, n_pos.saturating_mul(per_row), len)
+}
+
+// The public arguments plus the backend.
+#[allow(clippy::too_many_arguments)]
+fn attention_on(
+    backend: Backend,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n_pos: usize,
+    heads: Heads,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_attention(q, n_pos, heads, scores, out)?;
+    check_rows("keys", n_pos, heads.width(), keys.len())?;
+    check_rows("values", n_pos, heads.width(), values.len())?;
+    let (hd, width) = (heads.head_dim, heads.width());
+    if width == 0 {
+        return Ok(());
+    }
+    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let scores = &mut scores[..n_pos];
+    for (h, (q_h, out_h)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+        let (k_h, v_h) = (&keys[h * hd..], &values[h * hd..]);
+        dispatch!(
+            backend,
+            |simd| simd::head_dots(q_h, k_h, width, scores),
+            scalar::head_dots(q_h, k_h, width, scores)
+        );
+        scores.iter_mut().for_each(|s| *s *= scale);
+        softmax(scores);
+        dispatch!(
+            backend,
+            |simd| simd::head_mix(scores, v_h, width, out_h),
+            scalar::head_mix(scores, v_h, width, out_h)
+        );
+    }
+    Ok(())
+}
+
+// The public arguments plus the backend.
+#[allow(clippy::too_many_arguments)]
+fn attention_i8_on(
+    backend: Backend,
+    q: &[f32],
+    keys: I8Rows,
+    values: I8Rows,
+    n_pos: usize,
+    heads: Heads,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_attention(q, n_pos, heads, scores, out)?;
+    for (what, rows) in [("keys", keys), ("values", values)] {
+        check_rows(what, n_pos, heads.width(), rows.values.len())?;
+        check_rows(what, n_pos, heads.n_heads, rows.scales.len())?;
+    }
+    let (hd, width, n_heads) = (heads.head_dim, heads.width(), heads.n_heads);
+    if width == 0 {
+        return Ok(());
+    }
+    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let scores = &mut scores[..n_pos];
+    for (h, (q_h, out_h)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+        let (k_h, v_h) = (&keys.values[h * hd..], &values.values[h * hd..]);
+        dispatch!(
+            backend,
+            |simd| simd::head_dots_i8(q_h, k_h, width, scores),
+            scalar::head_dots_i8(q_h, k_h, width, scores)
+        );
+        for (s, ks) in scores
+            .iter_mut()
+            .zip(keys.scales[h..].iter().step_by(n_heads))
+        {
+            *s = *s * ks * scale;
+        }
+        softmax(scores);
+        // Folding each value row's scale into its weight leaves an i8 axpy.
+        for (p, vs) in scores
+            .iter_mut()
+            .zip(values.scales[h..].iter().step_by(n_heads))
+        {
+            *p *= vs;
+        }
+        dispatch!(
+            backend,
+            |simd| simd::head_mix_i8(scores, v_h, width, out_h),
+            scalar::head_mix_i8(scores, v_h, width, out_h)
+        );
+    }
+    Ok(())
+}

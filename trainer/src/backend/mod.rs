@@ -1,1 +1,412 @@
-//! Compute backends (CPU now; CUDA later).
+//! Compute backends: the small set of operations the model code is built
+//! from, each with a forward and a hand-written backward (llm.c style), and
+//! the device memory they run on.
+//!
+//! Model code is generic over [`Backend`]. It allocates every activation,
+//! parameter, gradient and optimizer-state buffer through the backend once,
+//! up front, and then only calls ops on those handles, so it never touches
+//! the raw memory of a particular device. [`cpu::CpuBackend`] keeps buffers
+//! as `Vec<T>` (f32 for training, f64 for gradient checks); a CUDA backend
+//! keeps device buffers and implements the same trait.
+//!
+//! # Conventions (every backend follows them)
+//!
+//! - Activations are row-major `[rows, width]` and buffers are flat: a
+//!   `[B*T, P*D]` buffer is also a `[B*T*P, D]` one. Ops take their sizes as
+//!   arguments and work on the first elements of each buffer, so buffers
+//!   sized for the largest batch serve smaller ones; they panic when a
+//!   buffer is too small (a programming error).
+//! - Linear weights are `[out, in]`, as `.kbm` files store them.
+//! - **Every backward op adds into its gradient outputs** (`+=`), both for
+//!   parameters and for inputs. The caller zeroes gradient buffers before a
+//!   step (parameter gradients once per optimizer step, so micro-batches
+//!   accumulate; activation gradients once per backward pass). This makes
+//!   residual branches, tied embeddings and gradient accumulation free.
+//! - Forward ops overwrite their outputs (unless documented otherwise).
+//! - Results are deterministic: the same inputs give bit-identical outputs
+//!   on every run (reductions run in a fixed order, independent of thread
+//!   scheduling), which the kill-and-resume tests depend on.
+//! - Memory operations return errors (a device can run out of memory);
+//!   compute ops do not: a backend panics on a device failure, as there is
+//!   nothing the training loop could do about one.
+//! - Scalars (eps, scales, learning rates) are passed as f32; byte/token ids
+//!   and targets as u32 in [`Backend::Ids`] buffers; masks and per-position
+//!   weights as ordinary float buffers (1.0 counts, 0.0 does not).
+
+// Kernel signatures list their buffers and sizes explicitly, as llm.c does.
+#![allow(clippy::too_many_arguments)]
+
+pub mod conformance;
+pub mod cpu;
+
+pub use cpu::CpuBackend;
+
+use anyhow::Result;
+
+/// Sizes of `out[rows, out_dim] = inp[rows, in_dim] * weight[out_dim, in_dim]^T (+ bias[out_dim])`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Linear {
+    pub rows: usize,
+    pub in_dim: usize,
+    pub out_dim: usize,
+}
+
+/// Sizes of causal multi-head self-attention over `batch` independent
+/// sequences of `seq` positions each, `width` channels split into `heads`
+/// heads of `width / heads` channels.
+///
+/// MEGABYTE's global model is `{ batch: B, seq: K, width: P*D_G, .. }`; its
+/// local model is `{ batch: B*K, seq: P, width: D_L, .. }` on the same
+/// row-major layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attention {
+    pub batch: usize,
+    pub seq: usize,
+    pub width: usize,
+    pub heads: usize,
+}
+
+impl Attention {
+    pub fn head_dim(&self) -> usize {
+        self.width / self.heads
+    }
+    pub fn rows(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+/// What [`Backend::cross_entropy`] measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CrossEntropy {
+    /// Mean negative log-likelihood over the counted positions, in nats
+    /// (0 when none counted). Bits per byte = `loss / ln 2`.
+    pub loss: f64,
+    /// How many positions counted: the sum of the mask (rows without one).
+    pub count: f64,
+}
+
+/// One AdamW update's hyper-parameters, for [`Backend::adamw_update`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate of this step (schedule and per-parameter scale applied).
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Decoupled weight decay (0 for parameters that are not decayed).
+    pub weight_decay: f32,
+    /// Multiplies the stored gradient before use: 1/micro-batches times the
+    /// clipping factor.
+    pub grad_scale: f32,
+    /// 1-based index of this update (for the bias corrections).
+    pub step: u64,
+}
+
+impl AdamWStep {
+    /// `1 - beta1^step` and `1 - beta2^step`, computed in f64.
+    pub fn bias_corrections(&self) -> (f64, f64) {
+        let t = self.step.min(i32::MAX as u64) as i32;
+        (
+            1.0 - (self.beta1 as f64).powi(t),
+            1.0 - (self.beta2 as f64).powi(t),
+        )
+    }
+}
+
+/// A compute device: memory plus the ops the models are built from.
+///
+/// See the [module documentation](self) for the conventions: row-major
+/// activations, `[out, in]` weights, backward ops that accumulate.
+pub trait Backend: Send + Sync {
+    /// A float buffer on the device (CPU: `Vec<T>`).
+    type Buf: Send + Sync;
+    /// A u32 buffer on the device (byte ids, positions, targets).
+    type Ids: Send + Sync;
+
+    /// A short description, e.g. "cpu f32 (2 threads)".
+    fn name(&self) -> String;
+
+    // ---- memory ----------------------------------------------------------
+
+    /// A zeroed buffer of `len` elements.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding `host`.
+    fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
+    /// A buffer holding `host` (f64 values are rounded to the element type).
+    fn upload_f64(&self, host: &[f64]) -> Result<Self::Buf> {
+        let v: Vec<f32> = host.iter().map(|&x| x as f32).collect();
+        self.upload(&v)
+    }
+    /// Overwrites the first `host.len()` elements of `buf`.
+    fn write(&self, buf: &mut Self::Buf, host: &[f32]) -> Result<()>;
+    /// Overwrites the first `host.len()` elements of `buf`.
+    fn write_f64(&self, buf: &mut Self::Buf, host: &[f64]) -> Result<()> {
+        let v: Vec<f32> = host.iter().map(|&x| x as f32).collect();
+        self.write(buf, &v)
+    }
+    /// The buffer's contents as f32.
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// The buffer's contents as f64 (exact for every element type).
+    fn download_f64(&self, buf: &Self::Buf) -> Result<Vec<f64>> {
+        Ok(self.download(buf)?.into_iter().map(f64::from).collect())
+    }
+    fn len(&self, buf: &Self::Buf) -> usize;
+
+    fn upload_ids(&self, host: &[u32]) -> Result<Self::Ids>;
+    /// Overwrites the first `host.len()` ids.
+    fn write_ids(&self, ids: &mut Self::Ids, host: &[u32]) -> Result<()>;
+    fn ids_len(&self, ids: &Self::Ids) -> usize;
+
+    /// Waits until all queued work is done (a no-op on the CPU).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    // ---- whole-buffer arithmetic ----------------------------------------
+
+    /// `buf = 0`.
+    fn zero(&self, buf: &mut Self::Buf);
+    /// `dst[..src.len()] = src`.
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
+    /// `buf *= s`.
+    fn scale(&self, buf: &mut Self::Buf, s: f32);
+    /// `dst += src` (lengths equal).
+    fn add_assign(&self, dst: &mut Self::Buf, src: &Self::Buf);
+    /// Sum of squares of all elements, accumulated in f64 in a fixed order.
+    fn sum_squares(&self, buf: &Self::Buf) -> f64;
+    /// Sum of squares over several buffers, added in the given order (the
+    /// global gradient norm; a device backend can answer with one read-back).
+    fn sum_squares_many(&self, bufs: &[Self::Buf]) -> f64 {
+        bufs.iter().map(|b| self.sum_squares(b)).sum()
+    }
+
+    // ---- ops --------------------------------------------------------------
+
+    /// `out = inp * weight^T (+ bias)`, sizes `d`.
+    fn matmul_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        weight: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        d: Linear,
+    );
+    /// `dinp += dout * weight`, `dweight += dout^T * inp`, `dbias += column
+    /// sums of dout`. `dinp` may be `None` when the input needs no gradient.
+    fn matmul_backward(
+        &self,
+        dinp: Option<&mut Self::Buf>,
+        dweight: &mut Self::Buf,
+        dbias: Option<&mut Self::Buf>,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        weight: &Self::Buf,
+        d: Linear,
+    );
+
+    /// LayerNorm over the last dimension of `inp[rows, width]`:
+    /// `out = (inp - mean) * rstd * weight + bias`, with
+    /// `rstd = 1/sqrt(var + eps)` (biased variance). Saves `mean[rows]` and
+    /// `rstd[rows]` for the backward pass.
+    fn layernorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        weight: &Self::Buf,
+        bias: &Self::Buf,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    );
+    fn layernorm_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dweight: &mut Self::Buf,
+        dbias: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        weight: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        rows: usize,
+        width: usize,
+    );
+
+    /// `out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` elementwise.
+    fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize);
+    fn gelu_backward(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, n: usize);
+
+    /// `out = tanh(inp)` elementwise.
+    fn tanh_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize);
+    /// Uses the forward's output: `dinp += dout * (1 - out^2)`.
+    fn tanh_backward(&self, dinp: &mut Self::Buf, out: &Self::Buf, dout: &Self::Buf, n: usize);
+
+    /// `out = a + b` elementwise (residual connections).
+    fn add_forward(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, n: usize);
+    /// `da += dout`, `db += dout`.
+    fn add_backward(&self, da: &mut Self::Buf, db: &mut Self::Buf, dout: &Self::Buf, n: usize);
+
+    /// `out = a * b` elementwise (BiGS gates).
+    fn mul_forward(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, n: usize);
+    /// `da += dout * b`, `db += dout * a`.
+    fn mul_backward(
+        &self,
+        da: &mut Self::Buf,
+        db: &mut Self::Buf,
+        dout: &Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        n: usize,
+    );
+
+    /// `out[r, :] = inp[r, :] + bias` for `rows` rows of `width`.
+    /// ([`Backend::matmul_forward`] also takes a bias, fused.)
+    fn bias_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        bias: &Self::Buf,
+        rows: usize,
+        width: usize,
+    );
+    /// `dinp += dout` (when given), `dbias += column sums of dout`.
+    fn bias_backward(
+        &self,
+        dinp: Option<&mut Self::Buf>,
+        dbias: &mut Self::Buf,
+        dout: &Self::Buf,
+        rows: usize,
+        width: usize,
+    );
+
+    /// Row gather: `out[i, :] = table[ids[i], :]` for `i < rows`, each row
+    /// `width` wide; with `accumulate`, `out[i, :] += table[ids[i], :]`
+    /// instead (token plus position embedding in one pass).
+    /// Panics on an id outside the table.
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Buf,
+        table: &Self::Buf,
+        ids: &Self::Ids,
+        rows: usize,
+        width: usize,
+        accumulate: bool,
+    );
+    /// Scatter-add: `dtable[ids[i], :] += dout[i, :]` (repeated ids add up).
+    fn embedding_backward(
+        &self,
+        dtable: &mut Self::Buf,
+        dout: &Self::Buf,
+        ids: &Self::Ids,
+        rows: usize,
+        width: usize,
+    );
+
+    /// Shifts each of `seqs` sequences of `len` rows right by one row and puts
+    /// the learned `pad[width]` in front: `out[s, 0] = pad`,
+    /// `out[s, t] = inp[s, t-1]`; each sequence's last input row is dropped.
+    /// MEGABYTE's global input is this over (B, K, P*D_G) patch vectors and
+    /// its local byte input this over (B*K, P, D_L) byte embeddings.
+    fn shift_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        pad: &Self::Buf,
+        seqs: usize,
+        len: usize,
+        width: usize,
+    );
+    /// `dinp[s, t-1] += dout[s, t]`, `dpad += sum over s of dout[s, 0]`.
+    fn shift_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dpad: &mut Self::Buf,
+        dout: &Self::Buf,
+        seqs: usize,
+        len: usize,
+        width: usize,
+    );
+
+    /// How many elements the `saved` buffer of the attention ops needs.
+    fn attention_saved_len(&self, a: Attention) -> usize;
+    /// Causal multi-head self-attention. `qkv[rows, 3*width]` holds q in
+    /// columns `0..width`, k in `width..2*width`, v in `2*width..3*width`;
+    /// head `h` uses columns `h*hd..(h+1)*hd` of each, `hd = width/heads`.
+    /// Position `t` of a sequence attends to positions `0..=t` of the same
+    /// sequence, scores scaled by `1/sqrt(hd)`. Writes `out[rows, width]`
+    /// (heads side by side) and whatever the backward pass needs to `saved`.
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        saved: &mut Self::Buf,
+        qkv: &Self::Buf,
+        a: Attention,
+    );
+    /// `dqkv += d(out)/d(qkv)^T dout`, using the forward's `qkv` and `saved`.
+    fn attention_backward(
+        &self,
+        dqkv: &mut Self::Buf,
+        dout: &Self::Buf,
+        qkv: &Self::Buf,
+        saved: &Self::Buf,
+        a: Attention,
+    );
+
+    /// Mean over the counted positions of each of `batch` sequences of `seq`
+    /// rows: `out[b, :] = sum_t mask[b, t] inp[b, t, :] / sum_t mask[b, t]`
+    /// (0 for a sequence with nothing counted). BiGS's classifier pooling.
+    fn mean_pool_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        mask: &Self::Buf,
+        batch: usize,
+        seq: usize,
+        width: usize,
+    );
+    fn mean_pool_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dout: &Self::Buf,
+        mask: &Self::Buf,
+        batch: usize,
+        seq: usize,
+        width: usize,
+    );
+
+    /// Softmax cross-entropy of `logits[rows, vocab]` against `targets[rows]`
+    /// (every id in `0..vocab` is an ordinary class, byte 0 included),
+    /// averaged over the rows where `mask` is non-zero (weighted by it; all
+    /// rows without a mask). When `dlogits` is given it is **overwritten**
+    /// with `grad_scale * d(mean loss)/d(logits)`: `(softmax - onehot) *
+    /// mask / count * grad_scale`, 0 on rows that do not count. The
+    /// forward and the logits gradient are fused: nothing is saved.
+    fn cross_entropy(
+        &self,
+        logits: &Self::Buf,
+        targets: &Self::Ids,
+        mask: Option<&Self::Buf>,
+        dlogits: Option<&mut Self::Buf>,
+        rows: usize,
+        vocab: usize,
+        grad_scale: f32,
+    ) -> CrossEntropy;
+
+    /// One AdamW update of `param` from `grad` (scaled by `s.grad_scale`),
+    /// in the element type (f32 master weights and state in training):
+    /// `p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    /// p -= lr * (m/bc1) / (sqrt(v/bc2) + eps)`.
+    fn adamw_update(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        s: &AdamWStep,
+    );
+}
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,9 @@ pub struct Args {
     /// Only print the summary, not the tensor table.
     #[arg(long)]
     pub summary: bool,
+    /// Also print the runtime arena a session with this many bytes of context needs.
+    #[arg(long)]
+    pub context: Option<usize>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -60,6 +63,24 @@ pub fn run(args: Args) -> Result<()> {
         config.param_count() as f64 / 1e6
     )?;
     writeln!(o, "checksum   CRC-32 {:08x} ok", f.checksum())?;
+    if let Some(context) = args.context {
+        match config {
+            ModelConfig::Megabyte(c) => {
+                let spec = kilobyte_runtime::ArenaSpec::new(context);
+                if let Some(reason) = spec.check(c) {
+                    anyhow::bail!("--context {context}: {reason}");
+                }
+                writeln!(
+                    o,
+                    "arena      {} bytes for a {context}-byte context",
+                    spec.arena_bytes(c)
+                )?;
+            }
+            ModelConfig::Bigs(_) => {
+                anyhow::bail!("--context: arena sizes for BiGS models are not available yet")
+            }
+        }
+    }
 
     let mut by_dtype: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
     for t in f.tensors() {

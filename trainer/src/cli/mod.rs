@@ -1,7 +1,9 @@
 //! The `kilobyte` commands. Each command lives in its own module and returns
 //! `anyhow::Result`; `main` prints any error as one line and exits non-zero.
 
+mod bench;
 mod convert;
+mod generate;
 mod init;
 mod inspect;
 
@@ -29,6 +31,10 @@ pub enum Command {
     Quantize(convert::QuantizeArgs),
     /// Write a randomly initialised model (for tests, benchmarks and trying the tools).
     Init(init::Args),
+    /// Stream bytes from a MEGABYTE model.
+    Generate(generate::Args),
+    /// Benchmarks: `kilobyte bench runtime`.
+    Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -37,6 +43,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Convert(a) => convert::run_convert(a),
         Command::Quantize(a) => convert::run_quantize(a),
         Command::Init(a) => init::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

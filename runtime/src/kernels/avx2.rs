@@ -1,0 +1,445 @@
+//! x86_64 kernels for AVX2 with FMA and F16C (every CPU with AVX2 has both).
+//!
+//! Every function is `unsafe` only because it needs those features; the
+//! dispatcher calls them after detection. Memory accesses are bounded by the
+//! lengths of the slices passed in (each loop runs to the shortest), so no
+//! argument can make them read or write out of bounds.
+
+use super::scalar::q8_scale;
+use super::tiles::{for_each_tile, shortest};
+use super::{Matrix, Weights};
+use core::arch::x86_64::*;
+use half::{bf16, f16};
+use kilobyte_format::dtype::QK;
+use kilobyte_format::{BlockQ4, BlockQ8};
+
+/// A float weight type that loads as eight f32 lanes.
+trait FloatWeight: Copy {
+    unsafe fn load8(p: *const Self) -> __m256;
+    fn to_f32(self) -> f32;
+}
+
+impl FloatWeight for f32 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl FloatWeight for f16 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl FloatWeight for bf16 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const bf16) -> __m256 {
+        // A bf16 is the top half of an f32.
+        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// A quantised weight block.
+trait QuantWeight {
+    /// The 32 values as signed bytes, in element order.
+    unsafe fn values(&self) -> __m256i;
+    fn scale_bits(&self) -> [u8; 2];
+}
+
+impl QuantWeight for BlockQ8 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values(&self) -> __m256i {
+        _mm256_loadu_si256(self.qs.as_ptr().cast())
+    }
+    fn scale_bits(&self) -> [u8; 2] {
+        self.d
+    }
+}
+
+impl QuantWeight for BlockQ4 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values(&self) -> __m256i {
+        // Byte j holds element j in its low nibble and j + 16 in its high
+        // one, so the two halves fill the two 128-bit lanes in order.
+        let packed = _mm_loadu_si128(self.qs.as_ptr().cast());
+        let nibble = _mm_set1_epi8(0x0f);
+        let low = _mm_and_si128(packed, nibble);
+        let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), nibble);
+        _mm256_sub_epi8(_mm256_set_m128i(high, low), _mm256_set1_epi8(8))
+    }
+    fn scale_bits(&self) -> [u8; 2] {
+        self.d
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_bits_to_f32(bits: [u8; 2]) -> f32 {
+    let h = _mm_cvtsi32_si128(u16::from_le_bytes(bits) as i32);
+    _mm_cvtss_f32(_mm_cvtph_ps(h))
+}
+
+/// How far ahead of its reads a tile asks for weights.
+const PREFETCH_BYTES: usize = 512;
+
+/// Prefetches the weights `PREFETCH_BYTES` past `p`. A tile reads its rows
+/// as several interleaved streams, which the hardware prefetcher follows
+/// poorly from DRAM: this made f16 and q4 matvecs about 40% faster there.
+/// A prefetch never faults, so running past the end is harmless.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prefetch<T>(p: *const T) {
+    _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH_BYTES));
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// The eight i32 sums of four adjacent products `w * x` of two blocks, as
+/// f32. `maddubs` multiplies unsigned by signed bytes, so `w`'s sign moves
+/// onto `x`: |w| (read as unsigned, so even -128 is right) times ±x. This is
+/// exact as long as `x` is within ±127, which the activation quantiser
+/// guarantees; pairs then sum to at most 2 * 128 * 127, inside i16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_dot(w: __m256i, abs_w: __m256i, x: __m256i) -> __m256 {
+    let pairs = _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(x, w));
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// The dot products of `R` weight rows with `N` inputs.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_tile<W: FloatWeight, const R: usize, const N: usize>(
+    w: [&[W]; R],
+    x: [&[f32]; N],
+) -> [[f32; N]; R] {
+    let cols = shortest(&w, &x);
+    let body = cols - cols % 8;
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let mut j = 0;
+    while j < body {
+        let mut xv = [_mm256_setzero_ps(); N];
+        for (v, x) in xv.iter_mut().zip(&x) {
+            *v = _mm256_loadu_ps(x.as_ptr().add(j));
+        }
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            prefetch(w.as_ptr().wrapping_add(j));
+            let wv = W::load8(w.as_ptr().add(j));
+            for (a, v) in acc.iter_mut().zip(&xv) {
+                *a = _mm256_fmadd_ps(wv, *v, *a);
+            }
+        }
+        j += 8;
+    }
+    let mut out = [[0.0; N]; R];
+    for ((out, acc), w) in out.iter_mut().zip(&acc).zip(&w) {
+        for ((o, a), x) in out.iter_mut().zip(acc).zip(&x) {
+            let tail = w[body..cols].iter().zip(&x[body..cols]);
+            *o = hsum(*a) + tail.map(|(w, x)| w.to_f32() * x).sum::<f32>();
+        }
+    }
+    out
+}
+
+/// The dot products of `R` quantised weight rows with `N` q8 inputs.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quant_tile<W: QuantWeight, const R: usize, const N: usize>(
+    w: [&[W]; R],
+    x: [&[BlockQ8]; N],
+) -> [[f32; N]; R] {
+    let blocks = shortest(&w, &x);
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    for b in 0..blocks {
+        let mut xv = [_mm256_setzero_si256(); N];
+        let mut xd = [0.0f32; N];
+        for ((v, d), x) in xv.iter_mut().zip(&mut xd).zip(&x) {
+            let block = &*x.as_ptr().add(b);
+            *v = block.values();
+            *d = f16_bits_to_f32(block.d);
+        }
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            prefetch(w.as_ptr().wrapping_add(b));
+            let block = &*w.as_ptr().add(b);
+            let (wv, wd) = (block.values(), f16_bits_to_f32(block.scale_bits()));
+            let abs_w = _mm256_sign_epi8(wv, wv);
+            for ((a, v), d) in acc.iter_mut().zip(&xv).zip(&xd) {
+                *a = _mm256_fmadd_ps(block_dot(wv, abs_w, *v), _mm256_set1_ps(wd * d), *a);
+            }
+        }
+    }
+    let mut out = [[0.0; N]; R];
+    for (out, acc) in out.iter_mut().zip(&acc) {
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = hsum(*a);
+        }
+    }
+    out
+}
+
+/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matmul(
+    w: &Matrix,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [BlockQ8],
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    match w.weights {
+        Weights::F32(w) => float_matmul(w, rows, cols, x, n, y),
+        Weights::F16(w) => float_matmul(w, rows, cols, x, n, y),
+        Weights::BF16(w) => float_matmul(w, rows, cols, x, n, y),
+        Weights::Q8(w) => {
+            quantize_q8(x, scratch);
+            quant_matmul(w, rows, cols / QK, scratch, n, y);
+        }
+        Weights::Q4(w) => {
+            quantize_q8(x, scratch);
+            quant_matmul(w, rows, cols / QK, scratch, n, y);
+        }
+    }
+}
+
+// A single input gets four rows per tile, for four independent FMA chains;
+// a batch gets 2 rows x 4 inputs: 8 accumulators, and each weight vector
+// loaded feeds four FMAs.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_matmul<W: FloatWeight>(
+    w: &[W],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    let row = |r: usize| &w[r * cols..][..cols];
+    let input = |i: usize| &x[i * cols..][..cols];
+    let bytes = cols * 4;
+    if n == 1 {
+        for_each_tile(rows, n, bytes, y, |r, i| {
+            float_tile::<W, 4, 1>(r.map(row), i.map(input))
+        });
+    } else {
+        for_each_tile(rows, n, bytes, y, |r, i| {
+            float_tile::<W, 2, 4>(r.map(row), i.map(input))
+        });
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quant_matmul<W: QuantWeight>(
+    w: &[W],
+    rows: usize,
+    blocks: usize,
+    xq: &[BlockQ8],
+    n: usize,
+    y: &mut [f32],
+) {
+    let row = |r: usize| &w[r * blocks..][..blocks];
+    let input = |i: usize| &xq[i * blocks..][..blocks];
+    let bytes = blocks * size_of::<BlockQ8>();
+    if n == 1 {
+        for_each_tile(rows, n, bytes, y, |r, i| {
+            quant_tile::<W, 4, 1>(r.map(row), i.map(input))
+        });
+    } else {
+        for_each_tile(rows, n, bytes, y, |r, i| {
+            quant_tile::<W, 2, 4>(r.map(row), i.map(input))
+        });
+    }
+}
+
+/// [`super::scalar::quantize_q8`], bit for bit, over whole blocks of `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+    for (src, dst) in x.chunks_exact(QK).zip(out) {
+        let mut v = [_mm256_setzero_ps(); 4];
+        let mut m = _mm256_setzero_ps();
+        for (k, v) in v.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(src.as_ptr().add(8 * k));
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *v));
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let (d, inv) = q8_scale(_mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m))));
+        dst.d = d;
+        let inv = _mm256_set1_ps(inv);
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (q, v) in q.iter_mut().zip(&v) {
+            let clamped = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(*v, inv), lo), hi);
+            // Rounds half to even under the default MXCSR, like rintf.
+            *q = _mm256_cvtps_epi32(clamped);
+        }
+        // The packs work within 128-bit lanes, leaving the 4-byte groups
+        // in the order 0 2 4 6 1 3 5 7; the permute puts them back.
+        let (q01, q23) = (
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q01, q23), order);
+        _mm256_storeu_si256(dst.qs.as_mut_ptr().cast(), bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Vector ops
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // Four accumulators hide the FMA latency.
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut j = 0;
+    while j + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let (va, vb) = (
+                _mm256_loadu_ps(pa.add(j + 8 * k)),
+                _mm256_loadu_ps(pb.add(j + 8 * k)),
+            );
+            *acc = _mm256_fmadd_ps(va, vb, *acc);
+        }
+        j += 32;
+    }
+    while j + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(j)),
+            _mm256_loadu_ps(pb.add(j)),
+            acc[0],
+        );
+        j += 8;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    hsum(sum)
+        + a[j..n]
+            .iter()
+            .zip(&b[j..n])
+            .map(|(a, b)| a * b)
+            .sum::<f32>()
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let a = _mm256_set1_ps(alpha);
+    let mut j = 0;
+    while j + 8 <= n {
+        let v = _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(j)), _mm256_loadu_ps(py.add(j)));
+        _mm256_storeu_ps(py.add(j), v);
+        j += 8;
+    }
+    for (y, x) in y[j..n].iter_mut().zip(&x[j..n]) {
+        *y += alpha * x;
+    }
+}
+
+/// Eight i8 values widened to f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_i8(p: *const i8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_i8(a: &[f32], b: &[i8]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = _mm256_setzero_ps();
+    let mut j = 0;
+    while j + 8 <= n {
+        acc = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a.as_ptr().add(j)),
+            load8_i8(b.as_ptr().add(j)),
+            acc,
+        );
+        j += 8;
+    }
+    hsum(acc)
+        + a[j..n]
+            .iter()
+            .zip(&b[j..n])
+            .map(|(a, &b)| a * b as f32)
+            .sum::<f32>()
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_i8(alpha: f32, x: &[i8], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let a = _mm256_set1_ps(alpha);
+    let mut j = 0;
+    while j + 8 <= n {
+        let py = y.as_mut_ptr().add(j);
+        _mm256_storeu_ps(
+            py,
+            _mm256_fmadd_ps(a, load8_i8(x.as_ptr().add(j)), _mm256_loadu_ps(py)),
+        );
+        j += 8;
+    }
+    for (y, &x) in y[j..n].iter_mut().zip(&x[j..n]) {
+        *y += alpha * x as f32;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Attention steps; see `super::scalar::head_dots` for the contract.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn head_dots(q: &[f32], keys: &[f32], stride: usize, scores: &mut [f32]) {
+    for (i, s) in scores.iter_mut().enumerate() {
+        *s = dot(q, &keys[i * stride..]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn head_dots_i8(q: &[f32], keys: &[i8], stride: usize, scores: &mut [f32]) {
+    for (i, s) in scores.iter_mut().enumerate() {
+        *s = dot_i8(q, &keys[i * stride..]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn head_mix(p: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for (i, &p) in p.iter().enumerate() {
+        axpy(p, &values[i * stride..], out);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn head_mix_i8(p: &[f32], values: &[i8], stride: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for (i, &p) in p.iter().enumerate() {
+        axpy_i8(p, &values[i * stride..], out);
+    }
+}

@@ -1,0 +1,243 @@
+//! MEGABYTE inference: weights resolved in place from a `.kbm` file, and a
+//! [`Session`] that decodes incrementally inside a caller-given arena.
+//!
+//! The model is exactly ../shared/design/MODELS.md's (see also
+//! format/SPEC.md for the tensor names): a global transformer over patches of
+//! P bytes, a shared projection to the local width, and a local transformer
+//! over the bytes of one patch with the output tied to the local embedding.
+
+mod session;
+
+pub use session::{ArenaSpec, Session};
+
+use crate::error::RuntimeError;
+use crate::kernels::Matrix;
+use kilobyte_format::{MegabyteConfig, ModelConfig, ModelFile, Tensor};
+
+/// Most transformer layers per level the runtime's fixed tables hold
+/// (the `base` preset has 12 global and 4 local).
+pub const MAX_LAYERS: usize = 24;
+
+/// One pre-norm transformer block's weights.
+#[derive(Clone, Copy, Debug)]
+pub struct Block<'m> {
+    pub ln1_weight: &'m [f32],
+    pub ln1_bias: &'m [f32],
+    /// [3W, W]: q rows, then k rows, then v rows.
+    pub qkv: Matrix<'m>,
+    pub proj: Matrix<'m>,
+    pub ln2_weight: &'m [f32],
+    pub ln2_bias: &'m [f32],
+    pub fc: Matrix<'m>,
+    pub fc_proj: Matrix<'m>,
+}
+
+/// A stack of blocks with its final LayerNorm.
+#[derive(Clone, Debug)]
+pub struct Transformer<'m> {
+    pub blocks: heapless::Vec<Block<'m>, MAX_LAYERS>,
+    pub ln_f_weight: &'m [f32],
+    pub ln_f_bias: &'m [f32],
+    pub width: usize,
+    pub heads: usize,
+}
+
+/// A MEGABYTE model whose weights borrow the file bytes (no copies).
+#[derive(Clone, Debug)]
+pub struct Megabyte<'m> {
+    pub config: MegabyteConfig,
+    /// E_G: [256, D_G].
+    pub global_tok: Matrix<'m>,
+    /// E_pos: [T_max, D_G].
+    pub global_pos: Matrix<'m>,
+    /// G_pad: [P * D_G].
+    pub global_pad: &'m [f32],
+    pub global: Transformer<'m>,
+    /// W_GL: [D_L, D_G].
+    pub global_to_local: Matrix<'m>,
+    /// E_L: [256, D_L], also the output layer.
+    pub local_tok: Matrix<'m>,
+    /// E_Lpad: [D_L].
+    pub local_pad: &'m [f32],
+    pub local: Transformer<'m>,
+}
+
+fn matrix<'m>(file: &ModelFile<'m>, name: &str) -> Result<Matrix<'m>, RuntimeError> {
+    let t: Tensor<'m> = file.get(name)?;
+    let dims = t.shape.dims();
+    // The parser already checked every shape against the config.
+    let (rows, cols) = (
+        dims[0] as usize,
+        dims.iter().skip(1).product::<u32>() as usize,
+    );
+    Ok(Matrix::from_tensor(&t, rows, cols)?)
+}
+
+/// Bytes a matrix's weights occupy (what one full pass over it reads).
+pub fn matrix_bytes(m: &Matrix<'_>) -> usize {
+    use crate::kernels::Weights;
+    match m.weights {
+        Weights::F32(w) => core::mem::size_of_val(w),
+        Weights::F16(w) => core::mem::size_of_val(w),
+        Weights::BF16(w) => core::mem::size_of_val(w),
+        Weights::Q8(w) => core::mem::size_of_val(w),
+        Weights::Q4(w) => core::mem::size_of_val(w),
+    }
+}
+
+fn vector<'m>(file: &ModelFile<'m>, name: &str) -> Result<&'m [f32], RuntimeError> {
+    Ok(file.get(name)?.as_f32()?)
+}
+
+fn transformer<'m>(
+    file: &ModelFile<'m>,
+    prefix: &str,
+    layers: u32,
+    width: usize,
+    heads: usize,
+) -> Result<Transformer<'m>, RuntimeError> {
+    use core::fmt::Write;
+    let mut blocks = heapless::Vec::new();
+    for i in 0..layers {
+        let name = |part: &str| {
+            let mut s = kilobyte_format::TensorName::new();
+            let _ = write!(s, "{prefix}.blocks.{i}.{part}");
+            s
+        };
+        let block = Block {
+            ln1_weight: vector(file, &name("ln1.weight"))?,
+            ln1_bias: vector(file, &name("ln1.bias"))?,
+            qkv: matrix(file, &name("attn.qkv"))?,
+            proj: matrix(file, &name("attn.proj"))?,
+            ln2_weight: vector(file, &name("ln2.weight"))?,
+            ln2_bias: vector(file, &name("ln2.bias"))?,
+            fc: matrix(file, &name("mlp.fc"))?,
+            fc_proj: matrix(file, &name("mlp.proj"))?,
+        };
+        blocks
+            .push(block)
+            .map_err(|_| RuntimeError::TooManyLayers {
+                layers,
+                max: MAX_LAYERS,
+            })?;
+    }
+    let mut lnf = kilobyte_format::TensorName::new();
+    let _ = write!(lnf, "{prefix}.ln_f.weight");
+    let ln_f_weight = vector(file, &lnf)?;
+    lnf.clear();
+    let _ = write!(lnf, "{prefix}.ln_f.bias");
+    let ln_f_bias = vector(file, &lnf)?;
+    Ok(Transformer {
+        blocks,
+        ln_f_weight,
+        ln_f_bias,
+        width,
+        heads,
+    })
+}
+
+impl<'m> Megabyte<'m> {
+    /// Resolves every tensor of a parsed MEGABYTE file into typed views.
+    /// The file's bytes must be 64-byte aligned (`include_model!`,
+    /// `AlignedBytes`); f32 views of unaligned memory are an error.
+    pub fn from_file(file: &ModelFile<'m>) -> Result<Self, RuntimeError> {
+        let config = match file.config() {
+            ModelConfig::Megabyte(c) => *c,
+            other => {
+                return Err(RuntimeError::WrongFamily {
+                    expected: "megabyte",
+                    found: other.family().name(),
+                })
+            }
+        };
+        if config.layers_global as usize > MAX_LAYERS {
+            return Err(RuntimeError::TooManyLayers {
+                layers: config.layers_global,
+                max: MAX_LAYERS,
+            });
+        }
+        if config.layers_local as usize > MAX_LAYERS {
+            return Err(RuntimeError::TooManyLayers {
+                layers: config.layers_local,
+                max: MAX_LAYERS,
+            });
+        }
+        let w = config.global_width();
+        let l = config.d_local as usize;
+        Ok(Megabyte {
+            config,
+            global_tok: matrix(file, "global.tok_emb")?,
+            global_pos: matrix(file, "global.pos_emb")?,
+            global_pad: vector(file, "global.pad")?,
+            global: transformer(
+                file,
+                "global",
+                config.layers_global,
+                w,
+                config.heads_global as usize,
+            )?,
+            global_to_local: matrix(file, "global_to_local")?,
+            local_tok: matrix(file, "local.tok_emb")?,
+            local_pad: vector(file, "local.pad")?,
+            local: transformer(
+                file,
+                "local",
+                config.layers_local,
+                l,
+                config.heads_local as usize,
+            )?,
+        })
+    }
+
+    /// Arena bytes a session with `max_context` bytes of context needs, with
+    /// the default [`ArenaSpec`]. A `const fn`, so firmware can write
+    /// `static mut ARENA: [u8; Megabyte::arena_bytes(&CONFIG, 512)]`.
+    /// Returns 0 when `max_context` is unusable (see [`ArenaSpec::check`]).
+    pub const fn arena_bytes(config: &MegabyteConfig, max_context: usize) -> usize {
+        ArenaSpec::new(max_context).arena_bytes(config)
+    }
+
+    /// Starts a session over `arena` (see [`Session::new`]).
+    pub fn session<'a>(
+        &'a self,
+        arena: &'a mut [u8],
+        spec: ArenaSpec,
+    ) -> Result<Session<'a, 'm>, RuntimeError> {
+        Session::new(self, arena, spec)
+    }
+
+    /// Weight bytes read per generated byte: the local model every byte,
+    /// the global model and the projection once per P bytes.
+    pub fn weight_bytes_per_byte(&self) -> f64 {
+        let t = |tr: &Transformer<'_>| -> usize {
+            tr.blocks
+                .iter()
+                .map(|b| {
+                    matrix_bytes(&b.qkv)
+                        + matrix_bytes(&b.proj)
+                        + matrix_bytes(&b.fc)
+                        + matrix_bytes(&b.fc_proj)
+                })
+                .sum()
+        };
+        let p = self.config.patch_size as f64;
+        (t(&self.global) + matrix_bytes(&self.global_to_local) * self.config.patch_size as usize)
+            as f64
+            / p
+            + (t(&self.local) + matrix_bytes(&self.local_tok)) as f64
+    }
+
+    /// Multiply-accumulates per generated byte (same accounting).
+    pub fn macs_per_byte(&self) -> f64 {
+        let c = &self.config;
+        let w = c.global_width() as f64;
+        let l = c.d_local as f64;
+        let p = c.patch_size as f64;
+        let global = c.layers_global as f64 * 12.0 * w * w + p * c.d_global as f64 * l;
+        let local = c.layers_local as f64 * 12.0 * l * l + 256.0 * l;
+        global / p + local
+    }
+}
+
+#[cfg(test)]
+mod tests;

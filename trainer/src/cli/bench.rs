@@ -1,0 +1,266 @@
+//! `kilobyte bench runtime`: generation and prefill speed of the runtime
+//! against this machine's roofline (single-core FMA peak and memory read
+//! bandwidth, both measured here by the bench itself).
+
+use crate::params::ParamSet;
+use anyhow::{anyhow, bail, Result};
+use kilobyte_format::{AlignedBytes, DType, MegabyteConfig, ModelConfig, ModelFile};
+use kilobyte_runtime::{kernels, ArenaSpec, Megabyte};
+use std::hint::black_box;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// What to benchmark (only `runtime` for now).
+    pub what: String,
+    /// Comma-separated MEGABYTE presets: micro, small, base, or ref4m (the
+    /// 4M-parameter config the PyTorch reference was measured on).
+    #[arg(long, default_value = "micro,small,ref4m", value_delimiter = ',')]
+    pub presets: Vec<String>,
+    /// Comma-separated weight dtypes.
+    #[arg(long, default_value = "f32,f16,bf16,q8,q4", value_delimiter = ',')]
+    pub dtypes: Vec<String>,
+    /// train: windows per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// train: bytes per window (default: T_max).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// train: optimizer steps to time.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Bytes to generate per measurement.
+    #[arg(long, default_value_t = 256)]
+    pub bytes: usize,
+    /// Also run every measurement with the scalar kernels (SIMD speed-up side by side).
+    #[arg(long)]
+    pub scalar: bool,
+}
+
+/// The config megabyte-pytorch was measured with: dims (256, 128), depths
+/// (4, 2), lengths (256, 4): P = 4, global width 256, local width 128.
+pub const REF4M: MegabyteConfig = MegabyteConfig::preset(4, 64, 4, 4, 128, 2, 4, 1024);
+
+pub fn run(args: Args) -> Result<()> {
+    match args.what.as_str() {
+        "runtime" => {}
+        "train" => return bench_train(&args),
+        other => bail!("unknown benchmark {other:?} (expected runtime or train)"),
+    }
+    let peak = fma_peak_gflops();
+    let bw = read_bandwidth_gbs();
+    println!("machine: single-core f32 FMA peak {peak:.1} GFLOP/s, memory read bandwidth {bw:.1} GB/s (one thread)");
+    println!(
+        "{:<6} {:<5} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8}",
+        "preset",
+        "dtype",
+        "model B",
+        "arena B",
+        "gen B/s",
+        "prefill B/s",
+        "MAC/B",
+        "wbytes/B",
+        "roofline"
+    );
+    for preset in &args.presets {
+        let config = self::preset(preset)?;
+        let params = ParamSet::init(ModelConfig::Megabyte(config), 1)?;
+        for d in &args.dtypes {
+            let dtype = DType::parse(d)
+                .filter(|d| d.is_numeric())
+                .ok_or_else(|| anyhow!("unknown dtype {d:?}"))?;
+            let bytes = AlignedBytes::from_slice(&params.to_writer(dtype, dtype)?.to_bytes()?);
+            let file = ModelFile::parse(&bytes)?;
+            let model = Megabyte::from_file(&file).map_err(|e| anyhow!("{e}"))?;
+            let modes: &[bool] = if args.scalar {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &scalar in modes {
+                kernels::set_isa(if scalar {
+                    kernels::Isa::Scalar
+                } else {
+                    kernels::detected()
+                })
+                .map_err(|e| anyhow!("{e}"))?;
+                let r = measure(&model, args.bytes)?;
+                let macs = model.macs_per_byte();
+                let wbytes = model.weight_bytes_per_byte();
+                let bound = 1.0 / f64::max(2.0 * macs / (peak * 1e9), wbytes / (bw * 1e9));
+                println!(
+                    "{:<6} {:<5} {:>10} {:>10} {:>11.1} {:>11.1} {:>9.0} {:>9.0} {:>7.1}%{}",
+                    preset,
+                    dtype.name(),
+                    bytes.len(),
+                    r.arena,
+                    r.gen,
+                    r.prefill,
+                    macs,
+                    wbytes,
+                    100.0 * r.gen / bound,
+                    if scalar { "  (scalar kernels)" } else { "" }
+                );
+            }
+            kernels::set_isa(kernels::detected()).map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn preset(name: &str) -> Result<MegabyteConfig> {
+    match name {
+        "ref4m" => Ok(REF4M),
+        p => MegabyteConfig::by_name(p).ok_or_else(|| anyhow!("unknown preset {p:?}")),
+    }
+}
+
+/// Training throughput: forward, backward and AdamW update, bytes per second.
+fn bench_train(args: &Args) -> Result<()> {
+    use crate::backend::{Backend, CpuBackend};
+    use crate::megabyte::MegabyteModel;
+    use crate::optim::{AdamW, AdamWConfig, LrSchedule};
+    let be = CpuBackend::<f32>::new();
+    println!("backend: {}", be.name());
+    println!(
+        "{:<6} {:>9} {:>6} {:>6} {:>12} {:>10}",
+        "preset", "params", "batch", "seq", "bytes/s", "s/step"
+    );
+    for name in &args.presets {
+        let config = preset(name)?;
+        let seq = args.seq.unwrap_or(config.max_seq as usize);
+        let set = ParamSet::init(ModelConfig::Megabyte(config), 1)?;
+        let mut model = MegabyteModel::new(&be, &set)?;
+        let mut ws = model.workspace(&be, args.batch, seq)?;
+        let mut opt = AdamW::for_param_set(
+            &be,
+            AdamWConfig::default(),
+            LrSchedule::constant(1e-3),
+            &set,
+        )?;
+        let mut rng = kilobyte_runtime::rng::Rng::new(1);
+        let data: Vec<u8> = (0..args.batch * seq)
+            .map(|_| rng.below(256) as u8)
+            .collect();
+        let mut run = |model: &mut MegabyteModel<CpuBackend<f32>>| -> Result<()> {
+            AdamW::zero_grads(&be, &mut model.grads);
+            model.step(&be, &mut ws, &data, true, 1.0)?;
+            opt.step(&be, &mut model.params, &model.grads, 1.0);
+            Ok(())
+        };
+        run(&mut model)?; // warm-up: page in buffers
+        let t = Instant::now();
+        for _ in 0..args.steps {
+            run(&mut model)?;
+        }
+        let secs = t.elapsed().as_secs_f64() / args.steps as f64;
+        let bps = (args.batch * seq) as f64 / secs;
+        println!(
+            "{name:<6} {:>9} {:>6} {:>6} {:>12.0} {:>10.3}",
+            config.param_count(),
+            args.batch,
+            seq,
+            bps,
+            secs
+        );
+    }
+    Ok(())
+}
+
+struct Speeds {
+    gen: f64,
+    prefill: f64,
+    arena: usize,
+}
+
+fn measure(model: &Megabyte<'_>, n: usize) -> Result<Speeds> {
+    let config = model.config;
+    let spec = ArenaSpec::new(config.max_seq as usize);
+    let mut arena = vec![0u8; spec.arena_bytes(&config)];
+    let arena_len = arena.len();
+    let mut s = model
+        .session(&mut arena, spec)
+        .map_err(|e| anyhow!("{e}"))?;
+    let prompt: Vec<u8> = b"The quick brown fox jumps over the lazy dog. "
+        .iter()
+        .cycle()
+        .take(config.max_seq as usize / 2)
+        .copied()
+        .collect();
+    let t = Instant::now();
+    s.prefill(&prompt).map_err(|e| anyhow!("{e}"))?;
+    let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n {
+        let b = kilobyte_runtime::sampling::argmax(s.logits());
+        s.push(black_box(b ^ (i as u8 & 1)))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    let gen = n as f64 / t.elapsed().as_secs_f64();
+    Ok(Speeds {
+        gen,
+        prefill,
+        arena: arena_len,
+    })
+}
+
+/// Best of several runs of independent FMA chains: the single-core f32 peak.
+fn fma_peak_gflops() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return (0..5).map(|_| unsafe { fma_avx2() }).fold(0.0, f64::max);
+    }
+    (0..5).map(|_| fma_scalar()).fold(0.0, f64::max)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_avx2() -> f64 {
+    use std::arch::x86_64::*;
+    const ITERS: usize = 20_000_000;
+    let mut acc = [_mm256_set1_ps(0.0); 10];
+    let a = _mm256_set1_ps(black_box(0.999_999));
+    let b = _mm256_set1_ps(black_box(1e-7));
+    let t = Instant::now();
+    for _ in 0..ITERS {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    black_box(acc);
+    (ITERS * 10 * 8 * 2) as f64 / secs / 1e9
+}
+
+fn fma_scalar() -> f64 {
+    const ITERS: usize = 20_000_000;
+    let mut acc = [0f32; 8];
+    let t = Instant::now();
+    for _ in 0..ITERS {
+        for x in acc.iter_mut() {
+            *x = x.mul_add(black_box(0.999_999), 1e-7);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    black_box(acc);
+    (ITERS * 8 * 2) as f64 / secs / 1e9
+}
+
+/// Best of several single-thread passes summing a 256 MiB buffer.
+fn read_bandwidth_gbs() -> f64 {
+    let data = vec![1u64; 32 << 20];
+    (0..4)
+        .map(|_| {
+            let t = Instant::now();
+            let mut acc = [0u64; 8];
+            for chunk in data.chunks_exact(8) {
+                for (a, x) in acc.iter_mut().zip(chunk) {
+                    *a = a.wrapping_add(*x);
+                }
+            }
+            black_box(acc);
+            (data.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}

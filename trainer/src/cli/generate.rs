@@ -1,0 +1,156 @@
+//! `kilobyte generate`: stream bytes from a MEGABYTE model.
+
+use crate::params::{parse_kbm, read_kbm};
+use anyhow::{anyhow, bail, Context, Result};
+use kilobyte_runtime::sampling::{StopMatcher, StopSequences};
+use kilobyte_runtime::{ArenaSpec, Megabyte, Sampler, SamplerConfig};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The MEGABYTE .kbm model.
+    pub model: PathBuf,
+    /// Prompt text (escapes: \n \t \\ \xHH).
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt bytes from a file ("-" for stdin).
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Bytes to generate.
+    #[arg(long, default_value_t = 256)]
+    pub bytes: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely bytes (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this byte sequence (repeatable, up to 8; escapes as in --prompt).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Context window in bytes (default: the model's T_max).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Report prefill and generation speed on stderr.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// Decodes \n, \t, \r, \0, \\ and \xHH escapes.
+pub fn unescape(s: &str) -> Result<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let esc = *b
+            .get(i + 1)
+            .ok_or_else(|| anyhow!("{s:?}: a lone backslash ends the string"))?;
+        i += 2;
+        out.push(match esc {
+            b'n' => b'\n',
+            b't' => b'\t',
+            b'r' => b'\r',
+            b'0' => 0,
+            b'\\' => b'\\',
+            b'x' => {
+                let hex = s
+                    .get(i..i + 2)
+                    .ok_or_else(|| anyhow!("{s:?}: \\x needs two hex digits"))?;
+                i += 2;
+                u8::from_str_radix(hex, 16)
+                    .map_err(|_| anyhow!("{s:?}: bad hex escape \\x{hex}"))?
+            }
+            other => bail!("{s:?}: unknown escape \\{}", other as char),
+        });
+    }
+    Ok(out)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let bytes = read_kbm(&args.model)?;
+    let file = parse_kbm(&args.model, &bytes)?;
+    let model = Megabyte::from_file(&file).with_context(|| args.model.display().to_string())?;
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => unescape(p)?,
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).context("stdin")?;
+            v
+        }
+        (None, Some(f)) => std::fs::read(f).with_context(|| f.display().to_string())?,
+        (None, None) => Vec::new(),
+    };
+    let mut stops = StopSequences::new();
+    for s in &args.stop {
+        let seq = unescape(s)?;
+        let seq = heapless::Vec::from_slice(&seq)
+            .map_err(|_| anyhow!("--stop {s:?}: longer than 32 bytes"))?;
+        stops
+            .push(seq)
+            .map_err(|_| anyhow!("--stop: at most 8 stop sequences"))?;
+    }
+    let sampler_config = SamplerConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let mut sampler = Sampler::new(sampler_config).map_err(|e| anyhow!("{e}"))?;
+    let context = args.context.unwrap_or(model.config.max_seq as usize);
+    let spec = ArenaSpec::new(context);
+    let arena_len = spec.arena_bytes(&model.config);
+    let mut arena = vec![0u8; arena_len];
+    let mut session = model
+        .session(&mut arena, spec)
+        .map_err(|e| anyhow!("--context {context}: {e}"))?;
+
+    let t0 = Instant::now();
+    session.prefill(&prompt).map_err(|e| anyhow!("{e}"))?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+
+    let mut out = std::io::stdout().lock();
+    let mut matcher = StopMatcher::new(&stops);
+    let t1 = Instant::now();
+    let mut produced = 0;
+    while produced < args.bytes {
+        let b = sampler.sample(session.logits());
+        produced += 1;
+        match out.write_all(&[b]).and_then(|()| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            r => r.context("stdout")?,
+        }
+        if matcher.push(b) {
+            break;
+        }
+        if produced < args.bytes {
+            session.push(b).map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    let gen_s = t1.elapsed().as_secs_f64();
+    if args.stats {
+        eprintln!();
+        eprintln!(
+            "prompt {} bytes in {:.3} s ({:.0} bytes/s); generated {} bytes in {:.3} s ({:.1} bytes/s); arena {} bytes",
+            prompt.len(),
+            prefill_s,
+            prompt.len() as f64 / prefill_s.max(1e-9),
+            produced,
+            gen_s,
+            produced as f64 / gen_s.max(1e-9),
+            arena_len
+        );
+    }
+    Ok(())
+}

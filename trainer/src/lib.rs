@@ -10,7 +10,11 @@
 //! through the runtime so users measure what devices run.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod megabyte;
 pub mod optim;
 pub mod params;
+pub mod plot;
+pub mod train;

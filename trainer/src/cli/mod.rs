@@ -6,6 +6,7 @@ mod convert;
 mod generate;
 mod init;
 mod inspect;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,8 +34,18 @@ pub enum Command {
     Init(init::Args),
     /// Stream bytes from a MEGABYTE model.
     Generate(generate::Args),
-    /// Benchmarks: `kilobyte bench runtime`.
+    /// Benchmarks: `kilobyte bench runtime` (generation) or `kilobyte bench train`.
     Bench(bench::Args),
+    /// Train a model on CPU (checkpoints, metrics and best weights in --run DIR).
+    Train(train::TrainArgs),
+    /// Bits per byte of a .kbm (through the runtime) or a run directory on some data.
+    Eval(train::EvalArgs),
+    /// Write a run's weights as a .kbm model.
+    Export(train::ExportArgs),
+    /// Render a run's loss curves as SVG.
+    Plot(train::PlotArgs),
+    /// Train the micro preset for a few minutes, export q8, score it and print a sample.
+    Demo(train::DemoArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -45,6 +56,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => init::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run_train(a),
+        Command::Eval(a) => train::run_eval(a),
+        Command::Export(a) => train::run_export(a),
+        Command::Plot(a) => train::run_plot(a),
+        Command::Demo(a) => train::run_demo(a),
     }
 }
 

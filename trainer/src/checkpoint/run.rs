@@ -1,0 +1,603 @@
+//! The run directory: its files, saving a checkpoint, loading one.
+
+use super::metrics::{memorisation_warning, metrics_to_jsonl, read_metrics, Metrics};
+use super::tensors::{load_optimizer, load_params, read_tensors, save_optimizer, save_params};
+use crate::data::SamplerState;
+use crate::optim::AdamWState;
+use crate::params::ParamSet;
+use anyhow::{anyhow, bail, Context, Result};
+use kilobyte_format::st::{config_from_metadata, config_metadata};
+use kilobyte_format::{write_atomic, ModelConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+pub const CONFIG_FILE: &str = "config.txt";
+pub const STATE_FILE: &str = "state.txt";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const BEST_FILE: &str = "best.safetensors";
+const CKPT_PREFIX: &str = "ckpt-";
+
+// Metadata tags tying tensor files to the state.txt that commits them.
+const STEP_KEY: &str = "kilobyte.checkpoint.step";
+const GENERATION_KEY: &str = "kilobyte.checkpoint.generation";
+const BEST_STEP_KEY: &str = "kilobyte.best.step";
+const BEST_LOSS_KEY: &str = "kilobyte.best.val_loss";
+
+/// `config.txt`: the model config and the training hyperparameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    /// Hyperparameters as text, by name ("lr", "batch_size", ...); the
+    /// training loop decides the names and parses the values back.
+    pub train: BTreeMap<String, String>,
+}
+
+impl RunConfig {
+    pub fn new(model: ModelConfig) -> RunConfig {
+        RunConfig {
+            model,
+            train: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a hyperparameter (builder style).
+    pub fn with(mut self, key: &str, value: impl Display) -> RunConfig {
+        self.train.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// A hyperparameter parsed as `T`; `None` if absent.
+    pub fn get<T: FromStr>(&self, key: &str) -> Result<Option<T>> {
+        match self.train.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| anyhow!("{CONFIG_FILE}: train.{key} = {v:?} is not a valid value")),
+        }
+    }
+
+    /// The file's text: the model as the safetensors metadata names it
+    /// (`kilobyte.<field> = value`), then `train.<key> = value`.
+    pub fn to_text(&self) -> Result<String> {
+        let mut out = String::from("# kilobyte run configuration\n");
+        let mut model: Vec<_> = config_metadata(&self.model).into_iter().collect();
+        model.sort();
+        for (k, v) in model {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        for (k, v) in &self.train {
+            check_entry(k, v)?;
+            out.push_str(&format!("train.{k} = {v}\n"));
+        }
+        Ok(out)
+    }
+
+    pub fn parse(text: &str) -> Result<RunConfig> {
+        let mut model = HashMap::new();
+        let mut train = BTreeMap::new();
+        for (line, key, value) in parse_kv(text)? {
+            if let Some(k) = key.strip_prefix("train.") {
+                train.insert(k.to_string(), value);
+            } else if key == "format" || key.starts_with("kilobyte.") {
+                model.insert(key, value);
+            } else {
+                bail!(
+                    "line {line}: unknown key {key:?} (expected kilobyte.<field> or train.<name>)"
+                );
+            }
+        }
+        let model = config_from_metadata(&model)?;
+        Ok(RunConfig { model, train })
+    }
+}
+
+/// What `state.txt` records besides the tensors: everything the training
+/// loop needs to continue as if it had never stopped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// The training sampler's position.
+    pub sampler: SamplerState,
+    /// Other generators by name (e.g. "mask" for BiGS span masking).
+    pub rngs: BTreeMap<String, [u64; 4]>,
+    pub bytes_seen: u64,
+    /// Training time before this run, so elapsed time continues on resume.
+    pub elapsed_s: f64,
+    /// Anything else the loop wants back, as text (keys without spaces).
+    pub extra: BTreeMap<String, String>,
+}
+
+/// The best validation result so far; `best.safetensors` holds its weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Best {
+    pub step: u64,
+    pub val_loss: f64,
+}
+
+fn rng_text(s: &[u64; 4]) -> String {
+    format!("{:016x} {:016x} {:016x} {:016x}", s[0], s[1], s[2], s[3])
+}
+
+fn parse_rng(v: &str) -> Option<[u64; 4]> {
+    let words: Vec<u64> = v
+        .split_whitespace()
+        .map(|w| u64::from_str_radix(w, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    words.try_into().ok()
+}
+
+fn state_text(
+    state: &TrainState,
+    checkpoint: &str,
+    generation: u64,
+    best: Option<Best>,
+) -> Result<String> {
+    let mut out = String::from(
+        "# kilobyte training state. Written last and atomically: this file is the commit\n\
+         # record of the checkpoint in the directory it names.\n",
+    );
+    let mut line = |k: &str, v: &dyn Display| out.push_str(&format!("{k} = {v}\n"));
+    line("checkpoint", &checkpoint);
+    line("generation", &generation);
+    line("step", &state.step);
+    line("sampler.step", &state.sampler.step);
+    line("sampler.rng", &rng_text(&state.sampler.rng));
+    for (name, s) in &state.rngs {
+        check_entry(name, "")?;
+        line(&format!("rng.{name}"), &rng_text(s));
+    }
+    line("bytes_seen", &state.bytes_seen);
+    // Display of f64 is the shortest text that parses back exactly.
+    line("elapsed_s", &state.elapsed_s);
+    if let Some(b) = best {
+        // A mirror for people reading this file; best.safetensors's own
+        // metadata is what loading believes.
+        line("best_step", &b.step);
+        line("best_val_loss", &b.val_loss);
+    }
+    for (k, v) in &state.extra {
+        check_entry(k, v)?;
+        line(&format!("extra.{k}"), v);
+    }
+    Ok(out)
+}
+
+/// Parses `state.txt` into the state, the checkpoint directory's name and
+/// the generation.
+fn parse_state(text: &str) -> Result<(TrainState, String, u64)> {
+    let mut s = TrainState::default();
+    let (mut checkpoint, mut generation, mut step, mut sampler_rng) = (None, None, None, None);
+    for (line, key, value) in parse_kv(text)? {
+        let bad = || anyhow!("line {line}: {key} = {value:?} is not valid");
+        match key.as_str() {
+            "checkpoint" => checkpoint = Some(value.clone()),
+            "generation" => generation = Some(value.parse().map_err(|_| bad())?),
+            "step" => step = Some(value.parse().map_err(|_| bad())?),
+            "sampler.step" => s.sampler.step = value.parse().map_err(|_| bad())?,
+            "sampler.rng" => sampler_rng = Some(parse_rng(&value).ok_or_else(bad)?),
+            "bytes_seen" => s.bytes_seen = value.parse().map_err(|_| bad())?,
+            "elapsed_s" => s.elapsed_s = value.parse().map_err(|_| bad())?,
+            "best_step" | "best_val_loss" => {}
+            k => {
+                if let Some(name) = k.strip_prefix("rng.") {
+                    s.rngs
+                        .insert(name.to_string(), parse_rng(&value).ok_or_else(bad)?);
+                } else if let Some(name) = k.strip_prefix("extra.") {
+                    s.extra.insert(name.to_string(), value.clone());
+                } else {
+                    bail!("line {line}: unknown key {key:?}");
+                }
+            }
+        }
+    }
+    let missing = |what: &str| anyhow!("no {what} entry");
+    let checkpoint: String = checkpoint.ok_or_else(|| missing("checkpoint"))?;
+    // The name becomes a path: only our own directory names are accepted.
+    let plain = checkpoint.starts_with(CKPT_PREFIX)
+        && checkpoint
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !plain {
+        bail!("checkpoint = {checkpoint:?} is not a checkpoint directory name");
+    }
+    s.step = step.ok_or_else(|| missing("step"))?;
+    s.sampler.rng = sampler_rng.ok_or_else(|| missing("sampler.rng"))?;
+    Ok((
+        s,
+        checkpoint,
+        generation.ok_or_else(|| missing("generation"))?,
+    ))
+}
+
+/// Keys go into `key = value` lines: no spaces, `=`, `#` or line breaks.
+fn check_entry(key: &str, value: &str) -> Result<()> {
+    let bad_key =
+        key.is_empty() || key.contains(|c: char| c.is_whitespace() || c == '=' || c == '#');
+    if bad_key {
+        bail!("{key:?} cannot be a key in a run directory's text files");
+    }
+    if value.contains(['\n', '\r']) || value.trim() != value {
+        bail!("the value of {key} ({value:?}) has line breaks or surrounding spaces");
+    }
+    Ok(())
+}
+
+/// `key = value` lines; `#` starts a comment line. Returns (line, key, value).
+fn parse_kv(text: &str) -> Result<Vec<(usize, String, String)>> {
+    let mut out: Vec<(usize, String, String)> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| anyhow!("line {}: expected key = value, found {line:?}", i + 1))?;
+        let (k, v) = (k.trim(), v.trim());
+        if out.iter().any(|(_, seen, _)| seen == k) {
+            bail!("line {}: {k} appears twice", i + 1);
+        }
+        out.push((i + 1, k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Everything needed to resume a run exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub config: RunConfig,
+    pub params: ParamSet,
+    pub optimizer: AdamWState,
+    pub state: TrainState,
+    /// The metrics logged up to the checkpoint's step.
+    pub metrics: Vec<Metrics>,
+    pub best: Option<Best>,
+    generation: u64,
+}
+
+impl Checkpoint {
+    /// Whether `dir` holds a committed checkpoint.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(STATE_FILE).is_file()
+    }
+
+    /// Loads the committed checkpoint of a run directory; files from a save
+    /// that did not reach its commit are ignored. Errors name the file.
+    pub fn load(dir: &Path) -> Result<Checkpoint> {
+        let state_path = dir.join(STATE_FILE);
+        let text = match fs::read_to_string(&state_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!(
+                    "{}: missing: {} holds no checkpoint",
+                    state_path.display(),
+                    dir.display()
+                )
+            }
+            r => r.with_context(|| format!("{}", state_path.display()))?,
+        };
+        let (state, name, generation) =
+            parse_state(&text).with_context(|| format!("{}", state_path.display()))?;
+        let config = load_config(dir)?;
+
+        let ckpt = dir.join(&name);
+        let model_path = ckpt.join(MODEL_FILE);
+        let (params, meta) = load_params(&model_path)?;
+        check_tag(&model_path, &meta, state.step, generation)?;
+        if params.config != config.model {
+            bail!(
+                "{}: its model config differs from {CONFIG_FILE}'s",
+                model_path.display()
+            );
+        }
+        let opt_path = ckpt.join(OPTIMIZER_FILE);
+        let (optimizer, meta) = load_optimizer(&opt_path, &params)?;
+        check_tag(&opt_path, &meta, state.step, generation)?;
+
+        let metrics_path = dir.join(METRICS_FILE);
+        let mut metrics = if metrics_path.exists() {
+            read_metrics(&metrics_path)?
+        } else {
+            Vec::new()
+        };
+        // Lines logged after the checkpoint describe steps that will be redone.
+        metrics.retain(|m| m.step <= state.step);
+
+        let best = read_best(dir)?;
+        Ok(Checkpoint {
+            config,
+            params,
+            optimizer,
+            state,
+            metrics,
+            best,
+            generation,
+        })
+    }
+}
+
+fn check_tag(
+    path: &Path,
+    meta: &HashMap<String, String>,
+    step: u64,
+    generation: u64,
+) -> Result<()> {
+    let tag = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok());
+    if tag(STEP_KEY) != Some(step) || tag(GENERATION_KEY) != Some(generation) {
+        bail!(
+            "{}: written for step {:?} generation {:?}, but {STATE_FILE} names step {step} generation {generation}",
+            path.display(),
+            tag(STEP_KEY),
+            tag(GENERATION_KEY)
+        );
+    }
+    Ok(())
+}
+
+fn load_config(dir: &Path) -> Result<RunConfig> {
+    let path = dir.join(CONFIG_FILE);
+    let text = fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    RunConfig::parse(&text).with_context(|| format!("{}", path.display()))
+}
+
+fn read_best(dir: &Path) -> Result<Option<Best>> {
+    let path = dir.join(BEST_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let meta = read_tensors(&path)?.metadata;
+    let step = meta.get(BEST_STEP_KEY).and_then(|v| v.parse().ok());
+    let val_loss = meta.get(BEST_LOSS_KEY).and_then(|v| v.parse().ok());
+    match (step, val_loss) {
+        (Some(step), Some(val_loss)) => Ok(Some(Best { step, val_loss })),
+        _ => bail!(
+            "{}: no valid {BEST_STEP_KEY} and {BEST_LOSS_KEY} in the metadata",
+            path.display()
+        ),
+    }
+}
+
+/// The weights with the best validation loss, for export.
+pub fn load_best(dir: &Path) -> Result<(ParamSet, Best)> {
+    let path = dir.join(BEST_FILE);
+    let (params, _) = load_params(&path)?;
+    let best = read_best(dir)?.ok_or_else(|| anyhow!("{}: missing", path.display()))?;
+    Ok((params, best))
+}
+
+/// A run directory being written by a training run.
+#[derive(Debug)]
+pub struct RunDir {
+    dir: PathBuf,
+    config: RunConfig,
+    generation: u64,
+    metrics: Vec<Metrics>,
+    best: Option<Best>,
+}
+
+impl RunDir {
+    /// Starts a new run in `dir` (created if needed). Refuses a directory
+    /// holding a checkpoint; leftovers of a run that never checkpointed
+    /// are removed.
+    pub fn create(dir: &Path, config: RunConfig) -> Result<RunDir> {
+        if Checkpoint::exists(dir) {
+            bail!(
+                "{}: already holds a checkpoint; resume it or choose another directory",
+                dir.display()
+            );
+        }
+        fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        for file in [METRICS_FILE, MODEL_FILE, BEST_FILE] {
+            let _ = fs::remove_file(dir.join(file));
+        }
+        let run = RunDir {
+            dir: dir.to_path_buf(),
+            config,
+            generation: 0,
+            metrics: Vec::new(),
+            best: None,
+        };
+        run.write_config()?;
+        run.clean_up(None);
+        Ok(run)
+    }
+
+    /// Reopens a run at its committed checkpoint. The metrics file is cut
+    /// back to the checkpoint's step, so the steps about to be redone are
+    /// not logged twice.
+    pub fn resume(dir: &Path) -> Result<(RunDir, Checkpoint)> {
+        let ckpt = Checkpoint::load(dir)?;
+        let path = dir.join(METRICS_FILE);
+        write_atomic(&path, metrics_to_jsonl(&ckpt.metrics).as_bytes())
+            .with_context(|| format!("{}", path.display()))?;
+        let run = RunDir {
+            dir: dir.to_path_buf(),
+            config: ckpt.config.clone(),
+            generation: ckpt.generation,
+            metrics: ckpt.metrics.clone(),
+            best: ckpt.best,
+        };
+        Ok((run, ckpt))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// Replaces the hyperparameters (e.g. more steps on resume); the model
+    /// cannot change under a checkpoint.
+    pub fn update_config(&mut self, config: RunConfig) -> Result<()> {
+        if config.model != self.config.model {
+            bail!(
+                "{}: a run's model config cannot change",
+                self.dir.join(CONFIG_FILE).display()
+            );
+        }
+        self.config = config;
+        self.write_config()
+    }
+
+    pub fn metrics(&self) -> &[Metrics] {
+        &self.metrics
+    }
+
+    pub fn best(&self) -> Option<Best> {
+        self.best
+    }
+
+    /// Appends one line to `metrics.jsonl` at once, so the file can be
+    /// watched during training. (The append is not atomic; a torn last line
+    /// is skipped by readers, and every checkpoint rewrites the file whole.)
+    pub fn log(&mut self, m: Metrics) -> Result<()> {
+        let path = self.dir.join(METRICS_FILE);
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("{}", path.display()))?;
+        f.write_all((m.to_json() + "\n").as_bytes())
+            .with_context(|| format!("{}", path.display()))?;
+        self.metrics.push(m);
+        Ok(())
+    }
+
+    /// Saves a checkpoint: tensors into a new `ckpt-<generation>-step-<step>`
+    /// directory, the metrics, then `state.txt` naming that directory (the
+    /// commit), then the `model.safetensors` convenience copy; older
+    /// checkpoint directories are removed last. `optimizer.m[i]` and `.v[i]`
+    /// belong to `params.params[i]`.
+    pub fn save(
+        &mut self,
+        params: &ParamSet,
+        optimizer: &AdamWState,
+        state: &TrainState,
+    ) -> Result<()> {
+        if params.config != self.config.model {
+            bail!(
+                "{}: the parameters' model config differs from the run's",
+                self.dir.display()
+            );
+        }
+        let generation = self.generation + 1;
+        let name = format!("{CKPT_PREFIX}{generation:06}-step-{}", state.step);
+        let ckpt = self.dir.join(&name);
+        // A directory of this name is a save that crashed before its commit.
+        if ckpt.exists() {
+            fs::remove_dir_all(&ckpt).with_context(|| format!("{}", ckpt.display()))?;
+        }
+        fs::create_dir(&ckpt).with_context(|| format!("{}", ckpt.display()))?;
+        sync_dir(&self.dir);
+
+        let tag = HashMap::from([
+            (STEP_KEY.to_string(), state.step.to_string()),
+            (GENERATION_KEY.to_string(), generation.to_string()),
+        ]);
+        save_params(&ckpt.join(MODEL_FILE), params, &tag)?;
+        save_optimizer(&ckpt.join(OPTIMIZER_FILE), params, optimizer, &tag)?;
+        let metrics_path = self.dir.join(METRICS_FILE);
+        write_atomic(&metrics_path, metrics_to_jsonl(&self.metrics).as_bytes())
+            .with_context(|| format!("{}", metrics_path.display()))?;
+
+        let text = state_text(state, &name, generation, self.best)?;
+        let state_path = self.dir.join(STATE_FILE);
+        write_atomic(&state_path, text.as_bytes())
+            .with_context(|| format!("{}", state_path.display()))?;
+        self.generation = generation;
+
+        self.publish_model(&ckpt)?;
+        self.clean_up(Some(&name));
+        Ok(())
+    }
+
+    /// Writes `best.safetensors` if `val_loss` beats the best so far;
+    /// returns whether it did.
+    pub fn offer_best(&mut self, params: &ParamSet, step: u64, val_loss: f64) -> Result<bool> {
+        if !val_loss.is_finite() || self.best.is_some_and(|b| b.val_loss <= val_loss) {
+            return Ok(false);
+        }
+        let meta = HashMap::from([
+            (BEST_STEP_KEY.to_string(), step.to_string()),
+            (BEST_LOSS_KEY.to_string(), val_loss.to_string()),
+        ]);
+        save_params(&self.dir.join(BEST_FILE), params, &meta)?;
+        self.best = Some(Best { step, val_loss });
+        Ok(true)
+    }
+
+    /// [`memorisation_warning`] over this run's metrics.
+    pub fn memorisation_warning(&self, evals: usize) -> Option<String> {
+        memorisation_warning(&self.metrics, evals)
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let path = self.dir.join(CONFIG_FILE);
+        let text = self
+            .config
+            .to_text()
+            .with_context(|| format!("{}", path.display()))?;
+        write_atomic(&path, text.as_bytes()).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Points `model.safetensors` at the committed weights: a hard link
+    /// (free, and atomic through a rename), or a copy where links fail.
+    /// Resuming never reads it, so a crash before this step loses nothing.
+    fn publish_model(&self, ckpt: &Path) -> Result<()> {
+        let (src, dst) = (ckpt.join(MODEL_FILE), self.dir.join(MODEL_FILE));
+        let tmp = self
+            .dir
+            .join(format!(".{MODEL_FILE}.tmp.link.{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let linked = fs::hard_link(&src, &tmp).and_then(|_| fs::rename(&tmp, &dst));
+        if linked.is_err() {
+            let _ = fs::remove_file(&tmp);
+            let bytes = fs::read(&src).with_context(|| format!("{}", src.display()))?;
+            write_atomic(&dst, &bytes).with_context(|| format!("{}", dst.display()))?;
+        }
+        sync_dir(&self.dir);
+        Ok(())
+    }
+
+    /// Best effort: removes checkpoint directories other than `keep` and
+    /// temporary files our atomic writes left behind when killed.
+    fn clean_up(&self, keep: Option<&str>) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(CKPT_PREFIX) && Some(name.as_str()) != keep {
+                let _ = fs::remove_dir_all(e.path());
+            } else if is_our_temp(&name) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// A temporary file of `write_atomic` (or of the model link) for one of
+/// the run directory's files.
+fn is_our_temp(name: &str) -> bool {
+    [CONFIG_FILE, STATE_FILE, METRICS_FILE, MODEL_FILE, BEST_FILE]
+        .iter()
+        .any(|f| name.starts_with(&format!(".{f}.tmp.")))
+}
+
+fn sync_dir(dir: &Path) {
+    // Durability only: where a directory cannot be opened for syncing
+    // (some platforms), the writes are still correct, just less durable.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}

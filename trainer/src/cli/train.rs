@@ -1,0 +1,470 @@
+//! `kilobyte train`, `eval`, `export`, `plot` and `demo`.
+
+use crate::backend::CpuBackend;
+use crate::checkpoint::{load_best, load_params, MODEL_FILE};
+use crate::data::{Corpus, Split, ValBatches};
+use crate::megabyte::MegabyteModel;
+use crate::params::{parse_kbm, read_kbm, ParamSet};
+use crate::train::{self, DataSource, TrainOptions};
+use anyhow::{anyhow, bail, Context, Result};
+use kilobyte_format::{DType, MegabyteConfig, ModelConfig};
+use kilobyte_runtime::{ArenaSpec, Megabyte, Sampler, SamplerConfig};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Model family (BiGS training arrives with its issue).
+    #[arg(long, default_value = "megabyte")]
+    pub model: String,
+    /// Preset from MODELS.md: micro, small or base; the shape flags below override it.
+    #[arg(long, default_value = "micro")]
+    pub preset: String,
+    #[arg(long)]
+    pub patch_size: Option<u32>,
+    #[arg(long)]
+    pub d_global: Option<u32>,
+    #[arg(long)]
+    pub layers_global: Option<u32>,
+    #[arg(long)]
+    pub heads_global: Option<u32>,
+    #[arg(long)]
+    pub d_local: Option<u32>,
+    #[arg(long)]
+    pub layers_local: Option<u32>,
+    #[arg(long)]
+    pub heads_local: Option<u32>,
+    /// T_max: the longest context the model is trained for.
+    #[arg(long)]
+    pub max_seq: Option<u32>,
+    /// Training files or directories (the last --val-fraction of the bytes validate).
+    #[arg(long, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Run directory for checkpoints, metrics and the best weights.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint (all settings come from it).
+    #[arg(long, conflicts_with_all = ["data", "run"])]
+    pub resume: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Bytes per training window (default: T_max, capped at 512).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 50)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f32,
+    #[arg(long, default_value_t = 200)]
+    pub eval_every: u64,
+    /// Validation windows per evaluation (0: all).
+    #[arg(long, default_value_t = 64)]
+    pub eval_windows: usize,
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Stop with a checkpoint after this many seconds of training.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Only print the final summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow!("--threads {n}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_device(device: Device) -> Result<()> {
+    if device == Device::Cuda {
+        bail!("--device cuda: the CUDA backend is not part of this build yet; use --device cpu");
+    }
+    Ok(())
+}
+
+/// The MEGABYTE config from a preset name and override flags.
+fn megabyte_config(a: &TrainArgs) -> Result<MegabyteConfig> {
+    let mut c = MegabyteConfig::by_name(&a.preset).ok_or_else(|| {
+        anyhow!(
+            "unknown preset {:?} (expected micro, small or base)",
+            a.preset
+        )
+    })?;
+    let set = |slot: &mut u32, v: Option<u32>| {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    };
+    set(&mut c.patch_size, a.patch_size);
+    set(&mut c.d_global, a.d_global);
+    set(&mut c.layers_global, a.layers_global);
+    set(&mut c.heads_global, a.heads_global);
+    set(&mut c.d_local, a.d_local);
+    set(&mut c.layers_local, a.layers_local);
+    set(&mut c.heads_local, a.heads_local);
+    set(&mut c.max_seq, a.max_seq);
+    c.validate()?;
+    Ok(c)
+}
+
+pub fn run_train(a: TrainArgs) -> Result<()> {
+    check_device(a.device)?;
+    set_threads(a.threads)?;
+    if a.model != "megabyte" {
+        bail!(
+            "--model {}: only megabyte training is available in this build",
+            a.model
+        );
+    }
+    let report = if let Some(dir) = &a.resume {
+        train::resume(dir, a.quiet)?
+    } else {
+        let dir = a
+            .run
+            .as_ref()
+            .ok_or_else(|| anyhow!("--run DIR is required (or --resume DIR)"))?;
+        if a.data.is_empty() {
+            bail!("--data PATH... is required: the files or directories to train on");
+        }
+        let config = megabyte_config(&a)?;
+        let opts = TrainOptions {
+            steps: a.steps,
+            batch: a.batch,
+            seq: a.seq.unwrap_or((config.max_seq as usize).min(512)),
+            accum: a.accum,
+            lr: a.lr,
+            warmup: a.warmup,
+            weight_decay: a.weight_decay,
+            grad_clip: a.grad_clip,
+            eval_every: a.eval_every,
+            eval_windows: a.eval_windows,
+            checkpoint_every: a.checkpoint_every,
+            log_every: a.log_every,
+            seed: a.seed,
+            val_fraction: a.val_fraction,
+            time_limit_s: a.time_limit,
+        };
+        train::start(
+            dir,
+            config,
+            opts,
+            DataSource::Paths(a.data.clone()),
+            a.quiet,
+        )?
+    };
+    let val = report
+        .final_val_loss
+        .map(|v| format!("{:.4} bpb", v / std::f64::consts::LN_2))
+        .unwrap_or("-".into());
+    let best = report
+        .best_val_loss
+        .map(|v| format!("{:.4} bpb", v / std::f64::consts::LN_2))
+        .unwrap_or("-".into());
+    println!(
+        "{} after {} steps in {:.1} s ({:.0} bytes/s): validation {val}, best {best}",
+        if report.interrupted {
+            "stopped"
+        } else {
+            "done"
+        },
+        report.steps,
+        report.elapsed_s,
+        report.bytes_per_s
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// A .kbm model (evaluated through the runtime) or a run directory (through the trainer).
+    pub model: PathBuf,
+    /// The data file(s) to score.
+    #[arg(long, num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
+    /// Score the last fraction of the bytes (the validation split); 1 scores everything.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Bytes per window (default: the run's training window, or 256 for a .kbm).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Cap on windows scored (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub windows: usize,
+}
+
+/// Validation bits per byte of a .kbm through the runtime: each window is
+/// scored from an empty context, as the trainer scores it.
+pub fn eval_kbm(path: &Path, val: &crate::data::Subset, seq: usize, windows: usize) -> Result<f64> {
+    let bytes = read_kbm(path)?;
+    let file = parse_kbm(path, &bytes)?;
+    let model = Megabyte::from_file(&file).with_context(|| path.display().to_string())?;
+    let spec = ArenaSpec::new(seq);
+    let mut arena = vec![0u8; spec.arena_bytes(&model.config)];
+    let mut session = model
+        .session(&mut arena, spec)
+        .map_err(|e| anyhow!("--seq {seq}: {e}"))?;
+    let batches = ValBatches::new(val.clone(), seq, 1)?
+        .stride(seq)
+        .max_windows((windows > 0).then_some(windows));
+    let (mut nats, mut count) = (0.0f64, 0u64);
+    for batch in batches {
+        session.reset().map_err(|e| anyhow!("{e}"))?;
+        let row = batch.row(0);
+        for (t, &b) in row.iter().enumerate() {
+            let logits = session.logits();
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+            nats += z.ln() - (logits[b as usize] - max) as f64;
+            count += 1;
+            if t + 1 < row.len() {
+                session.push(b).map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+    }
+    if count == 0 {
+        bail!("no full window of {seq} bytes to score");
+    }
+    Ok(nats / count as f64 / std::f64::consts::LN_2)
+}
+
+pub fn run_eval(a: EvalArgs) -> Result<()> {
+    let split = Split::by_fraction(Corpus::open(&a.data)?, a.val_fraction.min(1.0))?;
+    let val = if a.val_fraction >= 1.0 {
+        split.train.clone()
+    } else {
+        split.val.clone()
+    };
+    let bpb = if a.model.is_dir() {
+        let (params, what) = run_weights(&a.model, false)?;
+        let seq_default: Option<usize> = crate::checkpoint::RunConfig::parse(
+            &std::fs::read_to_string(a.model.join(crate::checkpoint::CONFIG_FILE))
+                .unwrap_or_default(),
+        )
+        .ok()
+        .and_then(|c| c.get("seq").ok().flatten());
+        let seq = a.seq.or(seq_default).unwrap_or(256);
+        let be = CpuBackend::<f32>::new();
+        let mut model = MegabyteModel::new(&be, &params)?;
+        let mut ws = model.workspace(&be, 8, seq)?;
+        eprintln!("scoring the {what} weights of {}", a.model.display());
+        train::evaluate(&be, &mut model, &mut ws, &val, a.windows)? / std::f64::consts::LN_2
+    } else {
+        eval_kbm(&a.model, &val, a.seq.unwrap_or(256), a.windows)?
+    };
+    println!(
+        "{bpb:.4} bits per byte on {} bytes of {}",
+        val.len(),
+        a.data
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(())
+}
+
+/// The best-validation weights of a run (or the last checkpoint's with `last`).
+fn run_weights(dir: &Path, last: bool) -> Result<(ParamSet, &'static str)> {
+    if !last {
+        if let Ok((params, _)) = load_best(dir) {
+            return Ok((params, "best-validation"));
+        }
+    }
+    let (params, _) =
+        load_params(&dir.join(MODEL_FILE)).with_context(|| dir.display().to_string())?;
+    Ok((params, "last-checkpoint"))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// The run directory.
+    pub run: PathBuf,
+    /// Dtype of weight matrices: f32, f16, bf16, q8 or q4.
+    #[arg(long, default_value = "q8", value_parser = super::parse_dtype)]
+    pub dtype: DType,
+    /// Dtype of embeddings (default: q8 under q4, else --dtype).
+    #[arg(long, value_parser = super::parse_dtype)]
+    pub embeddings: Option<DType>,
+    /// Export the last checkpoint instead of the best-validation weights.
+    #[arg(long)]
+    pub last: bool,
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+pub fn run_export(a: ExportArgs) -> Result<()> {
+    let (params, what) = run_weights(&a.run, a.last)?;
+    let embeddings = a.embeddings.unwrap_or(if a.dtype == DType::Q4 {
+        DType::Q8
+    } else {
+        a.dtype
+    });
+    let writer = params.to_writer(a.dtype, embeddings)?;
+    writer
+        .write(&a.output)
+        .with_context(|| a.output.display().to_string())?;
+    let len = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "wrote {} ({len} bytes) from the {what} weights of {}",
+        a.output.display(),
+        a.run.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    /// The run directory.
+    pub run: PathBuf,
+    /// Output SVG (default: RUN/loss.svg).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+pub fn run_plot(a: PlotArgs) -> Result<()> {
+    let out = a.output.unwrap_or_else(|| a.run.join("loss.svg"));
+    crate::plot::plot_metrics(&a.run.join(crate::checkpoint::METRICS_FILE), &out)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Train on these files or directories instead of the built-in corpus.
+    #[arg(long, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Seconds of training.
+    #[arg(long, default_value_t = 150.0)]
+    pub time: f64,
+    /// Run directory (default: a fresh one under the system temp directory).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Bytes of sample text to generate.
+    #[arg(long, default_value_t = 300)]
+    pub sample: usize,
+}
+
+/// Trains the micro preset on CPU for a fixed time, exports q8, scores it
+/// through the runtime and prints a sample.
+pub fn run_demo(a: DemoArgs) -> Result<()> {
+    let run = a.run.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("kilobyte-demo-{}", std::process::id()))
+    });
+    let data = if a.data.is_empty() {
+        DataSource::Bytes("kilobyte-source".into(), crate::data::builtin_corpus())
+    } else {
+        DataSource::Paths(a.data.clone())
+    };
+    let config = MegabyteConfig {
+        max_seq: 128,
+        ..MegabyteConfig::MICRO
+    };
+    let opts = TrainOptions {
+        steps: 100_000,
+        batch: 16,
+        seq: 128,
+        lr: 3e-3,
+        warmup: 30,
+        eval_every: 0,
+        eval_windows: 64,
+        checkpoint_every: 0,
+        log_every: 25,
+        time_limit_s: Some(a.time),
+        ..TrainOptions::default()
+    };
+    // The cosine schedule needs a horizon: size it to what fits in the time.
+    let probe_bps = 25_000.0;
+    let steps = ((a.time * probe_bps) / (opts.batch * opts.seq) as f64).max(50.0) as u64;
+    let opts = TrainOptions {
+        steps,
+        eval_every: steps / 4,
+        checkpoint_every: steps / 4,
+        ..opts
+    };
+    eprintln!(
+        "demo: training MEGABYTE micro (T = 128) for {:.0} s in {}",
+        a.time,
+        run.display()
+    );
+    let report = train::start(&run, config, opts, data.clone(), false)?;
+    let model_path = run.join("demo-q8.kbm");
+    let (params, _) = run_weights(&run, false)?;
+    params
+        .to_writer(DType::Q8, DType::Q8)?
+        .write(&model_path)
+        .with_context(|| model_path.display().to_string())?;
+    let split = match &data {
+        DataSource::Paths(p) => Split::by_fraction(Corpus::open(p)?, 0.1)?,
+        DataSource::Bytes(n, b) => Split::by_fraction(Corpus::from_bytes(n, b.clone()), 0.1)?,
+    };
+    let bpb = eval_kbm(&model_path, &split.val, 128, 64)?;
+    println!(
+        "trained {} steps in {:.0} s ({:.0} bytes/s); q8 model {} ({} bytes): validation {bpb:.3} bits per byte",
+        report.steps,
+        report.elapsed_s,
+        report.bytes_per_s,
+        model_path.display(),
+        std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0)
+    );
+    let bytes = read_kbm(&model_path)?;
+    let file = parse_kbm(&model_path, &bytes)?;
+    let model = Megabyte::from_file(&file).map_err(|e| anyhow!("{e}"))?;
+    let spec = ArenaSpec::new(128);
+    let mut arena = vec![0u8; spec.arena_bytes(&model.config)];
+    let mut s = model
+        .session(&mut arena, spec)
+        .map_err(|e| anyhow!("{e}"))?;
+    let prompt = b"The runtime ";
+    s.prefill(prompt).map_err(|e| anyhow!("{e}"))?;
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: 0.7,
+        top_k: 0,
+        top_p: 0.9,
+        seed: 1,
+    })
+    .map_err(|e| anyhow!("{e}"))?;
+    let mut text = prompt.to_vec();
+    for _ in 0..a.sample {
+        let b = sampler.sample(s.logits());
+        text.push(b);
+        s.push(b).map_err(|e| anyhow!("{e}"))?;
+    }
+    println!("sample:\n{}", String::from_utf8_lossy(&text));
+    println!(
+        "\nnext: kilobyte generate {} --prompt \"...\"; kilobyte plot {}",
+        model_path.display(),
+        run.display()
+    );
+    let _ = ModelConfig::Megabyte(config);
+    Ok(())
+}

@@ -223,3 +223,149 @@ fn generate_streams_reproducible_bytes() {
     assert!(fails(&["generate", "b.kbm"], &dir).contains("bigs model"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A tiny MEGABYTE and a small corpus, so training runs take seconds.
+const TINY: [&str; 16] = [
+    "--patch-size",
+    "2",
+    "--d-global",
+    "16",
+    "--layers-global",
+    "1",
+    "--heads-global",
+    "2",
+    "--d-local",
+    "16",
+    "--layers-local",
+    "1",
+    "--heads-local",
+    "2",
+    "--max-seq",
+    "32",
+];
+
+fn write_corpus(dir: &Path) {
+    let text: String = (0..3000)
+        .map(|i| {
+            format!(
+                "line {i}: the {} sat on the {}.\n",
+                ["cat", "dog", "owl"][i % 3],
+                ["mat", "log"][i % 2]
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("data.txt"), text).unwrap();
+}
+
+fn train_args<'a>(run: &'a str, steps: &'a str) -> Vec<&'a str> {
+    let mut a = vec![
+        "train", "--data", "data.txt", "--run", run, "--steps", steps, "--batch", "4", "--seq",
+        "32",
+    ];
+    a.extend([
+        "--eval-every",
+        "50",
+        "--eval-windows",
+        "4",
+        "--checkpoint-every",
+        "20",
+        "--log-every",
+        "10",
+        "--quiet",
+    ]);
+    a.extend(TINY);
+    a
+}
+
+fn state_step(run: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(run.join("state.txt")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("step = "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Killing training at an arbitrary instant (SIGKILL, possibly mid-save) and
+/// resuming gives bit-identical weights to a run that was never interrupted.
+#[test]
+fn kill_and_resume_matches_an_uninterrupted_run() {
+    let dir = temp_dir("resume");
+    write_corpus(&dir);
+    ok(&train_args("straight", "400"), &dir);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kilobyte"))
+        .args(train_args("killed", "400"))
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let killed = dir.join("killed");
+    loop {
+        if state_step(&killed).is_some_and(|s| s >= 100) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let at = state_step(&killed).unwrap();
+    assert!(at < 400, "killed at step {at}");
+    ok(&["train", "--resume", "killed", "--quiet"], &dir);
+    assert_eq!(state_step(&killed), Some(400));
+
+    let load = |run: &str| {
+        kilobyte_trainer::checkpoint::load_params(&dir.join(run).join("model.safetensors"))
+            .unwrap()
+            .0
+    };
+    let (a, b) = (load("straight"), load("killed"));
+    assert_eq!(a.params.len(), b.params.len());
+    for (x, y) in a.params.iter().zip(&b.params) {
+        let same = x
+            .data
+            .iter()
+            .zip(&y.data)
+            .all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{} differs after kill and resume", x.name);
+    }
+    // Export, eval through the runtime and through the trainer, and plot.
+    ok(
+        &["export", "straight", "--dtype", "q8", "-o", "m.kbm"],
+        &dir,
+    );
+    let kbm = ok(
+        &["eval", "m.kbm", "--data", "data.txt", "--seq", "32"],
+        &dir,
+    );
+    let run = ok(
+        &["eval", "straight", "--data", "data.txt", "--seq", "32"],
+        &dir,
+    );
+    let bpb = |s: &str| s.split_whitespace().next().unwrap().parse::<f64>().unwrap();
+    assert!(
+        (bpb(&kbm) - bpb(&run)).abs() < 0.05 * bpb(&run),
+        "q8 {kbm} vs f32 {run}"
+    );
+    ok(&["plot", "straight", "-o", "loss.svg"], &dir);
+    assert!(std::fs::read_to_string(dir.join("loss.svg"))
+        .unwrap()
+        .starts_with("<svg"));
+    assert!(fails(
+        &["train", "--data", "data.txt", "--run", "straight", "--steps", "5"],
+        &dir
+    )
+    .contains("already holds a run"));
+    assert!(
+        fails(&["train", "--data", "missing.txt", "--run", "new"], &dir).contains("missing.txt")
+    );
+    assert!(fails(
+        &["train", "--device", "cuda", "--data", "data.txt", "--run", "gpu"],
+        &dir
+    )
+    .contains("use --device cpu"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

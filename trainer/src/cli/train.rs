@@ -282,7 +282,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         eval_kbm(&a.model, &val, a.seq.unwrap_or(256), a.windows)?
     };
     println!(
-        "{bpb:.4} bits per byte on {} bytes of {}",
+        "{bpb:.5} bits per byte on {} bytes of {}",
         val.len(),
         a.data
             .iter()

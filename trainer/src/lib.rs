@@ -10,6 +10,7 @@
 //! through the runtime so users measure what devices run.
 
 pub mod backend;
+pub mod bigs;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -1,0 +1,432 @@
+//! The diagonal state-space model of BiGS (MODELS.md, "SSM"): S4D-style
+//! complex modes with zero-order-hold discretisation, B fixed to 1.
+//!
+//! Per kernel, with N modes, `A_n = -exp(a_n) + i w_n`, `dt = exp(log_dt)`,
+//! `Abar_n = exp(dt A_n)`, `Bbar_n = (Abar_n - 1) / A_n` and
+//! `K[l] = Re(sum_n C_n Bbar_n Abar_n^l)`. A layer's SSM applies
+//! `y = K conv u + D u` to every channel, channel `c` using kernel
+//! `c / (width / kernels)`.
+//!
+//! Training is split in two steps so that the kernel is built once per step
+//! and shared by every channel and sequence of the batch:
+//! [`ssm_kernel`] (parameters -> `K [kernels, seq]`) and [`ssm_forward`]
+//! (`K`, `D`, `u` -> `y`), with [`ssm_backward`] and [`ssm_kernel_backward`]
+//! undoing them in the opposite order. [`ssm_recurrence`] computes the same
+//! function step by step from the parameters; tests use it as an
+//! independent reference, inference may use it as is.
+//!
+//! Parameters and activations may be f32 or f64 ([`Float`]), but the kernel
+//! and its gradient are always computed in f64: `Abar^l` is a long product
+//! of complex numbers close to the unit circle, and the parameters are tiny
+//! (`kernels * modes * seq` work), so the precision costs nothing.
+//!
+//! The convolution is direct, `O(seq^2)` per channel and sequence. An FFT
+//! (`O(seq log seq)`) should pay off from a few hundred positions (a guess,
+//! not measured: the direct loop does `seq^2 / 2` multiply-adds, an FFT
+//! convolution of length `2 seq` roughly `30 seq log2 seq` flops), i.e. for
+//! the `small` and `base` presets (T_max 512, 1024); `micro` (256) is near
+//! the break-even point.
+//!
+//! Padding: every sequence `b` has a real length `lengths[b] <= seq`. Rows at
+//! positions `>= lengths[b]` are absent: their inputs are never read, their
+//! outputs are zero and their input gradients are left untouched. The
+//! backward direction runs from `lengths[b] - 1` down to 0, so a padded
+//! sequence gives exactly the result it gives unpadded.
+
+// Kernel signatures list their buffers and sizes explicitly, as the backend does.
+#![allow(clippy::too_many_arguments)]
+
+use crate::backend::cpu::Float;
+use core::ops::{Add, AddAssign, Div, Mul, Sub};
+
+/// Sizes of one SSM's parameters: `a, w [kernels, modes]`,
+/// `c [kernels, modes, 2]` as (re, im), `log_dt, d [kernels]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SsmDims {
+    pub kernels: usize,
+    pub modes: usize,
+}
+
+/// Sizes of an SSM application: `batch` sequences of `seq` rows of `width`
+/// channels (`[batch * seq, width]` row-major), the channels split evenly
+/// among `kernels` kernels. Kernel buffers are `[kernels, seq]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SsmShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub width: usize,
+    pub kernels: usize,
+}
+
+impl SsmShape {
+    fn channels_per_kernel(&self) -> usize {
+        assert!(
+            self.kernels > 0 && self.width % self.kernels == 0,
+            "width {} is not split evenly among {} kernels",
+            self.width,
+            self.kernels
+        );
+        self.width / self.kernels
+    }
+
+    fn check<T>(&self, lengths: &[usize], act: &[T], kernel: &[T], d: &[T]) {
+        assert!(lengths.len() >= self.batch, "lengths shorter than batch");
+        for &len in &lengths[..self.batch] {
+            assert!(len <= self.seq, "length {len} > seq {}", self.seq);
+        }
+        assert!(act.len() >= self.batch * self.seq * self.width);
+        assert!(kernel.len() >= self.kernels * self.seq);
+        assert!(d.len() >= self.kernels);
+    }
+}
+
+/// Which way information flows along the sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Left to right: `y[t]` depends on `u[0..=t]`.
+    Forward,
+    /// Right to left: `y[t]` depends on `u[t..len]`, the forward SSM on the
+    /// reversed (unpadded) sequence.
+    Backward,
+}
+
+impl Direction {
+    /// The row (within its sequence) of logical step `t` of a sequence of
+    /// real length `len`: both directions become a causal scan in steps.
+    #[inline]
+    fn row(self, t: usize, len: usize) -> usize {
+        match self {
+            Direction::Forward => t,
+            Direction::Backward => len - 1 - t,
+        }
+    }
+}
+
+/// A complex number in f64; only what the SSM needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Complex {
+    pub re: f64,
+    pub im: f64,
+}
+
+impl Complex {
+    pub const ZERO: Self = Complex { re: 0.0, im: 0.0 };
+    pub const ONE: Self = Complex { re: 1.0, im: 0.0 };
+
+    pub fn new(re: f64, im: f64) -> Self {
+        Complex { re, im }
+    }
+
+    pub fn exp(self) -> Self {
+        let m = self.re.exp();
+        Complex::new(m * self.im.cos(), m * self.im.sin())
+    }
+
+    pub fn scale(self, s: f64) -> Self {
+        Complex::new(self.re * s, self.im * s)
+    }
+}
+
+impl Add for Complex {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Complex::new(self.re + o.re, self.im + o.im)
+    }
+}
+
+impl AddAssign for Complex {
+    fn add_assign(&mut self, o: Self) {
+        *self = *self + o;
+    }
+}
+
+impl Sub for Complex {
+    type Output = Self;
+    fn sub(self, o: Self) -> Self {
+        Complex::new(self.re - o.re, self.im - o.im)
+    }
+}
+
+impl Mul for Complex {
+    type Output = Self;
+    fn mul(self, o: Self) -> Self {
+        Complex::new(
+            self.re * o.re - self.im * o.im,
+            self.re * o.im + self.im * o.re,
+        )
+    }
+}
+
+impl Div for Complex {
+    type Output = Self;
+    fn div(self, o: Self) -> Self {
+        let den = o.re * o.re + o.im * o.im;
+        Complex::new(
+            (self.re * o.re + self.im * o.im) / den,
+            (self.im * o.re - self.re * o.im) / den,
+        )
+    }
+}
+
+/// One mode of one kernel, discretised.
+struct Mode {
+    /// exp(a), the decay rate (d A / d a = -exp(a)).
+    decay: f64,
+    a: Complex,
+    abar: Complex,
+    bbar: Complex,
+    c: Complex,
+}
+
+impl Mode {
+    /// Mode `n` of kernel `k`; `dt` is that kernel's step.
+    fn new<T: Float>(
+        dims: SsmDims,
+        a: &[T],
+        w: &[T],
+        c: &[T],
+        k: usize,
+        n: usize,
+        dt: f64,
+    ) -> Self {
+        let i = k * dims.modes + n;
+        let decay = a[i].to_f64().exp();
+        let a = Complex::new(-decay, w[i].to_f64());
+        let abar = a.scale(dt).exp();
+        // Re(A) = -exp(a) < 0, so A is never zero.
+        let bbar = (abar - Complex::ONE) / a;
+        let c = Complex::new(c[2 * i].to_f64(), c[2 * i + 1].to_f64());
+        Mode {
+            decay,
+            a,
+            abar,
+            bbar,
+            c,
+        }
+    }
+}
+
+/// Builds every kernel: `out[k, l] = Re(sum_n C_n Bbar_n Abar_n^l)` for
+/// `l < len`, overwriting `out [kernels, len]`.
+pub fn ssm_kernel<T: Float>(
+    dims: SsmDims,
+    len: usize,
+    a: &[T],
+    w: &[T],
+    c: &[T],
+    log_dt: &[T],
+    out: &mut [T],
+) {
+    let mut acc = vec![0f64; len];
+    for k in 0..dims.kernels {
+        let dt = log_dt[k].to_f64().exp();
+        acc.fill(0.0);
+        for n in 0..dims.modes {
+            let m = Mode::new(dims, a, w, c, k, n, dt);
+            let mut z = m.c * m.bbar;
+            for v in acc.iter_mut() {
+                *v += z.re;
+                z = z * m.abar;
+            }
+        }
+        for (o, &v) in out[k * len..(k + 1) * len].iter_mut().zip(&acc) {
+            *o = T::from_f64(v);
+        }
+    }
+}
+
+/// Gradient of [`ssm_kernel`]: given `dkernel [kernels, len]`, adds into
+/// `da, dw [kernels, modes]`, `dc [kernels, modes, 2]`, `dlog_dt [kernels]`.
+///
+/// With `h = sum_l g_l z Abar^l` (holomorphic in the complex intermediates)
+/// and loss `Re(h)`, the gradient with respect to the real and imaginary
+/// parts of a complex `p` is `(Re h'(p), -Im h'(p))`.
+pub fn ssm_kernel_backward<T: Float>(
+    dims: SsmDims,
+    len: usize,
+    a: &[T],
+    w: &[T],
+    c: &[T],
+    log_dt: &[T],
+    dkernel: &[T],
+    da: &mut [T],
+    dw: &mut [T],
+    dc: &mut [T],
+    dlog_dt: &mut [T],
+) {
+    for k in 0..dims.kernels {
+        let g = &dkernel[k * len..(k + 1) * len];
+        let dt = log_dt[k].to_f64().exp();
+        let mut ddt = 0f64;
+        for n in 0..dims.modes {
+            let m = Mode::new(dims, a, w, c, k, n, dt);
+            // s0 = sum g_l Abar^l (= dh/dz); s1 = sum g_l l Abar^l
+            // (= Abar dh/dAbar / z), so no division by Abar is needed.
+            let (mut s0, mut s1, mut p) = (Complex::ZERO, Complex::ZERO, Complex::ONE);
+            for (l, &gl) in g.iter().enumerate() {
+                let gl = gl.to_f64();
+                s0 += p.scale(gl);
+                s1 += p.scale(gl * l as f64);
+                p = p * m.abar;
+            }
+            let z = m.c * m.bbar;
+            let dh_dc = m.bbar * s0;
+            // Bbar = (Abar - 1)/A with Abar = exp(dt A):
+            // dBbar/dA = (dt Abar - Bbar)/A, dBbar/ddt = Abar.
+            let dbbar_da = (m.abar.scale(dt) - m.bbar) / m.a;
+            let dh_da = m.c * s0 * dbbar_da + z * s1.scale(dt);
+            let dh_ddt = m.c * s0 * m.abar + z * s1 * m.a;
+            let i = k * dims.modes + n;
+            dc[2 * i] += T::from_f64(dh_dc.re);
+            dc[2 * i + 1] += T::from_f64(-dh_dc.im);
+            // dA/da = -exp(a) (real), dA/dw = i.
+            da[i] += T::from_f64(-dh_da.re * m.decay);
+            dw[i] += T::from_f64(-dh_da.im);
+            ddt += dh_ddt.re;
+        }
+        // d dt / d log_dt = dt.
+        dlog_dt[k] += T::from_f64(ddt * dt);
+    }
+}
+
+/// Copies channel `ch` of sequence `b` into `out[..len]` in step order.
+fn gather<T: Float>(
+    s: SsmShape,
+    dir: Direction,
+    src: &[T],
+    b: usize,
+    ch: usize,
+    len: usize,
+    out: &mut [T],
+) {
+    for (t, o) in out[..len].iter_mut().enumerate() {
+        *o = src[(b * s.seq + dir.row(t, len)) * s.width + ch];
+    }
+}
+
+/// `y = K conv u + D u` per channel, overwriting `y [batch * seq, width]`
+/// (zero at padding rows). `kernel [kernels, seq]` comes from
+/// [`ssm_kernel`], `d [kernels]` is the skip.
+pub fn ssm_forward<T: Float>(
+    s: SsmShape,
+    dir: Direction,
+    lengths: &[usize],
+    u: &[T],
+    kernel: &[T],
+    d: &[T],
+    y: &mut [T],
+) {
+    s.check(lengths, u, kernel, d);
+    assert!(y.len() >= s.batch * s.seq * s.width);
+    let per = s.channels_per_kernel();
+    let mut us = vec![T::ZERO; s.seq];
+    for (b, &len) in lengths[..s.batch].iter().enumerate() {
+        y[(b * s.seq + len) * s.width..(b + 1) * s.seq * s.width].fill(T::ZERO);
+        for ch in 0..s.width {
+            let k = ch / per;
+            let kern = &kernel[k * s.seq..(k + 1) * s.seq];
+            gather(s, dir, u, b, ch, len, &mut us);
+            for t in 0..len {
+                let mut acc = d[k] * us[t];
+                for (&kj, &ui) in kern[..=t].iter().zip(us[..=t].iter().rev()) {
+                    acc += kj * ui;
+                }
+                y[(b * s.seq + dir.row(t, len)) * s.width + ch] = acc;
+            }
+        }
+    }
+}
+
+/// Gradient of [`ssm_forward`]: given `dy`, adds into `du [batch * seq,
+/// width]` (real rows only), `dkernel [kernels, seq]` and `dd [kernels]`
+/// (each summed over the kernel's channels and the batch).
+pub fn ssm_backward<T: Float>(
+    s: SsmShape,
+    dir: Direction,
+    lengths: &[usize],
+    u: &[T],
+    kernel: &[T],
+    d: &[T],
+    dy: &[T],
+    du: &mut [T],
+    dkernel: &mut [T],
+    dd: &mut [T],
+) {
+    s.check(lengths, u, kernel, d);
+    assert!(dy.len() >= s.batch * s.seq * s.width && du.len() >= s.batch * s.seq * s.width);
+    assert!(dkernel.len() >= s.kernels * s.seq && dd.len() >= s.kernels);
+    let per = s.channels_per_kernel();
+    let (mut us, mut gs) = (vec![T::ZERO; s.seq], vec![T::ZERO; s.seq]);
+    for (b, &len) in lengths[..s.batch].iter().enumerate() {
+        for ch in 0..s.width {
+            let k = ch / per;
+            let kern = &kernel[k * s.seq..(k + 1) * s.seq];
+            let dkern = &mut dkernel[k * s.seq..(k + 1) * s.seq];
+            gather(s, dir, u, b, ch, len, &mut us);
+            gather(s, dir, dy, b, ch, len, &mut gs);
+            let mut dsum = T::ZERO;
+            for t in 0..len {
+                // y[t] = D u[t] + sum_{j<=t} K[j] u[t-j]
+                dsum += gs[t] * us[t];
+                for (dkj, &ui) in dkern[..=t].iter_mut().zip(us[..=t].iter().rev()) {
+                    *dkj += gs[t] * ui;
+                }
+            }
+            dd[k] += dsum;
+            for i in 0..len {
+                let mut acc = d[k] * gs[i];
+                for (&kj, &gt) in kern[..len - i].iter().zip(&gs[i..len]) {
+                    acc += kj * gt;
+                }
+                du[(b * s.seq + dir.row(i, len)) * s.width + ch] += acc;
+            }
+        }
+    }
+}
+
+/// The same function as [`ssm_kernel`] + [`ssm_forward`], computed as the
+/// recurrence `x_l = Abar x_{l-1} + u_l`, `y_l = Re(sum_n C_n Bbar_n x_l,n)
+/// + D u_l` (complex state in f64), overwriting `y`. `O(seq * modes)` per
+/// channel instead of `O(seq^2)`: the form for step-by-step inference.
+pub fn ssm_recurrence<T: Float>(
+    s: SsmShape,
+    dims: SsmDims,
+    dir: Direction,
+    lengths: &[usize],
+    a: &[T],
+    w: &[T],
+    c: &[T],
+    log_dt: &[T],
+    d: &[T],
+    u: &[T],
+    y: &mut [T],
+) {
+    assert_eq!(s.kernels, dims.kernels);
+    let per = s.channels_per_kernel();
+    let modes: Vec<Vec<Mode>> = (0..dims.kernels)
+        .map(|k| {
+            let dt = log_dt[k].to_f64().exp();
+            (0..dims.modes)
+                .map(|n| Mode::new(dims, a, w, c, k, n, dt))
+                .collect()
+        })
+        .collect();
+    let mut x = vec![Complex::ZERO; dims.modes];
+    for (b, &len) in lengths[..s.batch].iter().enumerate() {
+        y[(b * s.seq + len) * s.width..(b + 1) * s.seq * s.width].fill(T::ZERO);
+        for ch in 0..s.width {
+            let k = ch / per;
+            x.fill(Complex::ZERO);
+            for t in 0..len {
+                let row = (b * s.seq + dir.row(t, len)) * s.width + ch;
+                let ut = u[row].to_f64();
+                let mut out = d[k].to_f64() * ut;
+                for (xn, m) in x.iter_mut().zip(&modes[k]) {
+                    *xn = m.abar * *xn + Complex::new(ut, 0.0);
+                    out += (m.c * m.bbar * *xn).re;
+                }
+                y[row] = T::from_f64(out);
+            }
+        }
+    }
+}

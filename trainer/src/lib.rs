@@ -19,3 +19,6 @@ pub mod optim;
 pub mod params;
 pub mod plot;
 pub mod train;
+
+#[cfg(test)]
+mod testutil;

@@ -4,25 +4,9 @@ use crate::optim::AdamWState;
 use crate::params::ParamSet;
 use kilobyte_format::{BigsConfig, MegabyteConfig, ModelConfig, ModelFile};
 use kilobyte_runtime::rng::Rng;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("kilobyte-ckpt-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::testutil::TempDir;
 
 fn megabyte() -> ModelConfig {
     ModelConfig::Megabyte(MegabyteConfig::preset(2, 32, 1, 2, 32, 1, 2, 16))

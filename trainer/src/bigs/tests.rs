@@ -34,17 +34,15 @@ impl Params {
     /// 7-step kernel is far from its small-dt limit and every term matters.
     fn random(dims: SsmDims, rng: &mut Rng) -> Self {
         let kn = dims.kernels * dims.modes;
-        let mut normal = |n: usize, std: f64| (0..n).map(|_| rng.normal() * std).collect();
-        let a = (0..kn).map(|_| 0.5f64.ln()).collect::<Vec<_>>();
+        let a = (0..kn).map(|_| 0.5f64.ln() + 0.3 * rng.normal()).collect();
         let w = (0..kn)
             .map(|i| std::f64::consts::PI * (i % dims.modes) as f64)
             .collect();
-        let c = normal(2 * kn, 0.5);
-        let d = normal(dims.kernels, 1.0);
-        let mut a = a;
-        a.iter_mut().for_each(|v| *v += 0.3 * rng.normal());
+        let c = (0..2 * kn).map(|_| 0.5 * rng.normal()).collect();
+        let d = (0..dims.kernels).map(|_| rng.normal()).collect();
+        let (lo, hi) = (0.1f64.ln(), 0.5f64.ln());
         let log_dt = (0..dims.kernels)
-            .map(|_| 0.1f64.ln() + rng.next_f64() * (0.5f64.ln() - 0.1f64.ln()))
+            .map(|_| lo + rng.next_f64() * (hi - lo))
             .collect();
         Params { a, w, c, log_dt, d }
     }

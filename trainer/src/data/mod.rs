@@ -10,6 +10,7 @@
 //!   [`kilobyte_runtime::rng::Rng`]; its [`SamplerState`] goes into
 //!   checkpoints so a resumed run draws exactly the batches it would have.
 //! - [`ValBatches`]: consecutive windows over the validation bytes.
+//! - [`tsv`]: labelled text (GLUE-style TSV/CSV) for classification.
 //! - [`builtin_corpus`]: the project's own documentation and source, compiled
 //!   in, so `kilobyte demo` trains without downloading anything.
 //!
@@ -29,6 +30,7 @@
 mod builtin;
 mod corpus;
 mod sampler;
+pub mod tsv;
 
 pub use builtin::{builtin_corpus, builtin_corpus_files};
 pub use corpus::{Corpus, CorpusFile, Split, Subset, DEFAULT_VAL_FRACTION};

@@ -443,3 +443,53 @@ pub(super) unsafe fn head_mix_i8(p: &[f32], values: &[i8], stride: usize, out: &
         axpy_i8(p, &values[i * stride..], out);
     }
 }
+
+/// `e^x` for `x` in [-88, 88] (callers clamp): `2^n e^r` with `r` in
+/// [-ln2/2, ln2/2] and Cephes' degree-6 polynomial for `e^r`, about 1 ulp.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn exp8(x: __m256) -> __m256 {
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(core::f32::consts::LOG2_E),
+    ));
+    // ln 2 in two parts so `n * ln2` is exact in the first.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let e_r = _mm256_add_ps(
+        _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let two_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(e_r, _mm256_castsi256_ps(two_n))
+}
+
+/// [`super::scalar::gelu_tanh`] as `x / (1 + e^(-2u))`, the same function
+/// (`(1 + tanh u) / 2` is the logistic of `2u`) without libm's scalar
+/// `tanhf`, which took a sixth of a q8 generation step.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gelu_tanh(x: &mut [f32]) {
+    let body = x.len() - x.len() % 8;
+    let (k, c) = (
+        _mm256_set1_ps(-2.0 * super::scalar::SQRT_2_OVER_PI),
+        _mm256_set1_ps(0.044715),
+    );
+    let (lo, hi) = (_mm256_set1_ps(-88.0), _mm256_set1_ps(88.0));
+    for chunk in x[..body].chunks_exact_mut(8) {
+        let v = _mm256_loadu_ps(chunk.as_ptr());
+        let v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+        let t = _mm256_mul_ps(k, _mm256_fmadd_ps(c, v3, v));
+        // min/max return their second operand for a NaN, so NaN survives.
+        let t = _mm256_max_ps(lo, _mm256_min_ps(hi, t));
+        let y = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0), exp8(t)));
+        _mm256_storeu_ps(chunk.as_mut_ptr(), y);
+    }
+    super::scalar::gelu_tanh(&mut x[body..]);
+}

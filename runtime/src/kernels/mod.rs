@@ -35,9 +35,7 @@ mod tests;
 #[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(miri)))]
 mod tiles;
 
-pub use scalar::{
-    add, embedding_row, gelu_tanh, layer_norm, mul, quantize_row_i8, rms_norm, scale, softmax,
-};
+pub use scalar::{add, embedding_row, layer_norm, mul, quantize_row_i8, rms_norm, scale, softmax};
 
 /// Why a kernel refused its arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -442,6 +440,17 @@ fn check_matmul(
 
 // ---------------------------------------------------------------------------
 // Vector ops
+
+/// GELU, tanh form, in place (see [`scalar::gelu_tanh`]). The SIMD
+/// versions compute the same function through `e^x` and differ from the
+/// scalar one by a few ulp.
+pub fn gelu_tanh(x: &mut [f32]) {
+    gelu_tanh_on(Backend::current(), x)
+}
+
+fn gelu_tanh_on(backend: Backend, x: &mut [f32]) {
+    dispatch!(backend, |simd| simd::gelu_tanh(x), scalar::gelu_tanh(x))
+}
 
 /// `a · b`.
 pub fn dot(a: &[f32], b: &[f32]) -> Result<f32, KernelError> {

@@ -387,3 +387,35 @@ pub(super) unsafe fn head_mix_i8(p: &[f32], values: &[i8], stride: usize, out: &
         axpy_i8(p, &values[i * stride..], out);
     }
 }
+
+/// `e^x` for `x` in [-88, 88] (callers clamp); see the AVX2 version.
+#[inline]
+unsafe fn exp4(x: float32x4_t) -> float32x4_t {
+    let n = vrndnq_f32(vmulq_n_f32(x, core::f32::consts::LOG2_E));
+    let r = vfmsq_f32(x, n, vdupq_n_f32(0.693_359_4));
+    let r = vfmsq_f32(r, n, vdupq_n_f32(-2.121_944_4e-4));
+    let mut p = vdupq_n_f32(1.987_569_1e-4);
+    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = vfmaq_f32(vdupq_n_f32(c), p, r);
+    }
+    let e_r = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0));
+    let two_n = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
+    vmulq_f32(e_r, vreinterpretq_f32_s32(two_n))
+}
+
+/// [`super::scalar::gelu_tanh`] as `x / (1 + e^(-2u))`; see the AVX2 version.
+pub(super) unsafe fn gelu_tanh(x: &mut [f32]) {
+    let body = x.len() - x.len() % 4;
+    let (k, c) = (-2.0 * super::scalar::SQRT_2_OVER_PI, 0.044715);
+    let (lo, hi) = (vdupq_n_f32(-88.0), vdupq_n_f32(88.0));
+    for chunk in x[..body].chunks_exact_mut(4) {
+        let v = vld1q_f32(chunk.as_ptr());
+        let v3 = vmulq_f32(vmulq_f32(v, v), v);
+        let t = vmulq_n_f32(vfmaq_n_f32(v, v3, c), k);
+        // fmin/fmax propagate NaN.
+        let t = vmaxq_f32(lo, vminq_f32(hi, t));
+        let y = vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0), exp4(t)));
+        vst1q_f32(chunk.as_mut_ptr(), y);
+    }
+    super::scalar::gelu_tanh(&mut x[body..]);
+}

@@ -253,10 +253,12 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<
     Ok(())
 }
 
+/// `sqrt(2 / pi)`, GELU's constant.
+pub(super) const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
 /// GELU, tanh form: `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`,
 /// in place.
 pub fn gelu_tanh(x: &mut [f32]) {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     for v in x {
         let u = SQRT_2_OVER_PI * (*v + 0.044715 * *v * *v * *v);
         *v = 0.5 * *v * (1.0 + libm::tanhf(u));

@@ -359,6 +359,26 @@ fn dot_and_axpy_match_scalar() {
     }
 }
 
+#[test]
+fn simd_gelu_matches_scalar() {
+    let mut rng = Rng::new(11);
+    // Odd lengths exercise the tails; the scale reaches both saturated ends
+    // (|x| > 10) where the SIMD form clamps its exponent.
+    for n in [1usize, 7, 8, 9, 31, 100, 1027] {
+        let x: Vec<f32> = random(&mut rng, n).iter().map(|v| v * 12.0).collect();
+        let mut got = x.clone();
+        gelu_tanh_on(Backend::best(), &mut got);
+        let mut want = x.clone();
+        scalar::gelu_tanh(&mut want);
+        for (g, w) in got.iter().zip(&want) {
+            assert_within("gelu", *g, *w as f64, 4.0 * EPS * (1.0 + w.abs() as f64));
+        }
+    }
+    let mut nan = [f32::NAN; 9];
+    gelu_tanh_on(Backend::best(), &mut nan);
+    assert!(nan.iter().all(|v| v.is_nan()));
+}
+
 fn head_layouts() -> &'static [Heads] {
     if cfg!(miri) {
         &[Heads {

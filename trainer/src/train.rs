@@ -1,5 +1,7 @@
-//! The MEGABYTE training loop: data in, checkpoints, metrics and the best
-//! weights out, resumable bit for bit.
+//! The training loop shared by both model families: data in, checkpoints,
+//! metrics and the best weights out, resumable bit for bit. A family plugs
+//! in as a [`Job`] (model, workspace and data position); MEGABYTE's is here,
+//! BiGS's in [`crate::bigs::jobs`].
 //!
 //! Every number that shapes the trajectory (model config, hyperparameters,
 //! seed, data paths) is written to the run's `config.txt` when the run is
@@ -71,7 +73,7 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
-    fn write(&self, c: RunConfig) -> RunConfig {
+    pub(crate) fn write(&self, c: RunConfig) -> RunConfig {
         let c = c
             .with("steps", self.steps)
             .with("batch", self.batch)
@@ -93,7 +95,7 @@ impl TrainOptions {
         }
     }
 
-    fn read(c: &RunConfig) -> Result<Self> {
+    pub(crate) fn read(c: &RunConfig) -> Result<Self> {
         let d = TrainOptions::default();
         Ok(TrainOptions {
             steps: c.get("steps")?.unwrap_or(d.steps),
@@ -123,6 +125,11 @@ impl TrainOptions {
                 config.max_seq
             );
         }
+        self.check_common()
+    }
+
+    /// The checks that do not depend on the model family.
+    pub(crate) fn check_common(&self) -> Result<()> {
         if self.batch == 0 || self.accum == 0 || self.steps == 0 {
             bail!("--batch, --accum and --steps must be at least 1");
         }
@@ -143,7 +150,7 @@ pub enum DataSource {
 }
 
 impl DataSource {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             DataSource::Paths(p) => p
                 .iter()
@@ -154,7 +161,7 @@ impl DataSource {
         }
     }
 
-    fn split(&self, val_fraction: f64) -> Result<Split> {
+    pub(crate) fn split(&self, val_fraction: f64) -> Result<Split> {
         let corpus = match self {
             DataSource::Paths(p) => Corpus::open(p)?,
             DataSource::Bytes(name, b) => Corpus::from_bytes(name, b.clone()),
@@ -167,14 +174,16 @@ impl DataSource {
 #[derive(Clone, Debug)]
 pub struct TrainReport {
     pub steps: u64,
-    pub final_val_loss: Option<f64>,
-    pub best_val_loss: Option<f64>,
+    pub final_val: Option<Eval>,
+    /// The best checkpoint's score: validation loss, or a classifier's
+    /// error rate (1 - accuracy).
+    pub best_score: Option<f64>,
     pub elapsed_s: f64,
     pub bytes_per_s: f64,
     pub interrupted: bool,
 }
 
-/// Starts a new run in `dir` (which must not hold one).
+/// Starts a new MEGABYTE run in `dir` (which must not hold one).
 pub fn start(
     dir: &Path,
     config: MegabyteConfig,
@@ -183,12 +192,7 @@ pub fn start(
     quiet: bool,
 ) -> Result<TrainReport> {
     opts.check(&config)?;
-    if Checkpoint::exists(dir) {
-        bail!(
-            "{} already holds a run: use --resume to continue it, or another directory",
-            dir.display()
-        );
-    }
+    ensure_new(dir)?;
     let split = data.split(opts.val_fraction)?;
     let run_config = opts
         .write(RunConfig::new(ModelConfig::Megabyte(config)))
@@ -196,44 +200,57 @@ pub fn start(
     let run = RunDir::create(dir, run_config)?;
     let params = ParamSet::init(ModelConfig::Megabyte(config), opts.seed)?;
     let be = CpuBackend::<f32>::new();
-    let model = MegabyteModel::new(&be, &params)?;
+    let job = MegabyteJob::new(&be, &params, &opts, split, &TrainState::default())?;
     let opt = optimizer(&be, &opts, &params)?;
-    train_loop(
-        &be,
-        run,
-        model,
-        opt,
-        TrainState::default(),
-        opts,
-        split,
-        quiet,
-    )
+    train_loop(&be, run, job, opt, TrainState::default(), opts, quiet)
 }
 
-/// Continues the run in `dir` from its last checkpoint.
-pub fn resume(dir: &Path, quiet: bool) -> Result<TrainReport> {
-    let (run, ckpt) = RunDir::resume(dir)?;
-    let opts = TrainOptions::read(run.config())?;
+pub(crate) fn ensure_new(dir: &Path) -> Result<()> {
+    if Checkpoint::exists(dir) {
+        bail!(
+            "{} already holds a run: use --resume to continue it, or another directory",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The data source a run's `config.txt` names.
+pub(crate) fn stored_data(run: &RunDir) -> Result<DataSource> {
     let data: String = run
         .config()
         .get("data")?
         .context("config.txt has no train.data entry")?;
-    let data = match data.strip_prefix("builtin:") {
+    Ok(match data.strip_prefix("builtin:") {
         Some(name) => DataSource::Bytes(name.to_string(), crate::data::builtin_corpus()),
         None => DataSource::Paths(data.split('|').map(PathBuf::from).collect()),
-    };
-    let split = data.split(opts.val_fraction)?;
+    })
+}
+
+/// Continues the run in `dir` from its last checkpoint (either family).
+pub fn resume(dir: &Path, quiet: bool) -> Result<TrainReport> {
+    let (run, ckpt) = RunDir::resume(dir)?;
+    let opts = TrainOptions::read(run.config())?;
     let be = CpuBackend::<f32>::new();
-    let model = MegabyteModel::new(&be, &ckpt.params)?;
     let mut opt = optimizer(&be, &opts, &ckpt.params)?;
     opt.load_state(&be, &ckpt.optimizer)?;
     if !quiet {
         eprintln!("resuming {} at step {}", dir.display(), ckpt.state.step);
     }
-    train_loop(&be, run, model, opt, ckpt.state, opts, split, quiet)
+    match ckpt.params.config {
+        ModelConfig::Megabyte(_) => {
+            let split = stored_data(&run)?.split(opts.val_fraction)?;
+            let job = MegabyteJob::new(&be, &ckpt.params, &opts, split, &ckpt.state)?;
+            train_loop(&be, run, job, opt, ckpt.state, opts, quiet)
+        }
+        ModelConfig::Bigs(_) => {
+            let job = crate::bigs::jobs::BigsJob::resume(&be, &run, &ckpt, &opts)?;
+            train_loop(&be, run, job, opt, ckpt.state, opts, quiet)
+        }
+    }
 }
 
-fn optimizer<B: Backend>(be: &B, opts: &TrainOptions, params: &ParamSet) -> Result<AdamW<B>> {
+pub(crate) fn optimizer<B: Backend>(be: &B, opts: &TrainOptions, params: &ParamSet) -> Result<AdamW<B>> {
     let adamw = AdamWConfig {
         weight_decay: opts.weight_decay,
         grad_clip: opts.grad_clip,
@@ -294,24 +311,115 @@ pub fn evaluate<B: Backend>(
     Ok(sum / count)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_loop<B: Backend>(
+/// What a validation pass measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Eval {
+    /// Mean cross-entropy in nats (per byte, or per sequence for a classifier).
+    pub loss: f64,
+    /// A classifier's accuracy on the dev set.
+    pub accuracy: Option<f64>,
+}
+
+impl Eval {
+    /// Lower is better: the best checkpoint is the one with the lowest score
+    /// (the error rate for a classifier, else the loss).
+    fn score(&self) -> f64 {
+        self.accuracy.map_or(self.loss, |a| 1.0 - a)
+    }
+}
+
+/// A model family with its data, as the shared training loop drives it.
+pub(crate) trait Job<B: Backend> {
+    /// One micro-batch, forward and backward (gradients added). Returns the
+    /// loss and the bytes it covered.
+    fn train_batch(&mut self, be: &B) -> Result<(f64, u64)>;
+    fn params_and_grads(&mut self) -> (&mut Vec<B::Buf>, &mut Vec<B::Buf>);
+    fn evaluate(&mut self, be: &B) -> Result<Eval>;
+    fn to_param_set(&self, be: &B) -> Result<ParamSet>;
+    /// Writes the data position and RNGs into `state` for a checkpoint.
+    fn save_state(&self, state: &mut TrainState);
+    /// "bpb" for byte losses; "nats" for a classifier's loss per sequence.
+    fn loss_is_per_byte(&self) -> bool {
+        true
+    }
+}
+
+/// MEGABYTE on random windows of a byte corpus.
+struct MegabyteJob<B: Backend> {
+    model: MegabyteModel<B>,
+    ws: Workspace<B>,
+    eval_ws: Workspace<B>,
+    sampler: Sampler,
+    val: Subset,
+    eval_windows: usize,
+}
+
+impl<B: Backend> MegabyteJob<B> {
+    fn new(
+        be: &B,
+        params: &ParamSet,
+        opts: &TrainOptions,
+        split: Split,
+        state: &TrainState,
+    ) -> Result<Self> {
+        let model = MegabyteModel::new(be, params)?;
+        let mut sampler = Sampler::new(split.train.clone(), opts.seq, opts.batch, opts.seed)?;
+        if state.step > 0 {
+            sampler.restore(state.sampler);
+        }
+        Ok(MegabyteJob {
+            ws: model.workspace(be, opts.batch, opts.seq)?,
+            eval_ws: model.workspace(be, opts.batch, opts.seq)?,
+            model,
+            sampler,
+            val: split.val,
+            eval_windows: opts.eval_windows,
+        })
+    }
+}
+
+impl<B: Backend> Job<B> for MegabyteJob<B> {
+    fn train_batch(&mut self, be: &B) -> Result<(f64, u64)> {
+        let batch = self.sampler.next_batch();
+        let ce = self.model.step(be, &mut self.ws, &batch.bytes, true, 1.0)?;
+        Ok((ce.loss, batch.bytes.len() as u64))
+    }
+    fn params_and_grads(&mut self) -> (&mut Vec<B::Buf>, &mut Vec<B::Buf>) {
+        (&mut self.model.params, &mut self.model.grads)
+    }
+    fn evaluate(&mut self, be: &B) -> Result<Eval> {
+        let loss = evaluate(
+            be,
+            &mut self.model,
+            &mut self.eval_ws,
+            &self.val,
+            self.eval_windows,
+        )?;
+        Ok(Eval {
+            loss,
+            accuracy: None,
+        })
+    }
+    fn to_param_set(&self, be: &B) -> Result<ParamSet> {
+        self.model.to_param_set(be)
+    }
+    fn save_state(&self, state: &mut TrainState) {
+        state.sampler = self.sampler.state();
+    }
+}
+
+/// The shared loop: steps, logging, evaluation, best and last checkpoints,
+/// time limit and Ctrl-C.
+pub(crate) fn train_loop<B: Backend, J: Job<B>>(
     be: &B,
     mut run: RunDir,
-    mut model: MegabyteModel<B>,
+    mut job: J,
     mut opt: AdamW<B>,
     mut state: TrainState,
     opts: TrainOptions,
-    split: Split,
     quiet: bool,
 ) -> Result<TrainReport> {
     let _ = crate::checkpoint::interrupt_flag();
-    let mut sampler = Sampler::new(split.train.clone(), opts.seq, opts.batch, opts.seed)?;
-    if state.step > 0 {
-        sampler.restore(state.sampler);
-    }
-    let mut ws = model.workspace(be, opts.batch, opts.seq)?;
-    let mut eval_ws = model.workspace(be, opts.batch, opts.seq)?;
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
     let mut window_start = Instant::now();
@@ -319,16 +427,24 @@ fn train_loop<B: Backend>(
     let mut loss_window = (0.0, 0u64);
     let mut final_val = None;
     let mut stopped = false;
-    let bytes_per_step = (opts.batch * opts.seq * opts.accum) as u64;
+    let per_byte = job.loss_is_per_byte();
     while state.step < opts.steps {
-        AdamW::zero_grads(be, &mut model.grads);
+        {
+            let (_, grads) = job.params_and_grads();
+            AdamW::zero_grads(be, grads);
+        }
         let mut loss = 0.0;
+        let mut step_bytes = 0;
         for _ in 0..opts.accum {
-            let batch = sampler.next_batch();
-            loss += model.step(be, &mut ws, &batch.bytes, true, 1.0)?.loss;
+            let (l, bytes) = job.train_batch(be)?;
+            loss += l;
+            step_bytes += bytes;
         }
         loss /= opts.accum as f64;
-        let stats = opt.step(be, &mut model.params, &model.grads, 1.0 / opts.accum as f32);
+        let stats = {
+            let (params, grads) = job.params_and_grads();
+            opt.step(be, params, grads, 1.0 / opts.accum as f32)
+        };
         if stats.skipped {
             eprintln!(
                 "warning: step {}: gradient norm is {}, update skipped",
@@ -337,8 +453,8 @@ fn train_loop<B: Backend>(
             );
         }
         state.step += 1;
-        state.bytes_seen += bytes_per_step;
-        window_bytes += bytes_per_step;
+        state.bytes_seen += step_bytes;
+        window_bytes += step_bytes;
         loss_window.0 += loss;
         loss_window.1 += 1;
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
@@ -358,14 +474,15 @@ fn train_loop<B: Backend>(
                 ..Metrics::default()
             };
             if !quiet {
+                let l = m.train_loss.unwrap_or(0.0);
+                let unit = if per_byte {
+                    format!("  ({:.3} bpb)", l / std::f64::consts::LN_2)
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "step {:>6}  loss {:.4}  ({:.3} bpb)  lr {:.2e}  |g| {:.2}  {:.0} bytes/s",
-                    state.step,
-                    m.train_loss.unwrap_or(0.0),
-                    m.train_loss.unwrap_or(0.0) / std::f64::consts::LN_2,
-                    stats.lr,
-                    stats.grad_norm,
-                    bps
+                    "step {:>6}  loss {l:.4}{unit}  lr {:.2e}  |g| {:.2}  {:.0} bytes/s",
+                    state.step, stats.lr, stats.grad_norm, bps
                 );
             }
             run.log(m)?;
@@ -375,32 +492,42 @@ fn train_loop<B: Backend>(
         }
         let eval_due = opts.eval_every > 0 && state.step % opts.eval_every == 0;
         if eval_due || last || out_of_time || stopped {
-            let val = evaluate(be, &mut model, &mut eval_ws, &split.val, opts.eval_windows)?;
+            let val = job.evaluate(be)?;
             final_val = Some(val);
-            let bpb = val / std::f64::consts::LN_2;
-            if !quiet {
-                eprintln!(
-                    "step {:>6}  validation {val:.4} nats/byte = {bpb:.4} bpb",
-                    state.step
-                );
-            }
-            run.log(Metrics {
+            let mut m = Metrics {
                 step: state.step,
-                val_loss: Some(val),
-                val_bpb: Some(bpb),
+                val_loss: Some(val.loss),
                 elapsed_s: Some(state.elapsed_s),
                 ..Metrics::default()
-            })?;
-            let set = model.to_param_set(be)?;
-            run.offer_best(&set, state.step, val)?;
+            };
+            if per_byte {
+                m.val_bpb = Some(val.loss / std::f64::consts::LN_2);
+            }
+            if let Some(acc) = val.accuracy {
+                m.extra.insert("val_accuracy".into(), acc);
+            }
+            if !quiet {
+                let what = match val.accuracy {
+                    Some(acc) => format!("accuracy {:.2}%, loss {:.4}", 100.0 * acc, val.loss),
+                    None => format!(
+                        "{:.4} nats/byte = {:.4} bpb",
+                        val.loss,
+                        val.loss / std::f64::consts::LN_2
+                    ),
+                };
+                eprintln!("step {:>6}  validation {what}", state.step);
+            }
+            run.log(m)?;
+            let set = job.to_param_set(be)?;
+            run.offer_best(&set, state.step, val.score())?;
             if let Some(w) = run.memorisation_warning(3) {
                 eprintln!("warning: {w}");
             }
         }
         let ckpt_due = opts.checkpoint_every > 0 && state.step % opts.checkpoint_every == 0;
         if ckpt_due || last || out_of_time || stopped {
-            state.sampler = sampler.state();
-            let set = model.to_param_set(be)?;
+            job.save_state(&mut state);
+            let set = job.to_param_set(be)?;
             run.save(&set, &opt.state(be)?, &state)?;
         }
         if stopped || out_of_time {
@@ -421,8 +548,8 @@ fn train_loop<B: Backend>(
     }
     Ok(TrainReport {
         steps: state.step,
-        final_val_loss: final_val,
-        best_val_loss: run.best().map(|b| b.val_loss),
+        final_val,
+        best_score: run.best().map(|b| b.val_loss),
         elapsed_s: state.elapsed_s,
         bytes_per_s: state.bytes_seen as f64 / state.elapsed_s.max(1e-9),
         interrupted: stopped,

@@ -41,6 +41,7 @@ pub mod cpu;
 
 pub use cpu::CpuBackend;
 
+use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
 use anyhow::Result;
 
 /// Sizes of `out[rows, out_dim] = inp[rows, in_dim] * weight[out_dim, in_dim]^T (+ bias[out_dim])`.
@@ -166,6 +167,9 @@ pub trait Backend: Send + Sync {
 
     /// `buf = 0`.
     fn zero(&self, buf: &mut Self::Buf);
+    /// `buf[..n] = 0`: buffers sized for the largest batch, used by a
+    /// smaller one, need only their first `n` elements cleared.
+    fn zero_prefix(&self, buf: &mut Self::Buf, n: usize);
     /// `dst[..src.len()] = src`.
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
     /// `buf *= s`.
@@ -374,6 +378,64 @@ pub trait Backend: Send + Sync {
         batch: usize,
         seq: usize,
         width: usize,
+    );
+
+    /// BiGS SSM kernels (see [`crate::bigs::ssm`]): overwrites
+    /// `kernel[kernels, len]` with `Re(sum_n C_n Bbar_n Abar_n^l)` from the
+    /// parameters `a, w [kernels, modes]`, `c [kernels, modes, 2]`,
+    /// `log_dt [kernels]`.
+    fn ssm_kernel_forward(
+        &self,
+        kernel: &mut Self::Buf,
+        a: &Self::Buf,
+        w: &Self::Buf,
+        c: &Self::Buf,
+        log_dt: &Self::Buf,
+        dims: SsmDims,
+        len: usize,
+    );
+    /// Adds the parameters' gradients given `dkernel[kernels, len]`.
+    fn ssm_kernel_backward(
+        &self,
+        da: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dc: &mut Self::Buf,
+        dlog_dt: &mut Self::Buf,
+        dkernel: &Self::Buf,
+        a: &Self::Buf,
+        w: &Self::Buf,
+        c: &Self::Buf,
+        log_dt: &Self::Buf,
+        dims: SsmDims,
+        len: usize,
+    );
+    /// `y = kernel conv u + d u` per channel along each sequence, in
+    /// direction `dir`, over the first `lengths[b]` rows of sequence `b`
+    /// (the rest of `y` is zeroed and `u` there is never read, so padding
+    /// cannot leak). Overwrites `y[batch * seq, width]`.
+    fn ssm_conv_forward(
+        &self,
+        y: &mut Self::Buf,
+        u: &Self::Buf,
+        kernel: &Self::Buf,
+        d: &Self::Buf,
+        lengths: &Self::Ids,
+        s: SsmShape,
+        dir: Direction,
+    );
+    /// Adds `du` (real rows only), `dkernel[kernels, seq]` and `dd[kernels]`.
+    fn ssm_conv_backward(
+        &self,
+        du: &mut Self::Buf,
+        dkernel: &mut Self::Buf,
+        dd: &mut Self::Buf,
+        dy: &Self::Buf,
+        u: &Self::Buf,
+        kernel: &Self::Buf,
+        d: &Self::Buf,
+        lengths: &Self::Ids,
+        s: SsmShape,
+        dir: Direction,
     );
 
     /// Softmax cross-entropy of `logits[rows, vocab]` against `targets[rows]`

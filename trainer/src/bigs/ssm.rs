@@ -20,7 +20,8 @@
 //! of complex numbers close to the unit circle, and the parameters are tiny
 //! (`kernels * modes * seq` work), so the precision costs nothing.
 //!
-//! The convolution is direct, `O(seq^2)` per channel and sequence. An FFT
+//! The convolution is direct, `O(seq^2)` per channel and sequence, looping
+//! over whole rows so that the inner loops are vector operations. An FFT
 //! (`O(seq log seq)`) should pay off from a few hundred positions (a guess,
 //! not measured: the direct loop does `seq^2 / 2` multiply-adds, an FFT
 //! convolution of length `2 seq` roughly `30 seq log2 seq` flops), i.e. for
@@ -289,24 +290,38 @@ pub fn ssm_kernel_backward<T: Float>(
     }
 }
 
-/// Copies channel `ch` of sequence `b` into `out[..len]` in step order.
-fn gather<T: Float>(
-    s: SsmShape,
-    dir: Direction,
-    src: &[T],
-    b: usize,
-    ch: usize,
-    len: usize,
-    out: &mut [T],
-) {
-    for (t, o) in out[..len].iter_mut().enumerate() {
-        *o = src[(b * s.seq + dir.row(t, len)) * s.width + ch];
+/// `y += alpha * x` over matching channels.
+#[inline]
+fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
     }
+}
+
+#[inline]
+fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    // Eight partial sums let the compiler keep a vector of them.
+    let mut acc = [T::ZERO; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut sum = T::ZERO;
+    for (x, y) in ra.iter().zip(rb) {
+        sum += *x * *y;
+    }
+    acc.iter().fold(sum, |s, &v| s + v)
 }
 
 /// `y = K conv u + D u` per channel, overwriting `y [batch * seq, width]`
 /// (zero at padding rows). `kernel [kernels, seq]` comes from
 /// [`ssm_kernel`], `d [kernels]` is the skip.
+///
+/// The loops run over whole rows (a kernel's channels are contiguous), so
+/// every inner loop is a vector `axpy` or dot product.
 pub fn ssm_forward<T: Float>(
     s: SsmShape,
     dir: Direction,
@@ -319,19 +334,26 @@ pub fn ssm_forward<T: Float>(
     s.check(lengths, u, kernel, d);
     assert!(y.len() >= s.batch * s.seq * s.width);
     let per = s.channels_per_kernel();
-    let mut us = vec![T::ZERO; s.seq];
+    let w = s.width;
     for (b, &len) in lengths[..s.batch].iter().enumerate() {
-        y[(b * s.seq + len) * s.width..(b + 1) * s.seq * s.width].fill(T::ZERO);
-        for ch in 0..s.width {
-            let k = ch / per;
-            let kern = &kernel[k * s.seq..(k + 1) * s.seq];
-            gather(s, dir, u, b, ch, len, &mut us);
-            for t in 0..len {
-                let mut acc = d[k] * us[t];
-                for (&kj, &ui) in kern[..=t].iter().zip(us[..=t].iter().rev()) {
-                    acc += kj * ui;
+        let base = b * s.seq * w;
+        let seq_u = &u[base..base + s.seq * w];
+        let seq_y = &mut y[base..base + s.seq * w];
+        seq_y[len * w..].fill(T::ZERO);
+        for t in 0..len {
+            let rt = dir.row(t, len);
+            let (yt, ut) = (rt * w, &seq_u[rt * w..(rt + 1) * w]);
+            for k in 0..s.kernels {
+                let ch = k * per..(k + 1) * per;
+                let out = &mut seq_y[yt + ch.start..yt + ch.end];
+                for (o, &x) in out.iter_mut().zip(&ut[ch.clone()]) {
+                    *o = d[k] * x;
                 }
-                y[(b * s.seq + dir.row(t, len)) * s.width + ch] = acc;
+                let kern = &kernel[k * s.seq..];
+                for j in 0..=t {
+                    let r = dir.row(t - j, len) * w;
+                    axpy(kern[j], &seq_u[r + ch.start..r + ch.end], out);
+                }
             }
         }
     }
@@ -356,29 +378,37 @@ pub fn ssm_backward<T: Float>(
     assert!(dy.len() >= s.batch * s.seq * s.width && du.len() >= s.batch * s.seq * s.width);
     assert!(dkernel.len() >= s.kernels * s.seq && dd.len() >= s.kernels);
     let per = s.channels_per_kernel();
-    let (mut us, mut gs) = (vec![T::ZERO; s.seq], vec![T::ZERO; s.seq]);
+    let w = s.width;
     for (b, &len) in lengths[..s.batch].iter().enumerate() {
-        for ch in 0..s.width {
-            let k = ch / per;
+        let base = b * s.seq * w;
+        let seq_u = &u[base..base + s.seq * w];
+        let seq_dy = &dy[base..base + s.seq * w];
+        let seq_du = &mut du[base..base + s.seq * w];
+        for k in 0..s.kernels {
+            let ch = k * per..(k + 1) * per;
             let kern = &kernel[k * s.seq..(k + 1) * s.seq];
             let dkern = &mut dkernel[k * s.seq..(k + 1) * s.seq];
-            gather(s, dir, u, b, ch, len, &mut us);
-            gather(s, dir, dy, b, ch, len, &mut gs);
-            let mut dsum = T::ZERO;
+            // The channels of this kernel at logical step `step`.
+            let at = |step: usize| {
+                let r = dir.row(step, len) * w;
+                r + ch.start..r + ch.end
+            };
+            // y[t] = D u[t] + sum_{j<=t} K[j] u[t-j]
             for t in 0..len {
-                // y[t] = D u[t] + sum_{j<=t} K[j] u[t-j]
-                dsum += gs[t] * us[t];
-                for (dkj, &ui) in dkern[..=t].iter_mut().zip(us[..=t].iter().rev()) {
-                    *dkj += gs[t] * ui;
+                let g = &seq_dy[at(t)];
+                dd[k] += dot(g, &seq_u[at(t)]);
+                for (j, dk) in dkern[..=t].iter_mut().enumerate() {
+                    *dk += dot(g, &seq_u[at(t - j)]);
                 }
             }
-            dd[k] += dsum;
             for i in 0..len {
-                let mut acc = d[k] * gs[i];
-                for (&kj, &gt) in kern[..len - i].iter().zip(&gs[i..len]) {
-                    acc += kj * gt;
+                let out = at(i);
+                let g = &seq_dy[at(i)];
+                axpy(d[k], g, &mut seq_du[out.clone()]);
+                for (t, &kj) in (i..len).zip(kern) {
+                    let g = &seq_dy[at(t)];
+                    axpy(kj, g, &mut seq_du[out.clone()]);
                 }
-                du[(b * s.seq + dir.row(i, len)) * s.width + ch] += acc;
             }
         }
     }

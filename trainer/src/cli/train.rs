@@ -5,9 +5,10 @@ use crate::checkpoint::{load_best, load_params, MODEL_FILE};
 use crate::data::{Corpus, Split, ValBatches};
 use crate::megabyte::MegabyteModel;
 use crate::params::{parse_kbm, read_kbm, ParamSet};
-use crate::train::{self, DataSource, TrainOptions};
+use crate::bigs::jobs::{LabelledFiles, Objective};
+use crate::train::{self, DataSource, Eval, TrainOptions};
 use anyhow::{anyhow, bail, Context, Result};
-use kilobyte_format::{DType, MegabyteConfig, ModelConfig};
+use kilobyte_format::{BigsConfig, DType, MegabyteConfig, ModelConfig};
 use kilobyte_runtime::{ArenaSpec, Megabyte, Sampler, SamplerConfig};
 use std::path::{Path, PathBuf};
 
@@ -19,9 +20,42 @@ pub enum Device {
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Model family (BiGS training arrives with its issue).
+    /// Model family: megabyte or bigs.
     #[arg(long, default_value = "megabyte")]
     pub model: String,
+    /// BiGS: what to learn: mlm (masked bytes of --data) or classify (--train/--dev tables).
+    #[arg(long, default_value = "mlm")]
+    pub objective: String,
+    /// BiGS classify: the labelled training table (TSV, or CSV by extension; header line).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// BiGS classify: the labelled table scored at each evaluation (best-dev weights are kept).
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    /// BiGS classify: the text column, by header name or 0-based index.
+    #[arg(long, default_value = crate::data::tsv::DEFAULT_TEXT_COLUMN)]
+    pub text_column: String,
+    /// BiGS classify: the label column, by header name or 0-based index.
+    #[arg(long, default_value = crate::data::tsv::DEFAULT_LABEL_COLUMN)]
+    pub label_column: String,
+    /// BiGS: start from this run's weights (e.g. an --objective mlm run).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// BiGS width d.
+    #[arg(long)]
+    pub d_model: Option<u32>,
+    /// BiGS expanded width e.
+    #[arg(long)]
+    pub d_expand: Option<u32>,
+    /// BiGS layers.
+    #[arg(long)]
+    pub layers: Option<u32>,
+    /// BiGS complex modes per SSM kernel.
+    #[arg(long)]
+    pub modes: Option<u32>,
+    /// BiGS SSM kernels per direction and layer.
+    #[arg(long)]
+    pub ssm_kernels: Option<u32>,
     /// Preset from MODELS.md: micro, small or base; the shape flags below override it.
     #[arg(long, default_value = "micro")]
     pub preset: String,
@@ -55,7 +89,8 @@ pub struct TrainArgs {
     pub steps: u64,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Bytes per training window (default: T_max, capped at 512).
+    /// Bytes per training window (default: T_max, capped at 512; BiGS
+    /// classification always pads to the batch's longest text).
     #[arg(long)]
     pub seq: Option<usize>,
     /// Micro-batches per optimizer step.
@@ -137,14 +172,35 @@ fn megabyte_config(a: &TrainArgs) -> Result<MegabyteConfig> {
     Ok(c)
 }
 
+/// The BiGS config from a preset name and override flags.
+fn bigs_config(a: &TrainArgs) -> Result<BigsConfig> {
+    let mut c = BigsConfig::by_name(&a.preset).ok_or_else(|| {
+        anyhow!(
+            "unknown preset {:?} (expected micro, small or base)",
+            a.preset
+        )
+    })?;
+    for (slot, v) in [
+        (&mut c.d_model, a.d_model),
+        (&mut c.d_expand, a.d_expand),
+        (&mut c.layers, a.layers),
+        (&mut c.n_modes, a.modes),
+        (&mut c.ssm_kernels, a.ssm_kernels),
+        (&mut c.max_seq, a.max_seq),
+    ] {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    }
+    c.validate()?;
+    Ok(c)
+}
+
 pub fn run_train(a: TrainArgs) -> Result<()> {
     check_device(a.device)?;
     set_threads(a.threads)?;
-    if a.model != "megabyte" {
-        bail!(
-            "--model {}: only megabyte training is available in this build",
-            a.model
-        );
+    if a.model != "megabyte" && a.model != "bigs" {
+        bail!("--model {}: expected megabyte or bigs", a.model);
     }
     let report = if let Some(dir) = &a.resume {
         train::resume(dir, a.quiet)?
@@ -153,14 +209,15 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             .run
             .as_ref()
             .ok_or_else(|| anyhow!("--run DIR is required (or --resume DIR)"))?;
-        if a.data.is_empty() {
-            bail!("--data PATH... is required: the files or directories to train on");
-        }
-        let config = megabyte_config(&a)?;
+        let max_seq = if a.model == "bigs" {
+            bigs_config(&a)?.max_seq
+        } else {
+            megabyte_config(&a)?.max_seq
+        };
         let opts = TrainOptions {
             steps: a.steps,
             batch: a.batch,
-            seq: a.seq.unwrap_or((config.max_seq as usize).min(512)),
+            seq: a.seq.unwrap_or((max_seq as usize).min(512)),
             accum: a.accum,
             lr: a.lr,
             warmup: a.warmup,
@@ -174,22 +231,67 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             val_fraction: a.val_fraction,
             time_limit_s: a.time_limit,
         };
-        train::start(
-            dir,
-            config,
-            opts,
-            DataSource::Paths(a.data.clone()),
-            a.quiet,
-        )?
+        if a.model == "bigs" {
+            let objective = match a.objective.as_str() {
+                "mlm" => {
+                    if a.data.is_empty() {
+                        bail!("--data PATH... is required for --objective mlm: the bytes to pretrain on");
+                    }
+                    Objective::Mlm(DataSource::Paths(a.data.clone()))
+                }
+                "classify" => {
+                    let (Some(train_file), Some(dev)) = (&a.train, &a.dev) else {
+                        bail!("--objective classify needs --train FILE and --dev FILE (labelled tables)");
+                    };
+                    Objective::Classify(LabelledFiles {
+                        train: train_file.clone(),
+                        dev: dev.clone(),
+                        text_column: a.text_column.parse().expect("infallible"),
+                        label_column: a.label_column.parse().expect("infallible"),
+                    })
+                }
+                other => bail!("--objective {other}: expected mlm or classify"),
+            };
+            crate::bigs::jobs::start(
+                dir,
+                bigs_config(&a)?,
+                opts,
+                objective,
+                a.init.as_deref(),
+                a.quiet,
+            )?
+        } else {
+            if a.data.is_empty() {
+                bail!("--data PATH... is required: the files or directories to train on");
+            }
+            train::start(
+                dir,
+                megabyte_config(&a)?,
+                opts,
+                DataSource::Paths(a.data.clone()),
+                a.quiet,
+            )?
+        }
     };
-    let val = report
-        .final_val_loss
-        .map(|v| format!("{:.4} bpb", v / std::f64::consts::LN_2))
-        .unwrap_or("-".into());
-    let best = report
-        .best_val_loss
-        .map(|v| format!("{:.4} bpb", v / std::f64::consts::LN_2))
-        .unwrap_or("-".into());
+    let (val, best) = match report.final_val {
+        Some(Eval {
+            accuracy: Some(acc),
+            ..
+        }) => (
+            format!("accuracy {:.2}%", 100.0 * acc),
+            report
+                .best_score
+                .map(|e| format!("{:.2}%", 100.0 * (1.0 - e)))
+                .unwrap_or("-".into()),
+        ),
+        other => {
+            let bpb = |v: f64| format!("{:.4} bpb", v / std::f64::consts::LN_2);
+            (
+                other.map(|e| bpb(e.loss)).unwrap_or("-".into()),
+                report.best_score.map(bpb).unwrap_or("-".into()),
+            )
+        }
+    };
     println!(
         "{} after {} steps in {:.1} s ({:.0} bytes/s): validation {val}, best {best}",
         if report.interrupted {

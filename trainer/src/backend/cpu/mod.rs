@@ -16,6 +16,8 @@ pub mod simd;
 pub use float::Float;
 
 use super::{AdamWStep, Attention, Backend, CrossEntropy, Linear};
+use crate::bigs::ssm::{self, Direction, SsmDims, SsmShape};
+use rayon::prelude::*;
 use anyhow::Result;
 use std::marker::PhantomData;
 
@@ -119,6 +121,10 @@ impl<T: Float> Backend for CpuBackend<T> {
 
     fn zero(&self, buf: &mut Vec<T>) {
         par::rows_mut(buf, 1, |_, c| c.fill(T::ZERO));
+    }
+    fn zero_prefix(&self, buf: &mut Vec<T>, n: usize) {
+        prefix(buf, n, "zero");
+        par::rows_mut(&mut buf[..n], 1, |_, c| c.fill(T::ZERO));
     }
     fn copy(&self, dst: &mut Vec<T>, src: &Vec<T>) {
         let n = src.len();
@@ -395,6 +401,113 @@ impl<T: Float> Backend for CpuBackend<T> {
         prefix(dout, batch * width, "mean-pool dout");
         prefix(mask, batch * seq, "mean-pool mask");
         embed::mean_pool_backward(dinp, dout, mask, batch, seq, width);
+    }
+
+    fn ssm_kernel_forward(
+        &self,
+        kernel: &mut Vec<T>,
+        a: &Vec<T>,
+        w: &Vec<T>,
+        c: &Vec<T>,
+        log_dt: &Vec<T>,
+        dims: SsmDims,
+        len: usize,
+    ) {
+        prefix(kernel, dims.kernels * len, "ssm kernel");
+        ssm::ssm_kernel(dims, len, a, w, c, log_dt, kernel);
+    }
+    fn ssm_kernel_backward(
+        &self,
+        da: &mut Vec<T>,
+        dw: &mut Vec<T>,
+        dc: &mut Vec<T>,
+        dlog_dt: &mut Vec<T>,
+        dkernel: &Vec<T>,
+        a: &Vec<T>,
+        w: &Vec<T>,
+        c: &Vec<T>,
+        log_dt: &Vec<T>,
+        dims: SsmDims,
+        len: usize,
+    ) {
+        prefix(dkernel, dims.kernels * len, "ssm dkernel");
+        ssm::ssm_kernel_backward(dims, len, a, w, c, log_dt, dkernel, da, dw, dc, dlog_dt);
+    }
+    fn ssm_conv_forward(
+        &self,
+        y: &mut Vec<T>,
+        u: &Vec<T>,
+        kernel: &Vec<T>,
+        d: &Vec<T>,
+        lengths: &Vec<u32>,
+        s: SsmShape,
+        dir: Direction,
+    ) {
+        let per_seq = s.seq * s.width;
+        prefix(y, s.batch * per_seq, "ssm y");
+        prefix(u, s.batch * per_seq, "ssm u");
+        let one = SsmShape { batch: 1, ..s };
+        // Sequences are independent: one task each, outputs disjoint.
+        y[..s.batch * per_seq]
+            .par_chunks_mut(per_seq)
+            .zip(u[..s.batch * per_seq].par_chunks(per_seq))
+            .zip(&lengths[..s.batch])
+            .for_each(|((y, u), &len)| {
+                ssm::ssm_forward(one, dir, &[len as usize], u, kernel, d, y);
+            });
+    }
+    fn ssm_conv_backward(
+        &self,
+        du: &mut Vec<T>,
+        dkernel: &mut Vec<T>,
+        dd: &mut Vec<T>,
+        dy: &Vec<T>,
+        u: &Vec<T>,
+        kernel: &Vec<T>,
+        d: &Vec<T>,
+        lengths: &Vec<u32>,
+        s: SsmShape,
+        dir: Direction,
+    ) {
+        let per_seq = s.seq * s.width;
+        let nk = s.kernels * s.seq;
+        prefix(du, s.batch * per_seq, "ssm du");
+        prefix(dy, s.batch * per_seq, "ssm dy");
+        prefix(u, s.batch * per_seq, "ssm u");
+        let one = SsmShape { batch: 1, ..s };
+        // Each sequence's kernel and skip gradients go to its own slot and
+        // are summed in sequence order afterwards, so the result does not
+        // depend on the thread count.
+        let mut partial = vec![T::ZERO; s.batch * (nk + s.kernels)];
+        du[..s.batch * per_seq]
+            .par_chunks_mut(per_seq)
+            .zip(partial.par_chunks_mut(nk + s.kernels))
+            .enumerate()
+            .for_each(|(b, (du, part))| {
+                let (dk, dd) = part.split_at_mut(nk);
+                let rows = b * per_seq..(b + 1) * per_seq;
+                let len = [lengths[b] as usize];
+                ssm::ssm_backward(
+                    one,
+                    dir,
+                    &len,
+                    &u[rows.clone()],
+                    kernel,
+                    d,
+                    &dy[rows],
+                    du,
+                    dk,
+                    dd,
+                );
+            });
+        for part in partial.chunks(nk + s.kernels) {
+            for (g, p) in dkernel[..nk].iter_mut().zip(&part[..nk]) {
+                *g += *p;
+            }
+            for (g, p) in dd[..s.kernels].iter_mut().zip(&part[nk..]) {
+                *g += *p;
+            }
+        }
     }
 
     fn cross_entropy(

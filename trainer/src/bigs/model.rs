@@ -1,0 +1,997 @@
+//! BiGS for training: the encoder of ../shared/design/MODELS.md built from
+//! the backend's ops, with a hand-written backward pass and both heads.
+//!
+//! A batch is `batch` sequences padded to a common length `seq` (at most the
+//! workspace's); `lengths[b]` says how many rows of sequence `b` are real.
+//! Only the SSMs mix rows, and they never read a padding row (see
+//! [`crate::bigs::ssm`]), so a sequence computes exactly what it computes
+//! alone; the losses count real rows only, so padding rows also get no
+//! gradient.
+//!
+//! Per layer, on the residual stream X (`[rows, d]`):
+//! `Z = LN(X)`, `V = GELU(Z Wv)`, `F = GELU(Z Wf)`, `Bk = GELU(Z Wb)`,
+//! `Uf = SSM_fwd(F) Wuf`, `Ub = SSM_bwd(Bk) Wub`,
+//! `X += (GELU((Uf * Ub) Wl) * V) Wo` (every linear layer with a bias).
+
+use crate::backend::{Backend, CrossEntropy, Linear};
+use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
+use crate::megabyte::ParamMeta;
+use crate::params::ParamSet;
+use anyhow::{bail, ensure, Context, Result};
+use kilobyte_format::config::{BIGS_MASK, BIGS_PAD};
+use kilobyte_format::{BigsConfig, ModelConfig};
+
+/// What a batch is trained on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Task {
+    /// Masked byte modelling: predict `targets[row]` (the original bytes)
+    /// where `weights[row]` is 1.
+    Mlm {
+        targets: Vec<u32>,
+        weights: Vec<f32>,
+    },
+    /// One class index per sequence.
+    Classify { labels: Vec<u32> },
+}
+
+/// One batch: `ids[batch * seq]` (bytes, MASK, PAD = 256..), real lengths.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BigsBatch {
+    pub batch: usize,
+    pub seq: usize,
+    pub ids: Vec<u32>,
+    pub lengths: Vec<u32>,
+    pub task: Task,
+}
+
+impl BigsBatch {
+    /// Pads `texts` (already model ids) to the longest with PAD.
+    pub fn from_sequences(texts: &[Vec<u32>], task: Task) -> Self {
+        let seq = texts.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut ids = vec![BIGS_PAD; texts.len() * seq];
+        for (row, t) in ids.chunks_mut(seq).zip(texts) {
+            row[..t.len()].copy_from_slice(t);
+        }
+        BigsBatch {
+            batch: texts.len(),
+            seq,
+            ids,
+            lengths: texts.iter().map(|t| t.len() as u32).collect(),
+            task,
+        }
+    }
+}
+
+/// What one forward pass measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepResult {
+    pub ce: CrossEntropy,
+    /// Classification: sequences whose arg-max class is the label.
+    pub correct: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Lin {
+    w: usize,
+    b: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SsmIx {
+    a: usize,
+    w: usize,
+    c: usize,
+    log_dt: usize,
+    d: usize,
+}
+
+#[derive(Clone, Debug)]
+struct LayerIx {
+    ln_w: usize,
+    ln_b: usize,
+    v: Lin,
+    f: Lin,
+    b: Lin,
+    uf: Lin,
+    ub: Lin,
+    l: Lin,
+    o: Lin,
+    fwd: SsmIx,
+    bwd: SsmIx,
+}
+
+#[derive(Clone, Debug)]
+struct Indices {
+    tok: usize,
+    pos: usize,
+    emb_ln: Lin,
+    layers: Vec<LayerIx>,
+    ln_f: Lin,
+    mlm: Option<(Lin, Lin)>,
+    cls: Option<(Lin, Lin)>,
+}
+
+/// Parameters and their gradients on a backend.
+pub struct BigsModel<B: Backend> {
+    pub config: BigsConfig,
+    pub meta: Vec<ParamMeta>,
+    pub params: Vec<B::Buf>,
+    pub grads: Vec<B::Buf>,
+    pub labels: Vec<String>,
+    ix: Indices,
+}
+
+/// One layer's saved activations.
+struct LayerActs<B: Backend> {
+    z: B::Buf,
+    mean: B::Buf,
+    rstd: B::Buf,
+    pv: B::Buf,
+    v: B::Buf,
+    pf: B::Buf,
+    f: B::Buf,
+    pb: B::Buf,
+    bk: B::Buf,
+    kf: B::Buf,
+    kb: B::Buf,
+    sf: B::Buf,
+    uf: B::Buf,
+    sb: B::Buf,
+    ub: B::Buf,
+    g: B::Buf,
+    pl: B::Buf,
+    h: B::Buf,
+    m: B::Buf,
+}
+
+/// Activation buffers for batches of up to `batch` sequences of up to `seq`.
+pub struct Workspace<B: Backend> {
+    pub batch: usize,
+    pub seq: usize,
+    ids: B::Ids,
+    pos: B::Ids,
+    lengths: B::Ids,
+    targets: B::Ids,
+    weights: B::Buf,
+    real: B::Buf,
+    emb: B::Buf,
+    emb_mean: B::Buf,
+    emb_rstd: B::Buf,
+    /// The residual stream before each layer and after the last.
+    res: Vec<B::Buf>,
+    layers: Vec<LayerActs<B>>,
+    xf: B::Buf,
+    f_mean: B::Buf,
+    f_rstd: B::Buf,
+    // Masked-byte head.
+    hp: B::Buf,
+    hg: B::Buf,
+    hn: B::Buf,
+    h_mean: B::Buf,
+    h_rstd: B::Buf,
+    /// Masked-byte logits `[rows, 256]`.
+    pub logits: B::Buf,
+    // Classification head.
+    pool: B::Buf,
+    cp: B::Buf,
+    ct: B::Buf,
+    /// Class logits `[batch, classes]`.
+    pub class_logits: B::Buf,
+    // Gradient scratch, reused by every layer.
+    dlogits: B::Buf,
+    d_res: B::Buf,
+    dd1: B::Buf,
+    dd2: B::Buf,
+    dd3: B::Buf,
+    dd4: B::Buf,
+    de1: B::Buf,
+    de2: B::Buf,
+    de3: B::Buf,
+    dk: B::Buf,
+    dsmall1: B::Buf,
+    dsmall2: B::Buf,
+    host_pos: Vec<u32>,
+}
+
+fn find(meta: &[ParamMeta], name: &str) -> Result<usize> {
+    meta.iter()
+        .position(|m| m.name == name)
+        .with_context(|| format!("parameter {name} is missing"))
+}
+
+fn lin(meta: &[ParamMeta], prefix: &str) -> Result<Lin> {
+    Ok(Lin {
+        w: find(meta, &format!("{prefix}.weight"))?,
+        b: find(meta, &format!("{prefix}.bias"))?,
+    })
+}
+
+fn ssm_ix(meta: &[ParamMeta], prefix: &str) -> Result<SsmIx> {
+    let f = |p: &str| find(meta, &format!("{prefix}.{p}"));
+    Ok(SsmIx {
+        a: f("a")?,
+        w: f("w")?,
+        c: f("c")?,
+        log_dt: f("log_dt")?,
+        d: f("d")?,
+    })
+}
+
+impl<B: Backend> BigsModel<B> {
+    /// Uploads a parameter set to the backend.
+    pub fn new(be: &B, set: &ParamSet) -> Result<Self> {
+        let config = match set.config {
+            ModelConfig::Bigs(c) => c,
+            _ => bail!("not a BiGS parameter set"),
+        };
+        let meta: Vec<ParamMeta> = set
+            .params
+            .iter()
+            .map(|p| ParamMeta {
+                name: p.name.clone(),
+                shape: p.shape,
+                role: p.role,
+            })
+            .collect();
+        let layers: Vec<LayerIx> = (0..config.layers)
+            .map(|i| {
+                let p = |part: &str| format!("layers.{i}.{part}");
+                Ok(LayerIx {
+                    ln_w: find(&meta, &p("ln.weight"))?,
+                    ln_b: find(&meta, &p("ln.bias"))?,
+                    v: lin(&meta, &p("v"))?,
+                    f: lin(&meta, &p("f"))?,
+                    b: lin(&meta, &p("b"))?,
+                    uf: lin(&meta, &p("uf"))?,
+                    ub: lin(&meta, &p("ub"))?,
+                    l: lin(&meta, &p("l"))?,
+                    o: lin(&meta, &p("o"))?,
+                    fwd: ssm_ix(&meta, &p("ssm_fwd"))?,
+                    bwd: ssm_ix(&meta, &p("ssm_bwd"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        for l in &layers {
+            for s in [l.fwd, l.bwd] {
+                ensure!(
+                    [s.w, s.c, s.log_dt] == [s.a + 1, s.a + 2, s.a + 3],
+                    "SSM parameters out of schema order"
+                );
+            }
+        }
+        let ix = Indices {
+            tok: find(&meta, "embed.tok")?,
+            pos: find(&meta, "embed.pos")?,
+            emb_ln: lin(&meta, "embed.ln")?,
+            layers,
+            ln_f: lin(&meta, "ln_f")?,
+            mlm: if config.has_mlm_head() {
+                Some((lin(&meta, "mlm.dense")?, lin(&meta, "mlm.ln")?))
+            } else {
+                None
+            },
+            cls: if config.has_classifier() {
+                Some((lin(&meta, "cls.dense")?, lin(&meta, "cls.out")?))
+            } else {
+                None
+            },
+        };
+        let params = set
+            .params
+            .iter()
+            .map(|p| be.upload(&p.data))
+            .collect::<Result<Vec<_>>>()?;
+        let grads = set
+            .params
+            .iter()
+            .map(|p| be.alloc(p.data.len()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BigsModel {
+            config,
+            meta,
+            params,
+            grads,
+            labels: set.labels.clone(),
+            ix,
+        })
+    }
+
+    /// Downloads the parameters into a parameter set.
+    pub fn to_param_set(&self, be: &B) -> Result<ParamSet> {
+        let params = self
+            .meta
+            .iter()
+            .zip(&self.params)
+            .map(|(m, buf)| {
+                Ok(crate::params::Param {
+                    name: m.name.clone(),
+                    shape: m.shape,
+                    role: m.role,
+                    data: be.download(buf)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(ParamSet {
+            config: ModelConfig::Bigs(self.config),
+            params,
+            labels: self.labels.clone(),
+        })
+    }
+
+    fn dims(&self) -> SsmDims {
+        SsmDims {
+            kernels: self.config.ssm_kernels as usize,
+            modes: self.config.n_modes as usize,
+        }
+    }
+
+    /// Buffers for up to `batch` sequences of up to `seq` rows (<= T_max).
+    pub fn workspace(&self, be: &B, batch: usize, seq: usize) -> Result<Workspace<B>> {
+        let c = &self.config;
+        ensure!(batch > 0, "batch size must be at least 1");
+        ensure!(
+            seq > 0 && seq <= c.max_seq as usize,
+            "sequence length {seq} must be between 1 and T_max = {}",
+            c.max_seq
+        );
+        let (d, e, k) = (
+            c.d_model as usize,
+            c.d_expand as usize,
+            c.ssm_kernels as usize,
+        );
+        let rows = batch * seq;
+        let classes = c.n_classes.max(1) as usize;
+        let buf = |n: usize| be.alloc(n);
+        let layers = (0..c.layers)
+            .map(|_| {
+                Ok(LayerActs {
+                    z: buf(rows * d)?,
+                    mean: buf(rows)?,
+                    rstd: buf(rows)?,
+                    pv: buf(rows * e)?,
+                    v: buf(rows * e)?,
+                    pf: buf(rows * d)?,
+                    f: buf(rows * d)?,
+                    pb: buf(rows * d)?,
+                    bk: buf(rows * d)?,
+                    kf: buf(k * seq)?,
+                    kb: buf(k * seq)?,
+                    sf: buf(rows * d)?,
+                    uf: buf(rows * d)?,
+                    sb: buf(rows * d)?,
+                    ub: buf(rows * d)?,
+                    g: buf(rows * d)?,
+                    pl: buf(rows * e)?,
+                    h: buf(rows * e)?,
+                    m: buf(rows * e)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let ssm_small = k * seq + c.n_modes as usize * 2 * k;
+        Ok(Workspace {
+            batch,
+            seq,
+            ids: be.upload_ids(&vec![0; rows])?,
+            pos: be.upload_ids(&vec![0; rows])?,
+            lengths: be.upload_ids(&vec![0; batch])?,
+            targets: be.upload_ids(&vec![0; rows])?,
+            weights: buf(rows)?,
+            real: buf(rows)?,
+            emb: buf(rows * d)?,
+            emb_mean: buf(rows)?,
+            emb_rstd: buf(rows)?,
+            res: (0..=c.layers)
+                .map(|_| buf(rows * d))
+                .collect::<Result<_>>()?,
+            layers,
+            xf: buf(rows * d)?,
+            f_mean: buf(rows)?,
+            f_rstd: buf(rows)?,
+            hp: buf(rows * d)?,
+            hg: buf(rows * d)?,
+            hn: buf(rows * d)?,
+            h_mean: buf(rows)?,
+            h_rstd: buf(rows)?,
+            logits: buf(rows * 256)?,
+            pool: buf(batch * d)?,
+            cp: buf(batch * d)?,
+            ct: buf(batch * d)?,
+            class_logits: buf(batch * classes)?,
+            dlogits: buf(rows * 256)?,
+            d_res: buf(rows * d)?,
+            dd1: buf(rows * d)?,
+            dd2: buf(rows * d)?,
+            dd3: buf(rows * d)?,
+            dd4: buf(rows * d)?,
+            de1: buf(rows * e)?,
+            de2: buf(rows * e)?,
+            de3: buf(rows * e)?,
+            dk: buf(ssm_small)?,
+            dsmall1: buf(batch * d.max(classes))?,
+            dsmall2: buf(batch * d.max(classes))?,
+            host_pos: vec![0; rows],
+        })
+    }
+
+    /// Forward pass over `batch`, and with `backward` the backward pass
+    /// adding into `self.grads` (scaled by `grad_scale`). Returns the mean
+    /// cross-entropy over the counted positions (masked bytes, or sequences).
+    pub fn step(
+        &mut self,
+        be: &B,
+        ws: &mut Workspace<B>,
+        batch: &BigsBatch,
+        backward: bool,
+        grad_scale: f32,
+    ) -> Result<StepResult> {
+        let (nb, seq) = (batch.batch, batch.seq);
+        ensure!(
+            nb >= 1 && nb <= ws.batch && seq >= 1 && seq <= ws.seq,
+            "a batch of {nb} x {seq} does not fit the workspace ({} x {})",
+            ws.batch,
+            ws.seq
+        );
+        let rows = nb * seq;
+        ensure!(
+            batch.ids.len() == rows && batch.lengths.len() == nb,
+            "batch ids/lengths do not match its {nb} x {seq} shape"
+        );
+        ensure!(
+            batch
+                .lengths
+                .iter()
+                .all(|&l| l >= 1 && l as usize <= seq),
+            "every sequence needs 1..={seq} real rows"
+        );
+        let vocab = kilobyte_format::config::BIGS_VOCAB;
+        ensure!(
+            batch.ids.iter().all(|&id| id < vocab),
+            "batch holds an id >= {vocab}"
+        );
+        for (i, p) in ws.host_pos[..rows].iter_mut().enumerate() {
+            *p = (i % seq) as u32;
+        }
+        be.write_ids(&mut ws.ids, &batch.ids)?;
+        be.write_ids(&mut ws.pos, &ws.host_pos[..rows])?;
+        be.write_ids(&mut ws.lengths, &batch.lengths)?;
+        let real: Vec<f32> = (0..rows)
+            .map(|i| ((i % seq) < batch.lengths[i / seq] as usize) as u8 as f32)
+            .collect();
+        be.write(&mut ws.real, &real)?;
+
+        self.encode(be, ws, nb, seq);
+        let d = self.config.d_model as usize;
+        let result = match &batch.task {
+            Task::Mlm { targets, weights } => {
+                let Some((dense, ln)) = self.ix.mlm else {
+                    bail!("this model has no masked-byte head");
+                };
+                ensure!(targets.len() == rows && weights.len() == rows);
+                ensure!(targets.iter().all(|&t| t < 256), "MLM targets are bytes");
+                be.write_ids(&mut ws.targets, targets)?;
+                be.write(&mut ws.weights, weights)?;
+                let p = &self.params;
+                let lin = Linear {
+                    rows,
+                    in_dim: d,
+                    out_dim: d,
+                };
+                be.matmul_forward(&mut ws.hp, &ws.xf, &p[dense.w], Some(&p[dense.b]), lin);
+                be.gelu_forward(&mut ws.hg, &ws.hp, rows * d);
+                be.layernorm_forward(
+                    &mut ws.hn,
+                    &mut ws.h_mean,
+                    &mut ws.h_rstd,
+                    &ws.hg,
+                    &p[ln.w],
+                    &p[ln.b],
+                    rows,
+                    d,
+                    self.config.norm_eps,
+                );
+                // Tied output: the first 256 rows of the token embedding
+                // are the bytes' (PAD, MASK, SEP are never predicted).
+                let out = Linear {
+                    rows,
+                    in_dim: d,
+                    out_dim: 256,
+                };
+                be.matmul_forward(&mut ws.logits, &ws.hn, &p[self.ix.tok], None, out);
+                let ce = be.cross_entropy(
+                    &ws.logits,
+                    &ws.targets,
+                    Some(&ws.weights),
+                    backward.then_some(&mut ws.dlogits),
+                    rows,
+                    256,
+                    grad_scale,
+                );
+                StepResult { ce, correct: 0 }
+            }
+            Task::Classify { labels } => {
+                let Some((dense, out)) = self.ix.cls else {
+                    bail!("this model has no classification head");
+                };
+                let classes = self.config.n_classes as usize;
+                ensure!(labels.len() == nb);
+                ensure!(
+                    labels.iter().all(|&l| (l as usize) < classes),
+                    "a label index is >= the {classes} classes"
+                );
+                be.write_ids(&mut ws.targets, labels)?;
+                let p = &self.params;
+                be.mean_pool_forward(&mut ws.pool, &ws.xf, &ws.real, nb, seq, d);
+                let lin = Linear {
+                    rows: nb,
+                    in_dim: d,
+                    out_dim: d,
+                };
+                be.matmul_forward(&mut ws.cp, &ws.pool, &p[dense.w], Some(&p[dense.b]), lin);
+                be.tanh_forward(&mut ws.ct, &ws.cp, nb * d);
+                let lin = Linear {
+                    rows: nb,
+                    in_dim: d,
+                    out_dim: classes,
+                };
+                be.matmul_forward(
+                    &mut ws.class_logits,
+                    &ws.ct,
+                    &p[out.w],
+                    Some(&p[out.b]),
+                    lin,
+                );
+                let ce = be.cross_entropy(
+                    &ws.class_logits,
+                    &ws.targets,
+                    None,
+                    backward.then_some(&mut ws.dsmall1),
+                    nb,
+                    classes,
+                    grad_scale,
+                );
+                let logits = be.download_f64(&ws.class_logits)?;
+                let correct = logits
+                    .chunks(classes)
+                    .zip(labels)
+                    .filter(|(row, &l)| argmax(row) == l as usize)
+                    .count();
+                StepResult { ce, correct }
+            }
+        };
+        if backward {
+            self.backward(be, ws, batch);
+        }
+        Ok(result)
+    }
+
+    /// Embeddings, layers and the final norm: `ws.xf`.
+    fn encode(&self, be: &B, ws: &mut Workspace<B>, nb: usize, seq: usize) {
+        let c = &self.config;
+        let p = &self.params;
+        let ix = &self.ix;
+        let (d, e) = (c.d_model as usize, c.d_expand as usize);
+        let rows = nb * seq;
+        let eps = c.norm_eps;
+        be.embedding_forward(&mut ws.emb, &p[ix.tok], &ws.ids, rows, d, false);
+        be.embedding_forward(&mut ws.emb, &p[ix.pos], &ws.pos, rows, d, true);
+        be.layernorm_forward(
+            &mut ws.res[0],
+            &mut ws.emb_mean,
+            &mut ws.emb_rstd,
+            &ws.emb,
+            &p[ix.emb_ln.w],
+            &p[ix.emb_ln.b],
+            rows,
+            d,
+            eps,
+        );
+        let dd = Linear {
+            rows,
+            in_dim: d,
+            out_dim: d,
+        };
+        let de = Linear {
+            rows,
+            in_dim: d,
+            out_dim: e,
+        };
+        let ed = Linear {
+            rows,
+            in_dim: e,
+            out_dim: d,
+        };
+        let shape = SsmShape {
+            batch: nb,
+            seq,
+            width: d,
+            kernels: c.ssm_kernels as usize,
+        };
+        let dims = self.dims();
+        for (i, (l, a)) in ix.layers.iter().zip(&mut ws.layers).enumerate() {
+            let (before, after) = ws.res.split_at_mut(i + 1);
+            let x = &before[i];
+            be.layernorm_forward(
+                &mut a.z,
+                &mut a.mean,
+                &mut a.rstd,
+                x,
+                &p[l.ln_w],
+                &p[l.ln_b],
+                rows,
+                d,
+                eps,
+            );
+            be.matmul_forward(&mut a.pv, &a.z, &p[l.v.w], Some(&p[l.v.b]), de);
+            be.gelu_forward(&mut a.v, &a.pv, rows * e);
+            be.matmul_forward(&mut a.pf, &a.z, &p[l.f.w], Some(&p[l.f.b]), dd);
+            be.gelu_forward(&mut a.f, &a.pf, rows * d);
+            be.matmul_forward(&mut a.pb, &a.z, &p[l.b.w], Some(&p[l.b.b]), dd);
+            be.gelu_forward(&mut a.bk, &a.pb, rows * d);
+            for (s, kern, inp, out, dir) in [
+                (l.fwd, &mut a.kf, &a.f, &mut a.sf, Direction::Forward),
+                (l.bwd, &mut a.kb, &a.bk, &mut a.sb, Direction::Backward),
+            ] {
+                be.ssm_kernel_forward(kern, &p[s.a], &p[s.w], &p[s.c], &p[s.log_dt], dims, seq);
+                be.ssm_conv_forward(out, inp, kern, &p[s.d], &ws.lengths, shape, dir);
+            }
+            be.matmul_forward(&mut a.uf, &a.sf, &p[l.uf.w], Some(&p[l.uf.b]), dd);
+            be.matmul_forward(&mut a.ub, &a.sb, &p[l.ub.w], Some(&p[l.ub.b]), dd);
+            be.mul_forward(&mut a.g, &a.uf, &a.ub, rows * d);
+            be.matmul_forward(&mut a.pl, &a.g, &p[l.l.w], Some(&p[l.l.b]), de);
+            be.gelu_forward(&mut a.h, &a.pl, rows * e);
+            be.mul_forward(&mut a.m, &a.h, &a.v, rows * e);
+            // Y goes through the final residual buffer as scratch.
+            be.matmul_forward(&mut ws.d_res, &a.m, &p[l.o.w], Some(&p[l.o.b]), ed);
+            be.add_forward(&mut after[0], x, &ws.d_res, rows * d);
+        }
+        be.layernorm_forward(
+            &mut ws.xf,
+            &mut ws.f_mean,
+            &mut ws.f_rstd,
+            &ws.res[c.layers as usize],
+            &p[ix.ln_f.w],
+            &p[ix.ln_f.b],
+            rows,
+            d,
+            eps,
+        );
+    }
+
+    fn backward(&mut self, be: &B, ws: &mut Workspace<B>, batch: &BigsBatch) {
+        let c = self.config;
+        let (nb, seq) = (batch.batch, batch.seq);
+        let rows = nb * seq;
+        let (d, e) = (c.d_model as usize, c.d_expand as usize);
+        let dims = self.dims();
+        let p = &self.params;
+        let g = &mut self.grads;
+        let ix = &self.ix;
+        // dxf: the gradient of the final norm's output, in dd1.
+        be.zero_prefix(&mut ws.dd1, rows * d);
+        match &batch.task {
+            Task::Mlm { .. } => {
+                let (dense, ln) = ix.mlm.expect("checked in step");
+                be.zero_prefix(&mut ws.dd2, rows * d);
+                let out = Linear {
+                    rows,
+                    in_dim: d,
+                    out_dim: 256,
+                };
+                be.matmul_backward(
+                    Some(&mut ws.dd2),
+                    &mut g[ix.tok],
+                    None,
+                    &ws.dlogits,
+                    &ws.hn,
+                    &p[ix.tok],
+                    out,
+                );
+                be.zero_prefix(&mut ws.dd3, rows * d);
+                let (gw, gb) = pair_mut(g, ln.w, ln.b);
+                be.layernorm_backward(
+                    &mut ws.dd3,
+                    gw,
+                    gb,
+                    &ws.dd2,
+                    &ws.hg,
+                    &p[ln.w],
+                    &ws.h_mean,
+                    &ws.h_rstd,
+                    rows,
+                    d,
+                );
+                be.zero_prefix(&mut ws.dd4, rows * d);
+                be.gelu_backward(&mut ws.dd4, &ws.hp, &ws.dd3, rows * d);
+                let lin = Linear {
+                    rows,
+                    in_dim: d,
+                    out_dim: d,
+                };
+                let (gw, gb) = pair_mut(g, dense.w, dense.b);
+                be.matmul_backward(
+                    Some(&mut ws.dd1),
+                    gw,
+                    Some(gb),
+                    &ws.dd4,
+                    &ws.xf,
+                    &p[dense.w],
+                    lin,
+                );
+            }
+            Task::Classify { .. } => {
+                let (dense, out) = ix.cls.expect("checked in step");
+                let classes = c.n_classes as usize;
+                be.zero_prefix(&mut ws.dsmall2, nb * d);
+                let lin = Linear {
+                    rows: nb,
+                    in_dim: d,
+                    out_dim: classes,
+                };
+                let (gw, gb) = pair_mut(g, out.w, out.b);
+                be.matmul_backward(
+                    Some(&mut ws.dsmall2),
+                    gw,
+                    Some(gb),
+                    &ws.dsmall1,
+                    &ws.ct,
+                    &p[out.w],
+                    lin,
+                );
+                // dsmall1 (the logits' gradient) is no longer needed.
+                be.zero_prefix(&mut ws.dsmall1, nb * d);
+                be.tanh_backward(&mut ws.dsmall1, &ws.ct, &ws.dsmall2, nb * d);
+                be.zero_prefix(&mut ws.dsmall2, nb * d);
+                let lin = Linear {
+                    rows: nb,
+                    in_dim: d,
+                    out_dim: d,
+                };
+                let (gw, gb) = pair_mut(g, dense.w, dense.b);
+                be.matmul_backward(
+                    Some(&mut ws.dsmall2),
+                    gw,
+                    Some(gb),
+                    &ws.dsmall1,
+                    &ws.pool,
+                    &p[dense.w],
+                    lin,
+                );
+                be.mean_pool_backward(&mut ws.dd1, &ws.dsmall2, &ws.real, nb, seq, d);
+            }
+        }
+        be.zero_prefix(&mut ws.d_res, rows * d);
+        let (gw, gb) = pair_mut(g, ix.ln_f.w, ix.ln_f.b);
+        be.layernorm_backward(
+            &mut ws.d_res,
+            gw,
+            gb,
+            &ws.dd1,
+            &ws.res[c.layers as usize],
+            &p[ix.ln_f.w],
+            &ws.f_mean,
+            &ws.f_rstd,
+            rows,
+            d,
+        );
+        let dd = Linear {
+            rows,
+            in_dim: d,
+            out_dim: d,
+        };
+        let de = Linear {
+            rows,
+            in_dim: d,
+            out_dim: e,
+        };
+        let ed = Linear {
+            rows,
+            in_dim: e,
+            out_dim: d,
+        };
+        let shape = SsmShape {
+            batch: nb,
+            seq,
+            width: d,
+            kernels: c.ssm_kernels as usize,
+        };
+        for (i, (l, a)) in ix.layers.iter().zip(&ws.layers).enumerate().rev() {
+            // d_res holds dL/dX_out; X_out = X + Y, so it is also dL/dY and
+            // the identity part of dL/dX, to which the branch is added last.
+            be.zero_prefix(&mut ws.de1, rows * e);
+            let (gw, gb) = pair_mut(g, l.o.w, l.o.b);
+            be.matmul_backward(
+                Some(&mut ws.de1),
+                gw,
+                Some(gb),
+                &ws.d_res,
+                &a.m,
+                &p[l.o.w],
+                ed,
+            );
+            // de2 = dH, de3 = dV.
+            be.zero_prefix(&mut ws.de2, rows * e);
+            be.zero_prefix(&mut ws.de3, rows * e);
+            be.mul_backward(&mut ws.de2, &mut ws.de3, &ws.de1, &a.h, &a.v, rows * e);
+            be.zero_prefix(&mut ws.de1, rows * e);
+            be.gelu_backward(&mut ws.de1, &a.pl, &ws.de2, rows * e);
+            // dd1 = dG.
+            be.zero_prefix(&mut ws.dd1, rows * d);
+            let (gw, gb) = pair_mut(g, l.l.w, l.l.b);
+            be.matmul_backward(
+                Some(&mut ws.dd1),
+                gw,
+                Some(gb),
+                &ws.de1,
+                &a.g,
+                &p[l.l.w],
+                de,
+            );
+            // dd2 = dUf, dd3 = dUb.
+            be.zero_prefix(&mut ws.dd2, rows * d);
+            be.zero_prefix(&mut ws.dd3, rows * d);
+            be.mul_backward(&mut ws.dd2, &mut ws.dd3, &ws.dd1, &a.uf, &a.ub, rows * d);
+            // de2 (dH) is free again: dZ ([rows, d]) accumulates there.
+            be.zero_prefix(&mut ws.de2, rows * e);
+            for (s, lin_u, du_out, kern, inp, sout, gate_pre, gate_lin, dir) in [
+                (
+                    l.fwd,
+                    l.uf,
+                    &ws.dd2,
+                    &a.kf,
+                    &a.f,
+                    &a.sf,
+                    &a.pf,
+                    l.f,
+                    Direction::Forward,
+                ),
+                (
+                    l.bwd,
+                    l.ub,
+                    &ws.dd3,
+                    &a.kb,
+                    &a.bk,
+                    &a.sb,
+                    &a.pb,
+                    l.b,
+                    Direction::Backward,
+                ),
+            ] {
+                // dd1 = dS (the SSM output).
+                be.zero_prefix(&mut ws.dd1, rows * d);
+                let (gw, gb) = pair_mut(g, lin_u.w, lin_u.b);
+                be.matmul_backward(
+                    Some(&mut ws.dd1),
+                    gw,
+                    Some(gb),
+                    du_out,
+                    sout,
+                    &p[lin_u.w],
+                    dd,
+                );
+                // dd4 = d(SSM input), dk = dkernel.
+                be.zero_prefix(&mut ws.dd4, rows * d);
+                be.zero_prefix(&mut ws.dk, dims.kernels * seq);
+                be.ssm_conv_backward(
+                    &mut ws.dd4,
+                    &mut ws.dk,
+                    &mut g[s.d],
+                    &ws.dd1,
+                    inp,
+                    kern,
+                    &p[s.d],
+                    &ws.lengths,
+                    shape,
+                    dir,
+                );
+                let (ga, gw, gc, gdt) = ssm_grads(g, s);
+                be.ssm_kernel_backward(
+                    ga,
+                    gw,
+                    gc,
+                    gdt,
+                    &ws.dk,
+                    &p[s.a],
+                    &p[s.w],
+                    &p[s.c],
+                    &p[s.log_dt],
+                    dims,
+                    seq,
+                );
+                be.zero_prefix(&mut ws.dd1, rows * d);
+                be.gelu_backward(&mut ws.dd1, gate_pre, &ws.dd4, rows * d);
+                let (gw, gb) = pair_mut(g, gate_lin.w, gate_lin.b);
+                be.matmul_backward(
+                    Some(&mut ws.de2),
+                    gw,
+                    Some(gb),
+                    &ws.dd1,
+                    &a.z,
+                    &p[gate_lin.w],
+                    dd,
+                );
+            }
+            // V's branch: de3 = dV.
+            be.zero_prefix(&mut ws.de1, rows * e);
+            be.gelu_backward(&mut ws.de1, &a.pv, &ws.de3, rows * e);
+            let (gw, gb) = pair_mut(g, l.v.w, l.v.b);
+            be.matmul_backward(
+                Some(&mut ws.de2),
+                gw,
+                Some(gb),
+                &ws.de1,
+                &a.z,
+                &p[l.v.w],
+                de,
+            );
+            let (gw, gb) = pair_mut(g, l.ln_w, l.ln_b);
+            be.layernorm_backward(
+                &mut ws.d_res,
+                gw,
+                gb,
+                &ws.de2,
+                &ws.res[i],
+                &p[l.ln_w],
+                &a.mean,
+                &a.rstd,
+                rows,
+                d,
+            );
+        }
+        be.zero_prefix(&mut ws.dd1, rows * d);
+        let (gw, gb) = pair_mut(g, ix.emb_ln.w, ix.emb_ln.b);
+        be.layernorm_backward(
+            &mut ws.dd1,
+            gw,
+            gb,
+            &ws.d_res,
+            &ws.emb,
+            &p[ix.emb_ln.w],
+            &ws.emb_mean,
+            &ws.emb_rstd,
+            rows,
+            d,
+        );
+        be.embedding_backward(&mut g[ix.tok], &ws.dd1, &ws.ids, rows, d);
+        be.embedding_backward(&mut g[ix.pos], &ws.dd1, &ws.pos, rows, d);
+    }
+}
+
+/// The gradients of an SSM's `a, w, c, log_dt`, which the schema keeps
+/// next to each other (checked in [`BigsModel::new`]).
+fn ssm_grads<T>(g: &mut [T], s: SsmIx) -> (&mut T, &mut T, &mut T, &mut T) {
+    let [a, w, c, dt] = &mut g[s.a..s.a + 4] else {
+        unreachable!("a slice of 4")
+    };
+    (a, w, c, dt)
+}
+
+/// Two distinct elements of a slice, mutably (a weight's and a bias's
+/// gradients).
+fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b, "two different parameters");
+    if a < b {
+        let (x, y) = v.split_at_mut(b);
+        (&mut x[a], &mut y[0])
+    } else {
+        let (x, y) = v.split_at_mut(a);
+        (&mut y[0], &mut x[b])
+    }
+}
+
+fn argmax(row: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The model ids of a byte string (bytes are their own ids).
+pub fn byte_ids(text: &[u8]) -> Vec<u32> {
+    text.iter().map(|&b| b as u32).collect()
+}
+
+/// The MASK id, for callers building masked inputs.
+pub const MASK_ID: u32 = BIGS_MASK;

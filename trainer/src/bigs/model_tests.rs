@@ -1,0 +1,160 @@
+use super::model::*;
+use crate::backend::{Backend, CpuBackend};
+use crate::params::ParamSet;
+use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
+use kilobyte_format::{BigsConfig, ModelConfig};
+use kilobyte_runtime::rng::Rng;
+
+/// Both heads, two SSM kernels, and room for padding.
+fn tiny() -> BigsConfig {
+    let mut c = BigsConfig::preset(8, 12, 2, 3, 2, 7);
+    c.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
+    c.n_classes = 3;
+    c
+}
+
+/// Parameters with larger weights than the init, so every path carries signal.
+fn params(config: BigsConfig, seed: u64) -> ParamSet {
+    let mut set = ParamSet::init(ModelConfig::Bigs(config), seed).unwrap();
+    let mut rng = Rng::new(seed + 1);
+    for p in &mut set.params {
+        for v in &mut p.data {
+            *v += 0.2 * rng.normal() as f32;
+        }
+    }
+    set
+}
+
+fn random_ids(rng: &mut Rng, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| match rng.below(10) {
+            0 => MASK_ID,
+            _ => rng.below(256) as u32,
+        })
+        .collect()
+}
+
+fn batches(rng: &mut Rng) -> [BigsBatch; 2] {
+    let texts = vec![random_ids(rng, 7), random_ids(rng, 4)];
+    let rows = 2 * 7;
+    let targets: Vec<u32> = (0..rows).map(|_| rng.below(256) as u32).collect();
+    let mut weights = vec![0.0f32; rows];
+    for r in [0, 3, 6, 7, 10] {
+        weights[r] = 1.0;
+    }
+    [
+        BigsBatch::from_sequences(&texts, Task::Mlm { targets, weights }),
+        BigsBatch::from_sequences(
+            &texts,
+            Task::Classify {
+                labels: vec![2, 0],
+            },
+        ),
+    ]
+}
+
+/// Whole-model gradient check in f64 for both heads, SSM parameters
+/// included: the hand-written backward against central differences.
+#[test]
+fn whole_model_gradients_match_finite_differences() {
+    let config = tiny();
+    let set = params(config, 3);
+    let be = CpuBackend::<f64>::new();
+    let mut model = BigsModel::new(&be, &set).unwrap();
+    let mut ws = model.workspace(&be, 2, 7).unwrap();
+    let mut rng = Rng::new(9);
+    for batch in batches(&mut rng) {
+        for g in &mut model.grads {
+            be.zero(g);
+        }
+        model.step(&be, &mut ws, &batch, true, 1.0).unwrap();
+        let grads: Vec<Vec<f64>> = model
+            .grads
+            .iter()
+            .map(|g| be.download_f64(g).unwrap())
+            .collect();
+        let h = 1e-5;
+        for (i, grad) in grads.iter().enumerate() {
+            let base = be.download_f64(&model.params[i]).unwrap();
+            let n = base.len();
+            for &j in &[0, n / 3, n / 2, n - 1] {
+                let mut loss_at = |delta: f64| {
+                    let mut v = base.clone();
+                    v[j] += delta;
+                    be.write_f64(&mut model.params[i], &v).unwrap();
+                    let l = model.step(&be, &mut ws, &batch, false, 1.0).unwrap();
+                    be.write_f64(&mut model.params[i], &base).unwrap();
+                    l.ce.loss
+                };
+                let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+                let analytic = grad[j];
+                let err = (numeric - analytic).abs();
+                let tol = 1e-9 + 1e-5 * (numeric.abs() + analytic.abs());
+                assert!(
+                    err <= tol,
+                    "{:?} {}[{j}]: analytic {analytic:e} numeric {numeric:e}",
+                    std::mem::discriminant(&batch.task),
+                    model.meta[i].name
+                );
+            }
+        }
+    }
+}
+
+/// A sequence gives the same logits alone and inside a padded batch with
+/// longer neighbours: padding never leaks into real positions.
+#[test]
+fn padding_does_not_leak() {
+    let config = tiny();
+    let set = params(config, 5);
+    let be = CpuBackend::<f32>::new();
+    let mut model = BigsModel::new(&be, &set).unwrap();
+    let mut rng = Rng::new(2);
+    let short = random_ids(&mut rng, 3);
+    let texts = vec![random_ids(&mut rng, 7), short.clone(), random_ids(&mut rng, 5)];
+    let mlm = |n: usize| Task::Mlm {
+        targets: vec![0; n],
+        weights: vec![1.0; n],
+    };
+    let run = |model: &mut BigsModel<CpuBackend<f32>>, batch: &BigsBatch| {
+        let mut ws = model.workspace(&be, batch.batch, batch.seq).unwrap();
+        model.step(&be, &mut ws, batch, false, 1.0).unwrap();
+        let logits = be.download(&ws.logits).unwrap();
+        (logits, ws)
+    };
+    let alone = BigsBatch::from_sequences(&[short.clone()], mlm(3));
+    let padded = BigsBatch::from_sequences(&texts, mlm(21));
+    let (a, _) = run(&mut model, &alone);
+    let (p, _) = run(&mut model, &padded);
+    // Sequence 1 starts at row 7 of the padded batch.
+    for (x, y) in a[..3 * 256].iter().zip(&p[7 * 256..10 * 256]) {
+        assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
+    }
+    let cls = |labels: Vec<u32>| Task::Classify { labels };
+    let alone = BigsBatch::from_sequences(&[short], cls(vec![0]));
+    let padded = BigsBatch::from_sequences(&texts, cls(vec![0, 0, 0]));
+    let class_logits = |model: &mut BigsModel<CpuBackend<f32>>, batch: &BigsBatch| {
+        let mut ws = model.workspace(&be, batch.batch, batch.seq).unwrap();
+        model.step(&be, &mut ws, batch, false, 1.0).unwrap();
+        be.download(&ws.class_logits).unwrap()
+    };
+    let a = class_logits(&mut model, &alone);
+    let p = class_logits(&mut model, &padded);
+    for (x, y) in a[..3].iter().zip(&p[3..6]) {
+        assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn bad_batches_are_errors() {
+    let set = params(tiny(), 1);
+    let be = CpuBackend::<f32>::new();
+    let mut model = BigsModel::new(&be, &set).unwrap();
+    let mut ws = model.workspace(&be, 2, 7).unwrap();
+    let too_long = BigsBatch::from_sequences(&[vec![1; 8]], Task::Classify { labels: vec![0] });
+    assert!(model.step(&be, &mut ws, &too_long, false, 1.0).is_err());
+    let bad_label = BigsBatch::from_sequences(&[vec![1; 3]], Task::Classify { labels: vec![3] });
+    let e = model.step(&be, &mut ws, &bad_label, false, 1.0).unwrap_err();
+    assert!(e.to_string().contains("3 classes"), "{e}");
+    assert!(model.workspace(&be, 1, 8).is_err());
+}

@@ -25,6 +25,9 @@ pub enum RuntimeError {
     TooManyLayers { layers: u32, max: usize },
     /// Sampling parameters out of range.
     BadSampler { reason: &'static str },
+    /// The model has no head of this kind (e.g. classifying with a
+    /// masked-byte-only BiGS model).
+    MissingHead { head: &'static str },
 }
 
 impl From<FormatError> for RuntimeError {
@@ -60,6 +63,9 @@ impl core::fmt::Display for RuntimeError {
                 )
             }
             RuntimeError::BadSampler { reason } => write!(f, "sampler: {reason}"),
+            RuntimeError::MissingHead { head } => {
+                write!(f, "this model has no {head} head")
+            }
         }
     }
 }

@@ -23,12 +23,14 @@ extern crate std;
 pub use kilobyte_format as format;
 
 pub mod arena;
+pub mod bigs;
 pub mod error;
 pub mod kernels;
 pub mod megabyte;
 pub mod rng;
 pub mod sampling;
 
+pub use bigs::{Bigs, Classification, Encoder};
 pub use error::RuntimeError;
 pub use megabyte::{ArenaSpec, Megabyte, Session};
 pub use sampling::{Sampler, SamplerConfig};

@@ -250,7 +250,11 @@ pub fn resume(dir: &Path, quiet: bool) -> Result<TrainReport> {
     }
 }
 
-pub(crate) fn optimizer<B: Backend>(be: &B, opts: &TrainOptions, params: &ParamSet) -> Result<AdamW<B>> {
+pub(crate) fn optimizer<B: Backend>(
+    be: &B,
+    opts: &TrainOptions,
+    params: &ParamSet,
+) -> Result<AdamW<B>> {
     let adamw = AdamWConfig {
         weight_decay: opts.weight_decay,
         grad_clip: opts.grad_clip,

@@ -14,12 +14,14 @@
 use super::masking::mask_spans;
 use super::model::{BigsBatch, BigsModel, Task, Workspace};
 use crate::backend::Backend;
-use crate::checkpoint::{load_best, load_params, Checkpoint, RunConfig, RunDir, TrainState, MODEL_FILE};
+use crate::backend::CpuBackend;
+use crate::checkpoint::{
+    load_best, load_params, Checkpoint, RunConfig, RunDir, TrainState, MODEL_FILE,
+};
 use crate::data::tsv::{read_labeled, Column, LabeledSet};
 use crate::data::{Sampler, Subset, ValBatches};
 use crate::params::ParamSet;
 use crate::train::{self, DataSource, Eval, Job, TrainOptions, TrainReport};
-use crate::backend::CpuBackend;
 use anyhow::{bail, ensure, Context, Result};
 use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
 use kilobyte_format::{BigsConfig, ModelConfig};
@@ -179,8 +181,8 @@ fn init_params(dir: &Path) -> Result<ParamSet> {
     if let Ok((p, _)) = load_best(dir) {
         return Ok(p);
     }
-    let (p, _) = load_params(&dir.join(MODEL_FILE))
-        .with_context(|| format!("--init {}", dir.display()))?;
+    let (p, _) =
+        load_params(&dir.join(MODEL_FILE)).with_context(|| format!("--init {}", dir.display()))?;
     Ok(p)
 }
 
@@ -229,7 +231,11 @@ fn examples(set: &LabeledSet, labels: &[String], max_seq: usize) -> Result<(Vec<
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    ensure!(!out.is_empty(), "{}: no non-empty texts", set.path.display());
+    ensure!(
+        !out.is_empty(),
+        "{}: no non-empty texts",
+        set.path.display()
+    );
     Ok((out, truncated))
 }
 
@@ -246,7 +252,8 @@ impl<B: Backend> BigsJob<B> {
         let (data, seq) = match objective {
             Objective::Mlm(source) => {
                 let split = source.split(opts.val_fraction)?;
-                let mut sampler = Sampler::new(split.train.clone(), opts.seq, opts.batch, opts.seed)?;
+                let mut sampler =
+                    Sampler::new(split.train.clone(), opts.seq, opts.batch, opts.seed)?;
                 let mut mask_rng = Rng::new(opts.seed ^ 0x6d61_736b);
                 if state.step > 0 {
                     sampler.restore(state.sampler);
@@ -490,7 +497,12 @@ fn classify_eval<B: Backend>(
 }
 
 /// Accuracy of a run's weights on a labelled file, through the trainer.
-pub fn evaluate_run_params(params: &ParamSet, dev: &Path, text: &Column, label: &Column) -> Result<(f64, usize)> {
+pub fn evaluate_run_params(
+    params: &ParamSet,
+    dev: &Path,
+    text: &Column,
+    label: &Column,
+) -> Result<(f64, usize)> {
     let be = CpuBackend::<f32>::new();
     let mut model = BigsModel::new(&be, params)?;
     ensure!(

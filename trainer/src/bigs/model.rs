@@ -437,10 +437,7 @@ impl<B: Backend> BigsModel<B> {
             "batch ids/lengths do not match its {nb} x {seq} shape"
         );
         ensure!(
-            batch
-                .lengths
-                .iter()
-                .all(|&l| l >= 1 && l as usize <= seq),
+            batch.lengths.iter().all(|&l| l >= 1 && l as usize <= seq),
             "every sequence needs 1..={seq} real rows"
         );
         let vocab = kilobyte_format::config::BIGS_VOCAB;

@@ -44,12 +44,7 @@ fn batches(rng: &mut Rng) -> [BigsBatch; 2] {
     }
     [
         BigsBatch::from_sequences(&texts, Task::Mlm { targets, weights }),
-        BigsBatch::from_sequences(
-            &texts,
-            Task::Classify {
-                labels: vec![2, 0],
-            },
-        ),
+        BigsBatch::from_sequences(&texts, Task::Classify { labels: vec![2, 0] }),
     ]
 }
 
@@ -111,7 +106,11 @@ fn padding_does_not_leak() {
     let mut model = BigsModel::new(&be, &set).unwrap();
     let mut rng = Rng::new(2);
     let short = random_ids(&mut rng, 3);
-    let texts = vec![random_ids(&mut rng, 7), short.clone(), random_ids(&mut rng, 5)];
+    let texts = vec![
+        random_ids(&mut rng, 7),
+        short.clone(),
+        random_ids(&mut rng, 5),
+    ];
     let mlm = |n: usize| Task::Mlm {
         targets: vec![0; n],
         weights: vec![1.0; n],
@@ -154,7 +153,9 @@ fn bad_batches_are_errors() {
     let too_long = BigsBatch::from_sequences(&[vec![1; 8]], Task::Classify { labels: vec![0] });
     assert!(model.step(&be, &mut ws, &too_long, false, 1.0).is_err());
     let bad_label = BigsBatch::from_sequences(&[vec![1; 3]], Task::Classify { labels: vec![3] });
-    let e = model.step(&be, &mut ws, &bad_label, false, 1.0).unwrap_err();
+    let e = model
+        .step(&be, &mut ws, &bad_label, false, 1.0)
+        .unwrap_err();
     assert!(e.to_string().contains("3 classes"), "{e}");
     assert!(model.workspace(&be, 1, 8).is_err());
 }

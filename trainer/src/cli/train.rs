@@ -1,11 +1,11 @@
 //! `kilobyte train`, `eval`, `export`, `plot` and `demo`.
 
 use crate::backend::CpuBackend;
+use crate::bigs::jobs::{LabelledFiles, Objective};
 use crate::checkpoint::{load_best, load_params, MODEL_FILE};
 use crate::data::{Corpus, Split, ValBatches};
 use crate::megabyte::MegabyteModel;
 use crate::params::{parse_kbm, read_kbm, ParamSet};
-use crate::bigs::jobs::{LabelledFiles, Objective};
 use crate::train::{self, DataSource, Eval, TrainOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use kilobyte_format::{BigsConfig, DType, MegabyteConfig, ModelConfig};

@@ -17,8 +17,8 @@ pub use float::Float;
 
 use super::{AdamWStep, Attention, Backend, CrossEntropy, Linear};
 use crate::bigs::ssm::{self, Direction, SsmDims, SsmShape};
-use rayon::prelude::*;
 use anyhow::Result;
+use rayon::prelude::*;
 use std::marker::PhantomData;
 
 /// Sequences up to this long use attention's direct loops by default.

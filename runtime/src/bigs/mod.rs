@@ -1,0 +1,688 @@
+//! BiGS inference: weights resolved in place from a `.kbm` file, and an
+//! [`Encoder`] that runs the bidirectional encoder inside a caller-given
+//! arena, for classification ([`Encoder::classify`]) and gap filling
+//! ([`Encoder::fill`]).
+//!
+//! The model is ../shared/design/MODELS.md's. Inputs are processed at their
+//! exact length (no padding on the device). The SSMs run as direct causal
+//! convolutions whose kernels `K[l]` (l < max_len) are computed once, when
+//! the encoder is created, into the arena: a kernel does not depend on the
+//! input, and for the lengths an encoder sees (hundreds of bytes) the
+//! convolution, one vector `axpy` per (position, lag) pair over the channels,
+//! beats the recurrence's `N` complex multiply-adds per channel and position
+//! (N = 32..64 modes) until the input is several times longer than N.
+//!
+//! Cost per byte is dominated by the dense layers, which run through the
+//! shared kernels (SIMD, quantised weights) over all positions at once.
+
+#[cfg(test)]
+mod tests;
+
+use crate::arena::{f32_region, q8_region, Carver, ARENA_SLACK};
+use crate::error::RuntimeError;
+use crate::kernels::{self, Matrix, Weights};
+use crate::megabyte::MAX_LAYERS;
+use kilobyte_format::config::{BIGS_MASK, BIGS_VOCAB};
+use kilobyte_format::dtype::QK;
+use kilobyte_format::schema::LABELS_TENSOR;
+use kilobyte_format::{BigsConfig, BlockQ8, ModelConfig, ModelFile};
+
+/// A linear layer `y = W x + b`.
+#[derive(Clone, Copy, Debug)]
+pub struct Linear<'m> {
+    pub weight: Matrix<'m>,
+    pub bias: &'m [f32],
+}
+
+/// One direction's SSM parameters (f32, see MODELS.md).
+#[derive(Clone, Copy, Debug)]
+pub struct Ssm<'m> {
+    pub a: &'m [f32],
+    pub w: &'m [f32],
+    /// `[kernels, modes, 2]` as (re, im).
+    pub c: &'m [f32],
+    pub log_dt: &'m [f32],
+    pub d: &'m [f32],
+}
+
+/// One BiGS layer's weights.
+#[derive(Clone, Copy, Debug)]
+pub struct Layer<'m> {
+    pub ln_weight: &'m [f32],
+    pub ln_bias: &'m [f32],
+    pub v: Linear<'m>,
+    pub f: Linear<'m>,
+    pub b: Linear<'m>,
+    pub uf: Linear<'m>,
+    pub ub: Linear<'m>,
+    pub l: Linear<'m>,
+    pub o: Linear<'m>,
+    pub fwd: Ssm<'m>,
+    pub bwd: Ssm<'m>,
+}
+
+/// The masked-byte head: dense, GELU, LayerNorm, tied output.
+#[derive(Clone, Copy, Debug)]
+pub struct MlmHead<'m> {
+    pub dense: Linear<'m>,
+    pub ln_weight: &'m [f32],
+    pub ln_bias: &'m [f32],
+}
+
+/// The classification head: mean pool, dense, tanh, dense.
+#[derive(Clone, Copy, Debug)]
+pub struct ClassHead<'m> {
+    pub dense: Linear<'m>,
+    pub out: Linear<'m>,
+}
+
+/// A BiGS model whose weights borrow the file bytes (no copies).
+#[derive(Clone, Debug)]
+pub struct Bigs<'m> {
+    pub config: BigsConfig,
+    /// `[259, d]`: bytes, PAD, MASK, SEP; rows 0..256 are also the
+    /// masked-byte head's output layer.
+    pub tok: Matrix<'m>,
+    pub pos: Matrix<'m>,
+    pub emb_ln_weight: &'m [f32],
+    pub emb_ln_bias: &'m [f32],
+    pub layers: heapless::Vec<Layer<'m>, MAX_LAYERS>,
+    pub ln_f_weight: &'m [f32],
+    pub ln_f_bias: &'m [f32],
+    pub mlm: Option<MlmHead<'m>>,
+    pub classifier: Option<ClassHead<'m>>,
+    /// Label names, newline-separated (`meta.labels`).
+    labels: &'m str,
+}
+
+fn name(args: core::fmt::Arguments<'_>) -> kilobyte_format::TensorName {
+    use core::fmt::Write;
+    let mut s = kilobyte_format::TensorName::new();
+    let _ = s.write_fmt(args);
+    s
+}
+
+fn matrix<'m>(file: &ModelFile<'m>, name: &str) -> Result<Matrix<'m>, RuntimeError> {
+    let t = file.get(name)?;
+    let dims = t.shape.dims();
+    let (rows, cols) = (
+        dims[0] as usize,
+        dims.iter().skip(1).product::<u32>() as usize,
+    );
+    Ok(Matrix::from_tensor(&t, rows, cols)?)
+}
+
+fn vector<'m>(file: &ModelFile<'m>, name: &str) -> Result<&'m [f32], RuntimeError> {
+    Ok(file.get(name)?.as_f32()?)
+}
+
+fn linear<'m>(file: &ModelFile<'m>, prefix: &str) -> Result<Linear<'m>, RuntimeError> {
+    Ok(Linear {
+        weight: matrix(file, &name(format_args!("{prefix}.weight")))?,
+        bias: vector(file, &name(format_args!("{prefix}.bias")))?,
+    })
+}
+
+fn ssm<'m>(file: &ModelFile<'m>, prefix: &str) -> Result<Ssm<'m>, RuntimeError> {
+    let v = |p: &str| vector(file, &name(format_args!("{prefix}.{p}")));
+    Ok(Ssm {
+        a: v("a")?,
+        w: v("w")?,
+        c: v("c")?,
+        log_dt: v("log_dt")?,
+        d: v("d")?,
+    })
+}
+
+/// The first `rows` rows of a matrix (the byte rows of the token table).
+fn first_rows<'m>(m: &Matrix<'m>, rows: usize) -> Result<Matrix<'m>, RuntimeError> {
+    let n = rows * m.cols;
+    let weights = match m.weights {
+        Weights::F32(w) => Weights::F32(&w[..n]),
+        Weights::F16(w) => Weights::F16(&w[..n]),
+        Weights::BF16(w) => Weights::BF16(&w[..n]),
+        Weights::Q8(w) => Weights::Q8(&w[..n / QK]),
+        Weights::Q4(w) => Weights::Q4(&w[..n / QK]),
+    };
+    Ok(Matrix::new(weights, rows, m.cols)?)
+}
+
+impl<'m> Bigs<'m> {
+    /// Resolves every tensor of a parsed BiGS file (the parser has checked
+    /// names, shapes and dtypes against the header's config).
+    pub fn from_file(file: &ModelFile<'m>) -> Result<Self, RuntimeError> {
+        let config = match *file.config() {
+            ModelConfig::Bigs(c) => c,
+            ModelConfig::Megabyte(_) => {
+                return Err(RuntimeError::WrongFamily {
+                    expected: "BiGS",
+                    found: "MEGABYTE",
+                })
+            }
+        };
+        if config.layers as usize > MAX_LAYERS {
+            return Err(RuntimeError::TooManyLayers {
+                layers: config.layers,
+                max: MAX_LAYERS,
+            });
+        }
+        let mut layers = heapless::Vec::new();
+        for i in 0..config.layers {
+            let p = |part: &str| name(format_args!("layers.{i}.{part}"));
+            let layer = Layer {
+                ln_weight: vector(file, &p("ln.weight"))?,
+                ln_bias: vector(file, &p("ln.bias"))?,
+                v: linear(file, &p("v"))?,
+                f: linear(file, &p("f"))?,
+                b: linear(file, &p("b"))?,
+                uf: linear(file, &p("uf"))?,
+                ub: linear(file, &p("ub"))?,
+                l: linear(file, &p("l"))?,
+                o: linear(file, &p("o"))?,
+                fwd: ssm(file, &p("ssm_fwd"))?,
+                bwd: ssm(file, &p("ssm_bwd"))?,
+            };
+            // Checked above: the table has room.
+            let _ = layers.push(layer);
+        }
+        let mlm = if config.has_mlm_head() {
+            Some(MlmHead {
+                dense: linear(file, "mlm.dense")?,
+                ln_weight: vector(file, "mlm.ln.weight")?,
+                ln_bias: vector(file, "mlm.ln.bias")?,
+            })
+        } else {
+            None
+        };
+        let classifier = if config.has_classifier() {
+            Some(ClassHead {
+                dense: linear(file, "cls.dense")?,
+                out: linear(file, "cls.out")?,
+            })
+        } else {
+            None
+        };
+        let labels = file
+            .tensor(LABELS_TENSOR)
+            .and_then(|t| core::str::from_utf8(t.data).ok())
+            .unwrap_or("");
+        Ok(Bigs {
+            config,
+            tok: matrix(file, "embed.tok")?,
+            pos: matrix(file, "embed.pos")?,
+            emb_ln_weight: vector(file, "embed.ln.weight")?,
+            emb_ln_bias: vector(file, "embed.ln.bias")?,
+            layers,
+            ln_f_weight: vector(file, "ln_f.weight")?,
+            ln_f_bias: vector(file, "ln_f.bias")?,
+            mlm,
+            classifier,
+            labels,
+        })
+    }
+
+    /// The name of class `i` (the file's label names; the index as text is
+    /// the caller's fallback when the file has none).
+    pub fn label(&self, i: usize) -> Option<&'m str> {
+        if self.labels.is_empty() {
+            return None;
+        }
+        self.labels.split('\n').nth(i)
+    }
+
+    /// Exact arena bytes for inputs of up to `max_len` bytes (0 when
+    /// `max_len` is 0 or longer than T_max). A `const fn`, so firmware can
+    /// size a `static` buffer at compile time.
+    pub const fn arena_bytes(config: &BigsConfig, max_len: usize) -> usize {
+        if max_len == 0 || max_len > config.max_seq as usize {
+            return 0;
+        }
+        let d = config.d_model as usize;
+        let e = config.d_expand as usize;
+        let layers = config.layers as usize;
+        let k = config.ssm_kernels as usize;
+        let classes = if config.n_classes > 1 {
+            config.n_classes as usize
+        } else {
+            1
+        };
+        let widest = if e > d { e } else { d };
+        ARENA_SLACK
+            + f32_region(layers * 2 * k * max_len) // SSM kernels
+            + 6 * f32_region(max_len * d) // x, z, f, b, sf, sb
+            + 2 * f32_region(max_len * e) // v, h
+            + 4 * f32_region(d) // embedding row, pooled, head hidden, normed
+            + f32_region(256) // byte logits
+            + 2 * f32_region(classes) // class logits, probabilities
+            + q8_region(max_len * widest / QK + 1) // quantised activations
+    }
+
+    /// An encoder for inputs of up to `max_len` bytes in `arena`, with the
+    /// SSM kernels computed.
+    pub fn encoder<'a>(
+        &'a self,
+        arena: &'a mut [u8],
+        max_len: usize,
+    ) -> Result<Encoder<'a, 'm>, RuntimeError> {
+        let c = &self.config;
+        if max_len == 0 || max_len > c.max_seq as usize {
+            return Err(RuntimeError::BadContext {
+                requested: max_len,
+                reason: "the encoder's max_len must be between 1 and T_max",
+            });
+        }
+        let needed = Self::arena_bytes(c, max_len);
+        if arena.len() < needed {
+            return Err(RuntimeError::ArenaTooSmall {
+                needed,
+                given: arena.len(),
+            });
+        }
+        let given = arena.len();
+        let mut carve = Carver::new(arena).ok_or(RuntimeError::ArenaTooSmall { needed, given })?;
+        let (d, e) = (c.d_model as usize, c.d_expand as usize);
+        let k = c.ssm_kernels as usize;
+        let classes = (c.n_classes as usize).max(1);
+        let widest = d.max(e);
+        let mut enc = Encoder {
+            model: self,
+            max_len,
+            len: 0,
+            kernels: carve.f32s(c.layers as usize * 2 * k * max_len),
+            x: carve.f32s(max_len * d),
+            z: carve.f32s(max_len * d),
+            f: carve.f32s(max_len * d),
+            b: carve.f32s(max_len * d),
+            sf: carve.f32s(max_len * d),
+            sb: carve.f32s(max_len * d),
+            v: carve.f32s(max_len * e),
+            h: carve.f32s(max_len * e),
+            row: carve.f32s(d),
+            pooled: carve.f32s(d),
+            hidden: carve.f32s(d),
+            normed: carve.f32s(d),
+            byte_logits: carve.f32s(256),
+            class_logits: carve.f32s(classes),
+            probs: carve.f32s(classes),
+            scratch: carve.q8_blocks(max_len * widest / QK + 1),
+        };
+        enc.build_kernels();
+        Ok(enc)
+    }
+}
+
+/// Runs the encoder; all memory is the arena given to [`Bigs::encoder`].
+pub struct Encoder<'a, 'm> {
+    model: &'a Bigs<'m>,
+    max_len: usize,
+    /// Length of the last encoded input.
+    len: usize,
+    /// `[layer][direction][kernel][max_len]`.
+    kernels: &'a mut [f32],
+    x: &'a mut [f32],
+    z: &'a mut [f32],
+    f: &'a mut [f32],
+    b: &'a mut [f32],
+    sf: &'a mut [f32],
+    sb: &'a mut [f32],
+    v: &'a mut [f32],
+    h: &'a mut [f32],
+    row: &'a mut [f32],
+    pooled: &'a mut [f32],
+    hidden: &'a mut [f32],
+    normed: &'a mut [f32],
+    byte_logits: &'a mut [f32],
+    class_logits: &'a mut [f32],
+    probs: &'a mut [f32],
+    scratch: &'a mut [BlockQ8],
+}
+
+/// A classification result, borrowing the encoder's arena.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Classification<'e> {
+    /// The most probable class.
+    pub class: usize,
+    /// Softmax probabilities of every class.
+    pub probs: &'e [f32],
+}
+
+/// `K[l] = Re(sum_n C_n Bbar_n Abar_n^l)` in f64, as the trainer computes it.
+fn ssm_kernel(s: &Ssm<'_>, kernel: usize, modes: usize, out: &mut [f32]) {
+    let dt = libm::exp(s.log_dt[kernel] as f64);
+    for v in out.iter_mut() {
+        *v = 0.0;
+    }
+    // Accumulate in f64 per position: the f32 output is rounded once.
+    let mut acc = [0f64; 64];
+    let mut start = 0;
+    while start < out.len() {
+        let chunk = (out.len() - start).min(acc.len());
+        for a in acc[..chunk].iter_mut() {
+            *a = 0.0;
+        }
+        for n in 0..modes {
+            let i = kernel * modes + n;
+            let (are, aim) = (-libm::exp(s.a[i] as f64), s.w[i] as f64);
+            // Abar = exp(dt A); Bbar = (Abar - 1) / A.
+            let mag = libm::exp(dt * are);
+            let (abre, abim) = (mag * libm::cos(dt * aim), mag * libm::sin(dt * aim));
+            let (nre, nim) = (abre - 1.0, abim);
+            let den = are * are + aim * aim;
+            let (bbre, bbim) = ((nre * are + nim * aim) / den, (nim * are - nre * aim) / den);
+            let (cre, cim) = (s.c[2 * i] as f64, s.c[2 * i + 1] as f64);
+            // z = C Bbar Abar^start.
+            let (mut zre, mut zim) = (cre * bbre - cim * bbim, cre * bbim + cim * bbre);
+            for _ in 0..start {
+                let t = zre * abre - zim * abim;
+                zim = zre * abim + zim * abre;
+                zre = t;
+            }
+            for a in acc[..chunk].iter_mut() {
+                *a += zre;
+                let t = zre * abre - zim * abim;
+                zim = zre * abim + zim * abre;
+                zre = t;
+            }
+        }
+        for (o, a) in out[start..start + chunk].iter_mut().zip(&acc[..chunk]) {
+            *o = *a as f32;
+        }
+        start += chunk;
+    }
+}
+
+/// `out[t] = d u[t] + sum_{j<=t} K[j] u[t-j]` along `dir` over `n` rows of
+/// `width`, channel group `g` using kernel `g`.
+fn ssm_conv(
+    kernels: &[f32],
+    max_len: usize,
+    d: &[f32],
+    u: &[f32],
+    out: &mut [f32],
+    n: usize,
+    width: usize,
+    backward: bool,
+) -> Result<(), RuntimeError> {
+    let groups = d.len();
+    let per = width / groups;
+    let row = |t: usize| if backward { n - 1 - t } else { t };
+    for t in 0..n {
+        let rt = row(t) * width;
+        for g in 0..groups {
+            let ch = g * per..(g + 1) * per;
+            let o = &mut out[rt + ch.start..rt + ch.end];
+            o.copy_from_slice(&u[rt + ch.start..rt + ch.end]);
+            kernels::scale(o, d[g]);
+            let kern = &kernels[g * max_len..(g + 1) * max_len];
+            for (j, &kj) in kern[..=t].iter().enumerate() {
+                let r = row(t - j) * width;
+                kernels::axpy(kj, &u[r + ch.start..r + ch.end], o)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Index of the largest value (the first on ties).
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// `out = x W^T + b` for `n` rows.
+fn linear_rows(
+    l: &Linear<'_>,
+    x: &[f32],
+    out: &mut [f32],
+    scratch: &mut [BlockQ8],
+) -> Result<(), RuntimeError> {
+    kernels::matmul(&l.weight, x, out, scratch)?;
+    for row in out.chunks_exact_mut(l.weight.rows) {
+        kernels::add(row, l.bias)?;
+    }
+    Ok(())
+}
+
+impl<'a, 'm> Encoder<'a, 'm> {
+    fn build_kernels(&mut self) {
+        let c = &self.model.config;
+        let (k, modes) = (c.ssm_kernels as usize, c.n_modes as usize);
+        let per_layer = 2 * k * self.max_len;
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            for (dir, s) in [&layer.fwd, &layer.bwd].into_iter().enumerate() {
+                for g in 0..k {
+                    let at = i * per_layer + (dir * k + g) * self.max_len;
+                    ssm_kernel(s, g, modes, &mut self.kernels[at..at + self.max_len]);
+                }
+            }
+        }
+    }
+
+    /// The longest input this encoder takes.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Runs the encoder over `ids` (bytes, or `BIGS_MASK` at gaps); leaves
+    /// the final normalised states in `z`.
+    fn encode(&mut self, ids: impl Fn(usize) -> u32, n: usize) -> Result<(), RuntimeError> {
+        if n == 0 {
+            return Err(RuntimeError::BadContext {
+                requested: 0,
+                reason: "the input is empty",
+            });
+        }
+        if n > self.max_len {
+            return Err(RuntimeError::BadContext {
+                requested: n,
+                reason: "the input is longer than the encoder's max_len",
+            });
+        }
+        let m = self.model;
+        let c = &m.config;
+        let (d, e) = (c.d_model as usize, c.d_expand as usize);
+        let eps = c.norm_eps;
+        let k = c.ssm_kernels as usize;
+        for t in 0..n {
+            let id = ids(t);
+            if id >= BIGS_VOCAB {
+                return Err(RuntimeError::BadContext {
+                    requested: n,
+                    reason: "an input id is outside the model's vocabulary",
+                });
+            }
+            kernels::scalar::embedding_row(&m.tok, id as usize, self.row)?;
+            let x = &mut self.z[t * d..(t + 1) * d];
+            kernels::scalar::embedding_row(&m.pos, t, x)?;
+            kernels::add(x, self.row)?;
+            kernels::layer_norm(
+                x,
+                m.emb_ln_weight,
+                m.emb_ln_bias,
+                eps,
+                &mut self.x[t * d..(t + 1) * d],
+            )?;
+        }
+        let (nd, ne) = (n * d, n * e);
+        let per_layer = 2 * k * self.max_len;
+        for (i, l) in m.layers.iter().enumerate() {
+            for t in 0..n {
+                let r = t * d..(t + 1) * d;
+                kernels::layer_norm(
+                    &self.x[r.clone()],
+                    l.ln_weight,
+                    l.ln_bias,
+                    eps,
+                    &mut self.z[r],
+                )?;
+            }
+            let z = &self.z[..nd];
+            linear_rows(&l.v, z, &mut self.v[..ne], self.scratch)?;
+            kernels::gelu_tanh(&mut self.v[..ne]);
+            linear_rows(&l.f, z, &mut self.f[..nd], self.scratch)?;
+            kernels::gelu_tanh(&mut self.f[..nd]);
+            linear_rows(&l.b, z, &mut self.b[..nd], self.scratch)?;
+            kernels::gelu_tanh(&mut self.b[..nd]);
+            let kern = &self.kernels[i * per_layer..(i + 1) * per_layer];
+            let (kf, kb) = kern.split_at(k * self.max_len);
+            ssm_conv(
+                kf,
+                self.max_len,
+                l.fwd.d,
+                &self.f[..nd],
+                &mut self.sf[..nd],
+                n,
+                d,
+                false,
+            )?;
+            ssm_conv(
+                kb,
+                self.max_len,
+                l.bwd.d,
+                &self.b[..nd],
+                &mut self.sb[..nd],
+                n,
+                d,
+                true,
+            )?;
+            // Uf into f, Ub into b, then their product (the gate) in f.
+            linear_rows(&l.uf, &self.sf[..nd], &mut self.f[..nd], self.scratch)?;
+            linear_rows(&l.ub, &self.sb[..nd], &mut self.b[..nd], self.scratch)?;
+            kernels::mul(&mut self.f[..nd], &self.b[..nd])?;
+            linear_rows(&l.l, &self.f[..nd], &mut self.h[..ne], self.scratch)?;
+            kernels::gelu_tanh(&mut self.h[..ne]);
+            kernels::mul(&mut self.h[..ne], &self.v[..ne])?;
+            linear_rows(&l.o, &self.h[..ne], &mut self.z[..nd], self.scratch)?;
+            kernels::add(&mut self.x[..nd], &self.z[..nd])?;
+        }
+        for t in 0..n {
+            let r = t * d..(t + 1) * d;
+            kernels::layer_norm(
+                &self.x[r.clone()],
+                m.ln_f_weight,
+                m.ln_f_bias,
+                eps,
+                &mut self.z[r],
+            )?;
+        }
+        self.len = n;
+        Ok(())
+    }
+
+    /// The class logits of `text` (before the softmax), for parity checks.
+    pub fn class_logits(&mut self, text: &[u8]) -> Result<&[f32], RuntimeError> {
+        let head = self.model.classifier.ok_or(RuntimeError::MissingHead {
+            head: "classification",
+        })?;
+        self.encode(|t| text[t] as u32, text.len())?;
+        let d = self.model.config.d_model as usize;
+        let n = self.len;
+        self.pooled.fill(0.0);
+        for t in 0..n {
+            kernels::add(self.pooled, &self.z[t * d..(t + 1) * d])?;
+        }
+        kernels::scale(self.pooled, 1.0 / n as f32);
+        linear_rows(&head.dense, self.pooled, self.hidden, self.scratch)?;
+        for v in self.hidden.iter_mut() {
+            *v = libm::tanhf(*v);
+        }
+        let classes = self.model.config.n_classes as usize;
+        linear_rows(
+            &head.out,
+            self.hidden,
+            &mut self.class_logits[..classes],
+            self.scratch,
+        )?;
+        Ok(&self.class_logits[..classes])
+    }
+
+    /// The most probable class of `text` and every class's probability.
+    pub fn classify(&mut self, text: &[u8]) -> Result<Classification<'_>, RuntimeError> {
+        let classes = self.class_logits(text)?.len();
+        self.probs[..classes].copy_from_slice(&self.class_logits[..classes]);
+        kernels::softmax(&mut self.probs[..classes]);
+        let class = argmax(&self.probs[..classes]);
+        Ok(Classification {
+            class,
+            probs: &self.probs[..classes],
+        })
+    }
+
+    /// The masked-byte head's 256 logits at every position of `ids`
+    /// (bytes, or `BIGS_MASK`), handed to `each(position, logits)`.
+    pub fn byte_logits(
+        &mut self,
+        ids: &[u32],
+        mut each: impl FnMut(usize, &[f32]),
+    ) -> Result<(), RuntimeError> {
+        let head = self.model.mlm.ok_or(RuntimeError::MissingHead {
+            head: "masked-byte",
+        })?;
+        self.encode(|t| ids[t], ids.len())?;
+        for t in 0..self.len {
+            self.position_logits(&head, t)?;
+            each(t, self.byte_logits);
+        }
+        Ok(())
+    }
+
+    fn position_logits(&mut self, head: &MlmHead<'_>, t: usize) -> Result<(), RuntimeError> {
+        let d = self.model.config.d_model as usize;
+        linear_rows(
+            &head.dense,
+            &self.z[t * d..(t + 1) * d],
+            self.hidden,
+            self.scratch,
+        )?;
+        kernels::gelu_tanh(self.hidden);
+        kernels::layer_norm(
+            self.hidden,
+            head.ln_weight,
+            head.ln_bias,
+            self.model.config.norm_eps,
+            self.normed,
+        )?;
+        let bytes = first_rows(&self.model.tok, 256)?;
+        kernels::matvec(&bytes, self.normed, self.byte_logits, self.scratch)?;
+        Ok(())
+    }
+
+    /// Fills the gaps of `text`: `out` receives `text` with every position
+    /// where `gaps` is true replaced by the masked-byte head's most likely
+    /// byte. All gaps are predicted together in one pass (each from the
+    /// text around it with every gap masked).
+    pub fn fill(&mut self, text: &[u8], gaps: &[bool], out: &mut [u8]) -> Result<(), RuntimeError> {
+        let head = self.model.mlm.ok_or(RuntimeError::MissingHead {
+            head: "masked-byte",
+        })?;
+        if gaps.len() != text.len() || out.len() != text.len() {
+            return Err(RuntimeError::BadContext {
+                requested: text.len(),
+                reason: "text, gaps and out must have the same length",
+            });
+        }
+        self.encode(
+            |t| {
+                if gaps[t] {
+                    BIGS_MASK
+                } else {
+                    text[t] as u32
+                }
+            },
+            text.len(),
+        )?;
+        out.copy_from_slice(text);
+        for t in 0..text.len() {
+            if gaps[t] {
+                self.position_logits(&head, t)?;
+                out[t] = crate::sampling::argmax(self.byte_logits);
+            }
+        }
+        Ok(())
+    }
+}

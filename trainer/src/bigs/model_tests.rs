@@ -159,3 +159,58 @@ fn bad_batches_are_errors() {
     assert!(e.to_string().contains("3 classes"), "{e}");
     assert!(model.workspace(&be, 1, 8).is_err());
 }
+
+/// The trainer's logits and the runtime's, on the exported f32 model, agree
+/// (both heads) at lengths 1, a middle one and T_max.
+#[test]
+fn trainer_and_runtime_logits_agree_on_the_export() {
+    use kilobyte_format::{AlignedBytes, DType, ModelFile};
+    use kilobyte_runtime::Bigs;
+    let config = tiny();
+    let mut set = params(config, 8);
+    set.labels = vec!["a".into(), "b".into(), "c".into()];
+    let bytes = AlignedBytes::from_slice(
+        &set.to_writer(DType::F32, DType::F32)
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+    );
+    let file = ModelFile::parse(&bytes).unwrap();
+    let runtime = Bigs::from_file(&file).unwrap();
+    let t_max = config.max_seq as usize;
+    let mut arena = vec![0u8; Bigs::arena_bytes(&config, t_max)];
+    let mut enc = runtime.encoder(&mut arena, t_max).unwrap();
+    let be = CpuBackend::<f32>::new();
+    let mut model = BigsModel::new(&be, &set).unwrap();
+    let mut ws = model.workspace(&be, 1, t_max).unwrap();
+    let mut rng = Rng::new(4);
+    let mut worst = 0.0f32;
+    for n in [1, 4, t_max] {
+        let text: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
+        let mut ids = byte_ids(&text);
+        ids[n / 2] = MASK_ID;
+        let mlm = Task::Mlm {
+            targets: vec![0; n],
+            weights: vec![1.0; n],
+        };
+        model
+            .step(&be, &mut ws, &BigsBatch::from_sequences(&[ids.clone()], mlm), false, 1.0)
+            .unwrap();
+        let trainer = be.download(&ws.logits).unwrap();
+        enc.byte_logits(&ids, |pos, l| {
+            for (a, b) in l.iter().zip(&trainer[pos * 256..(pos + 1) * 256]) {
+                worst = worst.max((a - b).abs());
+            }
+        })
+        .unwrap();
+        let cls = Task::Classify { labels: vec![0] };
+        model
+            .step(&be, &mut ws, &BigsBatch::from_sequences(&[byte_ids(&text)], cls), false, 1.0)
+            .unwrap();
+        let trainer = be.download(&ws.class_logits).unwrap();
+        for (a, b) in enc.class_logits(&text).unwrap().iter().zip(&trainer) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    assert!(worst <= 1e-4, "max abs difference {worst}");
+}

@@ -31,7 +31,8 @@ pub const INIT_STD: f64 = 0.02;
 
 impl ParamSet {
     /// Fresh random parameters. Matrices and embeddings ~ N(0, 0.02²), with
-    /// residual output projections scaled by 1/sqrt(2 * layers); norm
+    /// residual output projections scaled by 1/sqrt(2 * layers) (BiGS
+    /// matrices: N(0, 1/fan_in), the output projection also scaled); norm
     /// weights 1, biases 0, pad vectors ~ N(0, 0.02²); SSM parameters as
     /// MODELS.md prescribes (S4D-Lin, log_dt uniform in [ln 0.001, ln 0.1],
     /// C complex normal of variance 0.5, skip D ~ N(0, 1) as in S4D).
@@ -55,7 +56,17 @@ impl ParamSet {
                 data.iter_mut()
                     .for_each(|v| *v = (rng.normal() * std) as f32)
             };
+            let bigs = matches!(config, ModelConfig::Bigs(_));
+            // BiGS multiplies activations (Uf * Ub, then by V): with GPT's
+            // 0.02 every factor starts near 0, their product nearer still,
+            // and the gradients of each factor are scaled by the others, so
+            // training crawls. Fan-in scaling keeps every factor O(1).
+            let fan_in = (shape.last() as f64).max(1.0).sqrt().recip();
             match spec.role {
+                Role::Matrix if bigs && name.ends_with(".o.weight") => {
+                    normal(fan_in / (2.0 * depth).sqrt())
+                }
+                Role::Matrix if bigs => normal(fan_in),
                 Role::Matrix if name.ends_with(".proj") || name.ends_with(".o.weight") => {
                     normal(residual_std)
                 }

@@ -76,8 +76,15 @@ pub fn run(args: Args) -> Result<()> {
                     spec.arena_bytes(c)
                 )?;
             }
-            ModelConfig::Bigs(_) => {
-                anyhow::bail!("--context: arena sizes for BiGS models are not available yet")
+            ModelConfig::Bigs(c) => {
+                let bytes = kilobyte_runtime::Bigs::arena_bytes(c, context);
+                if bytes == 0 {
+                    anyhow::bail!(
+                        "--context {context}: must be between 1 and T_max = {}",
+                        c.max_seq
+                    );
+                }
+                writeln!(o, "arena      {bytes} bytes for inputs of up to {context} bytes")?;
             }
         }
     }

@@ -2,6 +2,7 @@
 //! `anyhow::Result`; `main` prints any error as one line and exits non-zero.
 
 mod bench;
+mod bigs;
 mod convert;
 mod generate;
 mod init;
@@ -34,11 +35,16 @@ pub enum Command {
     Init(init::Args),
     /// Stream bytes from a MEGABYTE model.
     Generate(generate::Args),
+    /// Classify text with a BiGS model: one line in, `label<TAB>probability` out.
+    Classify(bigs::ClassifyArgs),
+    /// Fill the gaps (`_` per missing byte) of a text with a BiGS model.
+    Fill(bigs::FillArgs),
     /// Benchmarks: `kilobyte bench runtime` (generation) or `kilobyte bench train`.
     Bench(bench::Args),
     /// Train a model on CPU (checkpoints, metrics and best weights in --run DIR).
     Train(train::TrainArgs),
-    /// Bits per byte of a .kbm (through the runtime) or a run directory on some data.
+    /// Bits per byte of a .kbm (through the runtime) or a run directory on some data;
+    /// accuracy on a labelled table (--dev) for a BiGS classifier.
     Eval(train::EvalArgs),
     /// Write a run's weights as a .kbm model.
     Export(train::ExportArgs),
@@ -55,6 +61,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Quantize(a) => convert::run_quantize(a),
         Command::Init(a) => init::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Classify(a) => bigs::run_classify(a),
+        Command::Fill(a) => bigs::run_fill(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run_train(a),
         Command::Eval(a) => train::run_eval(a),

@@ -310,9 +310,18 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
 pub struct EvalArgs {
     /// A .kbm model (evaluated through the runtime) or a run directory (through the trainer).
     pub model: PathBuf,
-    /// The data file(s) to score.
-    #[arg(long, num_args = 1.., required = true)]
+    /// The data file(s) to score (bits per byte).
+    #[arg(long, num_args = 1.., required_unless_present = "dev")]
     pub data: Vec<PathBuf>,
+    /// A labelled table (TSV/CSV with a header) to score a BiGS classifier's accuracy on.
+    #[arg(long, conflicts_with = "data")]
+    pub dev: Option<PathBuf>,
+    /// With --dev: the text column, by header name or 0-based index.
+    #[arg(long, default_value = crate::data::tsv::DEFAULT_TEXT_COLUMN)]
+    pub text_column: String,
+    /// With --dev: the label column, by header name or 0-based index.
+    #[arg(long, default_value = crate::data::tsv::DEFAULT_LABEL_COLUMN)]
+    pub label_column: String,
     /// Score the last fraction of the bytes (the validation split); 1 scores everything.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -360,6 +369,25 @@ pub fn eval_kbm(path: &Path, val: &crate::data::Subset, seq: usize, windows: usi
 }
 
 pub fn run_eval(a: EvalArgs) -> Result<()> {
+    if let Some(dev) = &a.dev {
+        let text: crate::data::tsv::Column = a.text_column.parse().expect("infallible");
+        let label: crate::data::tsv::Column = a.label_column.parse().expect("infallible");
+        let (acc, n) = if a.model.is_dir() {
+            let (params, what) = run_weights(&a.model, false)?;
+            eprintln!("scoring the {what} weights of {}", a.model.display());
+            crate::bigs::jobs::evaluate_run_params(&params, dev, &text, &label)?
+        } else {
+            super::bigs::eval_kbm(&a.model, dev, &text, &label)?
+        };
+        println!("accuracy {:.2}% on {n} examples of {}", 100.0 * acc, dev.display());
+        return Ok(());
+    }
+    if !a.model.is_dir() && super::bigs::is_bigs_kbm(&a.model)? {
+        bail!(
+            "{} is a BiGS model: score it on a labelled table with --dev FILE",
+            a.model.display()
+        );
+    }
     let split = Split::by_fraction(Corpus::open(&a.data)?, a.val_fraction.min(1.0))?;
     let val = if a.val_fraction >= 1.0 {
         split.train.clone()

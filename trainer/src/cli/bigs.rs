@@ -73,7 +73,9 @@ fn with_encoder<T>(
 }
 
 fn label_name(m: &Bigs<'_>, i: usize) -> String {
-    m.label(i).map(str::to_string).unwrap_or_else(|| i.to_string())
+    m.label(i)
+        .map(str::to_string)
+        .unwrap_or_else(|| i.to_string())
 }
 
 pub fn run_classify(a: ClassifyArgs) -> Result<()> {
@@ -101,7 +103,8 @@ pub fn run_classify(a: ClassifyArgs) -> Result<()> {
                 let (reader, name): (Box<dyn BufRead>, String) = match file {
                     Some(f) => (
                         Box::new(std::io::BufReader::new(
-                            std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?,
+                            std::fs::File::open(f)
+                                .with_context(|| format!("cannot read {}", f.display()))?,
                         )),
                         f.display().to_string(),
                     ),
@@ -122,12 +125,18 @@ pub fn run_classify(a: ClassifyArgs) -> Result<()> {
 
 pub fn run_fill(a: FillArgs) -> Result<()> {
     if !a.gap.is_ascii() {
-        bail!("--gap {:?}: the gap marker must be one ASCII character", a.gap);
+        bail!(
+            "--gap {:?}: the gap marker must be one ASCII character",
+            a.gap
+        );
     }
     let text = a.text.as_bytes();
     let gaps: Vec<bool> = text.iter().map(|&b| b == a.gap as u8).collect();
     if !gaps.iter().any(|&g| g) {
-        bail!("the text has no gap: mark each missing byte with '{}'", a.gap);
+        bail!(
+            "the text has no gap: mark each missing byte with '{}'",
+            a.gap
+        );
     }
     with_encoder(&a.model, "masked-byte", |_, enc| {
         if text.len() > enc.max_len() {
@@ -138,7 +147,8 @@ pub fn run_fill(a: FillArgs) -> Result<()> {
             );
         }
         let mut out = vec![0u8; text.len()];
-        enc.fill(text, &gaps, &mut out).map_err(|e| anyhow!("{e}"))?;
+        enc.fill(text, &gaps, &mut out)
+            .map_err(|e| anyhow!("{e}"))?;
         std::io::stdout().write_all(&out)?;
         println!();
         Ok(())
@@ -156,7 +166,12 @@ pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
         for e in &set.examples {
             let at = || format!("{}: line {}", dev.display(), e.line);
             let want = names.iter().position(|n| *n == e.label).with_context(|| {
-                format!("{}: label '{}' is not one of the model's ({})", at(), e.label, names.join(", "))
+                format!(
+                    "{}: label '{}' is not one of the model's ({})",
+                    at(),
+                    e.label,
+                    names.join(", ")
+                )
             })?;
             if e.text.len() > enc.max_len() {
                 bail!(
@@ -166,10 +181,15 @@ pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
                     enc.max_len()
                 );
             }
-            let c = enc.classify(&e.text).map_err(|err| anyhow!("{}: {err}", at()))?;
+            let c = enc
+                .classify(&e.text)
+                .map_err(|err| anyhow!("{}: {err}", at()))?;
             correct += (c.class == want) as usize;
         }
-        Ok((correct as f64 / set.examples.len() as f64, set.examples.len()))
+        Ok((
+            correct as f64 / set.examples.len() as f64,
+            set.examples.len(),
+        ))
     })
 }
 
@@ -177,5 +197,8 @@ pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
 pub fn is_bigs_kbm(path: &Path) -> Result<bool> {
     let bytes = load(path)?;
     let file = parse_kbm(path, &bytes)?;
-    Ok(matches!(file.config(), kilobyte_format::ModelConfig::Bigs(_)))
+    Ok(matches!(
+        file.config(),
+        kilobyte_format::ModelConfig::Bigs(_)
+    ))
 }

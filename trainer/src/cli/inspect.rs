@@ -84,7 +84,10 @@ pub fn run(args: Args) -> Result<()> {
                         c.max_seq
                     );
                 }
-                writeln!(o, "arena      {bytes} bytes for inputs of up to {context} bytes")?;
+                writeln!(
+                    o,
+                    "arena      {bytes} bytes for inputs of up to {context} bytes"
+                )?;
             }
         }
     }

@@ -379,7 +379,11 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         } else {
             super::bigs::eval_kbm(&a.model, dev, &text, &label)?
         };
-        println!("accuracy {:.2}% on {n} examples of {}", 100.0 * acc, dev.display());
+        println!(
+            "accuracy {:.2}% on {n} examples of {}",
+            100.0 * acc,
+            dev.display()
+        );
         return Ok(());
     }
     if !a.model.is_dir() && super::bigs::is_bigs_kbm(&a.model)? {

@@ -35,6 +35,10 @@ pub struct Args {
     /// Also run every measurement with the scalar kernels (SIMD speed-up side by side).
     #[arg(long)]
     pub scalar: bool,
+    /// runtime: which family to measure: megabyte (generation) or bigs
+    /// (classification of --bytes-long inputs; presets micro, small, base).
+    #[arg(long, default_value = "megabyte")]
+    pub model: String,
 }
 
 /// The config megabyte-pytorch was measured with: dims (256, 128), depths
@@ -50,6 +54,9 @@ pub fn run(args: Args) -> Result<()> {
     let peak = fma_peak_gflops();
     let bw = read_bandwidth_gbs();
     println!("machine: single-core f32 FMA peak {peak:.1} GFLOP/s, memory read bandwidth {bw:.1} GB/s (one thread)");
+    if args.model == "bigs" {
+        return bench_bigs(&args, peak, bw);
+    }
     println!(
         "{:<6} {:<5} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8}",
         "preset",
@@ -219,6 +226,91 @@ fn measure(model: &Megabyte<'_>, n: usize) -> Result<Speeds> {
         prefill,
         arena: arena_len,
     })
+}
+
+/// BiGS classification: sentences per second for inputs of `--bytes`
+/// bytes on one thread, against the roofline of its MACs and weight bytes
+/// (every weight is read once per sentence: the dense layers run over all
+/// positions at once).
+fn bench_bigs(args: &Args, peak: f64, bw: f64) -> Result<()> {
+    use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
+    use kilobyte_format::BigsConfig;
+    use kilobyte_runtime::Bigs;
+    println!(
+        "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12} {:>11} {:>10} {:>8}",
+        "preset",
+        "dtype",
+        "model B",
+        "arena B",
+        "bytes",
+        "sentences/s",
+        "MAC/sent",
+        "wbytes/s",
+        "roofline"
+    );
+    for preset in &args.presets {
+        let mut config = BigsConfig::by_name(preset)
+            .ok_or_else(|| anyhow!("unknown BiGS preset {preset:?} (micro, small or base)"))?;
+        config.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
+        config.n_classes = 2;
+        let n = args.bytes.min(config.max_seq as usize);
+        let params = ParamSet::init(ModelConfig::Bigs(config), 1)?;
+        for d in &args.dtypes {
+            let dtype = DType::parse(d)
+                .filter(|d| d.is_numeric())
+                .ok_or_else(|| anyhow!("unknown dtype {d:?}"))?;
+            let bytes = AlignedBytes::from_slice(&params.to_writer(dtype, dtype)?.to_bytes()?);
+            let file = ModelFile::parse(&bytes)?;
+            let model = Bigs::from_file(&file).map_err(|e| anyhow!("{e}"))?;
+            let mut arena = vec![0u8; Bigs::arena_bytes(&config, n)];
+            let arena_len = arena.len();
+            let mut enc = model.encoder(&mut arena, n).map_err(|e| anyhow!("{e}"))?;
+            let text: Vec<u8> = b"a gripping, funny and quietly moving film. "
+                .iter()
+                .cycle()
+                .take(n)
+                .copied()
+                .collect();
+            let mut best = 0.0f64;
+            for _ in 0..REPEATS {
+                let reps = 8;
+                let t = Instant::now();
+                for _ in 0..reps {
+                    black_box(
+                        enc.classify(black_box(&text))
+                            .map_err(|e| anyhow!("{e}"))?
+                            .class,
+                    );
+                }
+                best = best.max(reps as f64 / t.elapsed().as_secs_f64());
+            }
+            let (dm, e) = (config.d_model as f64, config.d_expand as f64);
+            let nf = n as f64;
+            let dense = config.layers as f64 * nf * (3.0 * dm * e + 4.0 * dm * dm);
+            let conv = config.layers as f64 * 2.0 * dm * nf * (nf + 1.0) / 2.0;
+            let macs = dense + conv + dm * dm + 2.0 * dm;
+            let wbytes = model
+                .layers
+                .iter()
+                .flat_map(|l| [l.v, l.f, l.b, l.uf, l.ub, l.l, l.o])
+                .map(|lin| kilobyte_runtime::megabyte::matrix_bytes(&lin.weight) as f64)
+                .sum::<f64>();
+            let bound = 1.0 / f64::max(2.0 * macs / (peak * 1e9), wbytes / (bw * 1e9));
+            println!(
+                "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12.1} {:>10.0} {:>10.0} {:>7.1}%",
+                preset,
+                dtype.name(),
+                bytes.len(),
+                arena_len,
+                n,
+                best,
+                macs,
+                wbytes,
+                100.0 * best / bound
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Best of several runs of independent FMA chains: the single-core f32 peak.

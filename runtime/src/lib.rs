@@ -15,6 +15,7 @@
 //! - `megabyte`: weight views, arena layout, prefill and incremental decoding.
 //! - `sampling`: greedy / temperature / top-k / top-p with a seeded PRNG.
 //! - `bigs`: the bidirectional SSM encoder, classification and fill-in.
+//! - `capi` (feature `capi`): the C ABI, `runtime/include/kilobyte.h`.
 #![no_std]
 
 #[cfg(any(feature = "std", test))]
@@ -24,6 +25,8 @@ pub use kilobyte_format as format;
 
 pub mod arena;
 pub mod bigs;
+#[cfg(feature = "capi")]
+pub mod capi;
 pub mod error;
 pub mod kernels;
 pub mod megabyte;

@@ -1,7 +1,7 @@
 /* kilobyte: C API of the no_std runtime (Rust crate kilobyte-runtime,
  * feature `capi`). Build the static library with
  *   CARGO_PROFILE_RELEASE_PANIC=abort cargo rustc -p kilobyte-runtime \
- *       --release --features capi --crate-type staticlib
+ *       --release --features capi-staticlib --crate-type staticlib
  * and link libkilobyte_runtime.a (plus -lm on hosted targets).
  *
  * Nothing allocates. The caller provides:

@@ -9,8 +9,11 @@
 //!
 //! Lifetimes are the C caller's to keep: the model bytes must outlive the
 //! model, and the model and arena must outlive its sessions and encoders.
-//! Build it with `cargo rustc -p kilobyte-runtime --release --features capi
-//! --crate-type staticlib` (with `CARGO_PROFILE_RELEASE_PANIC=abort`).
+//! Build it with `cargo rustc -p kilobyte-runtime --release --features
+//! capi-staticlib --crate-type staticlib` (with
+//! `CARGO_PROFILE_RELEASE_PANIC=abort`): `capi-staticlib` adds the panic
+//! handler a standalone no_std library needs (a Rust program that links the
+//! runtime brings its own, so plain `capi` leaves it out).
 
 use crate::bigs::Bigs;
 use crate::error::RuntimeError;
@@ -32,7 +35,9 @@ pub const KB_ERR_INPUT: KbStatus = 6;
 pub const KB_ERR_HEAD: KbStatus = 7;
 pub const KB_ERR_INTERNAL: KbStatus = 8;
 
-/// A loaded model, in caller storage.
+/// A loaded model, in caller storage (its size is what the caller
+/// allocates, so the variants' size difference costs nothing).
+#[allow(clippy::large_enum_variant)]
 pub enum KbModel {
     Megabyte(Megabyte<'static>),
     Bigs(Bigs<'static>),
@@ -419,10 +424,10 @@ pub unsafe extern "C" fn kb_fill(
     }
 }
 
-/// A no_std staticlib needs a panic handler. The runtime has no panic
+/// A standalone no_std staticlib needs a panic handler. The runtime has no panic
 /// reachable from input (every entry point returns a status), so reaching
 /// this is a bug: stop rather than unwind into C.
-#[cfg(all(not(feature = "std"), not(test)))]
+#[cfg(all(feature = "capi-staticlib", not(feature = "std"), not(test)))]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     loop {
@@ -433,6 +438,11 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 /// The precompiled `core` of hosted targets carries unwind tables that name
 /// this symbol even when everything is built with `panic = "abort"`, so a
 /// no_std staticlib for such a target must define it; it is never called.
-#[cfg(all(not(feature = "std"), not(test), not(target_os = "none")))]
+#[cfg(all(
+    feature = "capi-staticlib",
+    not(feature = "std"),
+    not(test),
+    not(target_os = "none")
+))]
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}

@@ -10,7 +10,7 @@ kb=${1:-target/release/kilobyte}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 CARGO_PROFILE_RELEASE_PANIC=abort cargo rustc -q -p kilobyte-runtime --release \
-    --features capi --crate-type staticlib --target-dir target/capi
+    --features capi-staticlib --crate-type staticlib --target-dir target/capi
 gcc -std=c11 -O2 -Wall -Wextra -Werror -Iruntime/include tests/c/capi_test.c \
     target/capi/release/libkilobyte_runtime.a -lm -o "$out/capi_test"
 

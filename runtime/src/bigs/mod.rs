@@ -391,6 +391,7 @@ fn ssm_kernel(s: &Ssm<'_>, kernel: usize, modes: usize, out: &mut [f32]) {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // buffers and sizes, listed as the kernels do
 /// `out[t] = d u[t] + sum_{j<=t} K[j] u[t-j]` along `dir` over `n` rows of
 /// `width`, channel group `g` using kernel `g`.
 fn ssm_conv(

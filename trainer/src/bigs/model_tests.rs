@@ -121,7 +121,7 @@ fn padding_does_not_leak() {
         let logits = be.download(&ws.logits).unwrap();
         (logits, ws)
     };
-    let alone = BigsBatch::from_sequences(&[short.clone()], mlm(3));
+    let alone = BigsBatch::from_sequences(std::slice::from_ref(&short), mlm(3));
     let padded = BigsBatch::from_sequences(&texts, mlm(21));
     let (a, _) = run(&mut model, &alone);
     let (p, _) = run(&mut model, &padded);
@@ -194,7 +194,13 @@ fn trainer_and_runtime_logits_agree_on_the_export() {
             weights: vec![1.0; n],
         };
         model
-            .step(&be, &mut ws, &BigsBatch::from_sequences(&[ids.clone()], mlm), false, 1.0)
+            .step(
+                &be,
+                &mut ws,
+                &BigsBatch::from_sequences(&[ids.clone()], mlm),
+                false,
+                1.0,
+            )
             .unwrap();
         let trainer = be.download(&ws.logits).unwrap();
         enc.byte_logits(&ids, |pos, l| {
@@ -205,7 +211,13 @@ fn trainer_and_runtime_logits_agree_on_the_export() {
         .unwrap();
         let cls = Task::Classify { labels: vec![0] };
         model
-            .step(&be, &mut ws, &BigsBatch::from_sequences(&[byte_ids(&text)], cls), false, 1.0)
+            .step(
+                &be,
+                &mut ws,
+                &BigsBatch::from_sequences(&[byte_ids(&text)], cls),
+                false,
+                1.0,
+            )
             .unwrap();
         let trainer = be.download(&ws.class_logits).unwrap();
         for (a, b) in enc.class_logits(&text).unwrap().iter().zip(&trainer) {

@@ -350,9 +350,9 @@ pub fn ssm_forward<T: Float>(
                     *o = d[k] * x;
                 }
                 let kern = &kernel[k * s.seq..];
-                for j in 0..=t {
+                for (j, &kj) in kern[..=t].iter().enumerate() {
                     let r = dir.row(t - j, len) * w;
-                    axpy(kern[j], &seq_u[r + ch.start..r + ch.end], out);
+                    axpy(kj, &seq_u[r + ch.start..r + ch.end], out);
                 }
             }
         }

@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = kilobyte_trainer::cli::Cli::parse();
+    // KILOBYTE_KERNELS=scalar runs the runtime's scalar reference kernels,
+    // which compute what a Cortex-M does bit for bit (the firmware test
+    // compares against it).
+    if std::env::var("KILOBYTE_KERNELS").is_ok_and(|v| v == "scalar") {
+        let _ = kilobyte_runtime::kernels::set_isa(kilobyte_runtime::kernels::Isa::Scalar);
+    }
     match kilobyte_trainer::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

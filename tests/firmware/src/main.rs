@@ -1,0 +1,148 @@
+//! Runs both model families on a Cortex-M4F from flash: greedy MEGABYTE
+//! generation and BiGS classification, with `static` arenas sized at compile
+//! time by the runtime's `const fn`s. Prints over semihosting (the output
+//! tests/firmware/run.sh compares with the host CLI), then the RAM and
+//! speed figures, and exits with semihosting's exit code.
+#![no_std]
+#![no_main]
+
+use core::ptr::{addr_of, addr_of_mut};
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hprint, hprintln};
+use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
+use kilobyte_format::{include_model, BigsConfig, MegabyteConfig, ModelConfig, ModelFile};
+use kilobyte_runtime::{ArenaSpec, Bigs, Megabyte};
+
+static MEGABYTE_KBM: &[u8] = include_model!(env!("KILOBYTE_FW_MEGABYTE"));
+static BIGS_KBM: &[u8] = include_model!(env!("KILOBYTE_FW_BIGS"));
+
+/// The shapes the embedded models must have (checked at start-up).
+const MEGABYTE: MegabyteConfig = MegabyteConfig::MICRO;
+const BIGS: BigsConfig = BigsConfig {
+    heads: BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY,
+    n_classes: 2,
+    ..BigsConfig::MICRO
+};
+const CONTEXT: usize = 512;
+const BIGS_LEN: usize = 128;
+const MEGABYTE_ARENA: usize = ArenaSpec::new(CONTEXT).arena_bytes(&MEGABYTE);
+const BIGS_ARENA: usize = Bigs::arena_bytes(&BIGS, BIGS_LEN);
+
+static mut MEGABYTE_MEM: [u8; MEGABYTE_ARENA] = [0; MEGABYTE_ARENA];
+static mut BIGS_MEM: [u8; BIGS_ARENA] = [0; BIGS_ARENA];
+
+pub const PROMPT: &[u8] = b"Once upon a time";
+pub const GENERATE: usize = 32;
+pub const SENTENCES: [&str; 3] = ["a fine film", "dull and long", "x"];
+
+const PAINT: u32 = 0x5a5a_a5a5;
+
+extern "C" {
+    static mut __sheap: u32;
+}
+
+fn fail(what: &str) -> ! {
+    hprintln!("error: {}", what);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {}
+}
+
+/// Centiseconds of (virtual) time from semihosting's SYS_CLOCK; under
+/// `qemu -icount shift=0` one instruction is one nanosecond.
+fn clock_cs() -> usize {
+    // SAFETY: SYS_CLOCK (0x10) takes no argument.
+    unsafe { cortex_m_semihosting::syscall1!(CLOCK, 0) }
+}
+
+/// Fills the unused stack below the current frame with a pattern.
+#[inline(never)]
+fn paint_stack() -> (usize, usize) {
+    let bottom = addr_of_mut!(__sheap) as usize;
+    let sp = cortex_m::register::msp::read() as usize;
+    let mut p = bottom;
+    while p < sp - 256 {
+        // SAFETY: between the end of static data and the live stack.
+        unsafe { (p as *mut u32).write_volatile(PAINT) };
+        p += 4;
+    }
+    (bottom, sp)
+}
+
+fn stack_used(bottom: usize, top: usize) -> usize {
+    let mut p = bottom;
+    // SAFETY: reads the region painted above.
+    while p < top && unsafe { (p as *const u32).read_volatile() } == PAINT {
+        p += 4;
+    }
+    top - p
+}
+
+#[entry]
+fn main() -> ! {
+    let (bottom, _) = paint_stack();
+    let top = 0x2000_0000 + 4 * 1024 * 1024;
+
+    let file = ModelFile::parse(MEGABYTE_KBM).unwrap_or_else(|_| fail("MEGABYTE model"));
+    if *file.config() != ModelConfig::Megabyte(MEGABYTE) {
+        fail("the MEGABYTE model is not the micro preset");
+    }
+    let model = Megabyte::from_file(&file).unwrap_or_else(|_| fail("MEGABYTE load"));
+    // SAFETY: the only reference to the arena.
+    let arena = unsafe { &mut *addr_of_mut!(MEGABYTE_MEM) };
+    let mut s = model
+        .session(arena, ArenaSpec::new(CONTEXT))
+        .unwrap_or_else(|_| fail("session"));
+    let t0 = clock_cs();
+    s.prefill(PROMPT).unwrap_or_else(|_| fail("prefill"));
+    let t1 = clock_cs();
+    hprint!("generate");
+    for _ in 0..GENERATE {
+        let b = kilobyte_runtime::sampling::argmax(s.logits());
+        s.push(b).unwrap_or_else(|_| fail("push"));
+        hprint!(" {:02x}", b);
+    }
+    let t2 = clock_cs();
+    hprintln!("");
+
+    let file = ModelFile::parse(BIGS_KBM).unwrap_or_else(|_| fail("BiGS model"));
+    if *file.config() != ModelConfig::Bigs(BIGS) {
+        fail("the BiGS model is not a micro classifier with 2 classes");
+    }
+    let bigs = Bigs::from_file(&file).unwrap_or_else(|_| fail("BiGS load"));
+    // SAFETY: the only reference to the arena.
+    let arena = unsafe { &mut *addr_of_mut!(BIGS_MEM) };
+    let mut enc = bigs
+        .encoder(arena, BIGS_LEN)
+        .unwrap_or_else(|_| fail("encoder"));
+    let t3 = clock_cs();
+    for text in SENTENCES {
+        let c = enc.classify(text.as_bytes()).unwrap_or_else(|_| fail("classify"));
+        hprintln!("class {}", bigs.label(c.class).unwrap_or("?"));
+    }
+    let t4 = clock_cs();
+
+    hprintln!(
+        "arena megabyte {} bigs {} bytes; stack high-water {} bytes",
+        MEGABYTE_ARENA,
+        BIGS_ARENA,
+        stack_used(bottom, top)
+    );
+    hprintln!(
+        "clock_cs prefill {} generate {} ({} bytes) classify {} ({} sentences)",
+        t1 - t0,
+        t2 - t1,
+        GENERATE,
+        t4 - t3,
+        SENTENCES.len()
+    );
+    let _ = addr_of!(MEGABYTE_MEM);
+    debug::exit(debug::EXIT_SUCCESS);
+    loop {}
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    hprintln!("panic");
+    debug::exit(debug::EXIT_FAILURE);
+    loop {}
+}

@@ -23,7 +23,7 @@ echo "$out"
 
 # The prompt, byte count and sentences are src/main.rs's constants.
 want=$(KILOBYTE_KERNELS=scalar "$kb" generate "$work/m.kbm" --prompt "Once upon a time" \
-    --bytes 32 --temperature 0 --context 512 | od -An -tx1 -v | tr -s ' \n' ' ' | sed 's/ $//')
+    --bytes 32 --temperature 0 --context 512 --i8-cache | od -An -tx1 -v | tr -s ' \n' ' ' | sed 's/ $//')
 got=$(echo "$out" | sed -n 's/^generate//p')
 [ "$want" = "$got" ] || { echo "firmware bytes differ from the host:"; echo "host:$want"; echo "fw:  $got"; exit 1; }
 want=$(for t in "a fine film" "dull and long" "x"; do

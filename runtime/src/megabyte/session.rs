@@ -40,6 +40,9 @@ pub struct ArenaSpec {
     pub prefill_patches: usize,
     /// Patches dropped when the window is full (0: half the window).
     pub slide_patches: usize,
+    /// Keep the global key/value cache as int8 with one f32 scale per row
+    /// and head (a quarter of the memory; see [`ArenaSpec::with_i8_cache`]).
+    pub i8_cache: bool,
 }
 
 impl ArenaSpec {
@@ -49,6 +52,20 @@ impl ArenaSpec {
             max_context,
             prefill_patches: 4,
             slide_patches: 0,
+            i8_cache: false,
+        }
+    }
+
+    /// The compact layout for microcontrollers: the global cache in int8
+    /// (its f32 form is most of the arena at long contexts) and prefill one
+    /// patch at a time. Logits move by the cache's rounding (each key and
+    /// value off by at most half its row's scale); README reports the bpb
+    /// cost.
+    pub const fn with_i8_cache(self) -> Self {
+        ArenaSpec {
+            i8_cache: true,
+            prefill_patches: 1,
+            ..self
         }
     }
 
@@ -104,8 +121,14 @@ impl ArenaSpec {
         let lg = config.layers_global as usize;
         let ll = config.layers_local as usize;
         let widest = if w > l { w } else { l };
+        let heads = config.heads_global as usize;
+        let global_cache = if self.i8_cache {
+            2 * region(lg * k * w) + 2 * f32_region(lg * k * heads) // int8 rows, scales
+        } else {
+            2 * f32_region(lg * k * w) // global keys, values
+        };
         ARENA_SLACK
-            + 2 * f32_region(lg * k * w) // global keys, values
+            + global_cache
             + 2 * f32_region(ll * p * l) // local keys, values
             + f32_region(p * l) // projected global output of the current patch
             + 2 * f32_region(c * w) // global x, normed x
@@ -136,8 +159,14 @@ pub struct Session<'a, 'm> {
     /// Bytes in the window; the next byte to predict is at this position.
     len: usize,
     tokens: &'a mut [u8],
+    /// The global cache: f32 rows, or (with `i8_cache`) the int8 rows and
+    /// their per-head scales; the unused form is empty.
     g_keys: &'a mut [f32],
     g_values: &'a mut [f32],
+    g_keys_i8: &'a mut [i8],
+    g_values_i8: &'a mut [i8],
+    g_key_scales: &'a mut [f32],
+    g_value_scales: &'a mut [f32],
     l_keys: &'a mut [f32],
     l_values: &'a mut [f32],
     local_base: &'a mut [f32],
@@ -192,6 +221,7 @@ impl<'a, 'm> Session<'a, 'm> {
         let lg = config.layers_global as usize;
         let ll = config.layers_local as usize;
         let widest = w.max(l);
+        let gh = config.heads_global as usize;
         let mut s = Session {
             model,
             spec,
@@ -200,8 +230,12 @@ impl<'a, 'm> Session<'a, 'm> {
             chunk: c,
             slide: spec.slide(config),
             len: 0,
-            g_keys: a.f32s(lg * k * w),
-            g_values: a.f32s(lg * k * w),
+            g_keys: a.f32s(if spec.i8_cache { 0 } else { lg * k * w }),
+            g_values: a.f32s(if spec.i8_cache { 0 } else { lg * k * w }),
+            g_keys_i8: a.i8s(if spec.i8_cache { lg * k * w } else { 0 }),
+            g_values_i8: a.i8s(if spec.i8_cache { lg * k * w } else { 0 }),
+            g_key_scales: a.f32s(if spec.i8_cache { lg * k * gh } else { 0 }),
+            g_value_scales: a.f32s(if spec.i8_cache { lg * k * gh } else { 0 }),
             l_keys: a.f32s(ll * p * l),
             l_values: a.f32s(ll * p * l),
             local_base: a.f32s(p * l),
@@ -393,26 +427,66 @@ impl<'a, 'm> Session<'a, 'm> {
                 self.q8,
             )?;
             let cache = li * k_max * w;
+            let heads = kernels::Heads {
+                n_heads: tr.heads,
+                head_dim: hd,
+            };
+            let scale_cache = li * k_max * tr.heads;
             for i in 0..n {
                 let row = &self.gqkv[i * 3 * w..(i + 1) * 3 * w];
                 let at = cache + (k0 + i) * w;
-                self.g_keys[at..at + w].copy_from_slice(&row[w..2 * w]);
-                self.g_values[at..at + w].copy_from_slice(&row[2 * w..]);
+                if self.spec.i8_cache {
+                    let sat = scale_cache + (k0 + i) * tr.heads;
+                    let scales = sat..sat + tr.heads;
+                    kernels::quantize_row_i8(
+                        &row[w..2 * w],
+                        heads,
+                        &mut self.g_keys_i8[at..at + w],
+                        &mut self.g_key_scales[scales.clone()],
+                    )?;
+                    kernels::quantize_row_i8(
+                        &row[2 * w..],
+                        heads,
+                        &mut self.g_values_i8[at..at + w],
+                        &mut self.g_value_scales[scales],
+                    )?;
+                } else {
+                    self.g_keys[at..at + w].copy_from_slice(&row[w..2 * w]);
+                    self.g_values[at..at + w].copy_from_slice(&row[2 * w..]);
+                }
             }
             for i in 0..n {
                 let seen = k0 + i + 1;
-                kernels::attention(
-                    &self.gqkv[i * 3 * w..i * 3 * w + w],
-                    &self.g_keys[cache..cache + seen * w],
-                    &self.g_values[cache..cache + seen * w],
-                    seen,
-                    kernels::Heads {
-                        n_heads: tr.heads,
-                        head_dim: hd,
-                    },
-                    &mut self.scores[..seen],
-                    &mut self.gatt[i * w..(i + 1) * w],
-                )?;
+                let q = &self.gqkv[i * 3 * w..i * 3 * w + w];
+                let out = &mut self.gatt[i * w..(i + 1) * w];
+                if self.spec.i8_cache {
+                    let sc = scale_cache..scale_cache + seen * tr.heads;
+                    kernels::attention_i8(
+                        q,
+                        kernels::I8Rows {
+                            values: &self.g_keys_i8[cache..cache + seen * w],
+                            scales: &self.g_key_scales[sc.clone()],
+                        },
+                        kernels::I8Rows {
+                            values: &self.g_values_i8[cache..cache + seen * w],
+                            scales: &self.g_value_scales[sc],
+                        },
+                        seen,
+                        heads,
+                        &mut self.scores[..seen],
+                        out,
+                    )?;
+                } else {
+                    kernels::attention(
+                        q,
+                        &self.g_keys[cache..cache + seen * w],
+                        &self.g_values[cache..cache + seen * w],
+                        seen,
+                        heads,
+                        &mut self.scores[..seen],
+                        out,
+                    )?;
+                }
             }
             kernels::matmul(&b.proj, &self.gatt[..rows], &mut self.gxn[..rows], self.q8)?;
             kernels::add(&mut self.gx[..rows], &self.gxn[..rows])?;

@@ -257,6 +257,39 @@ fn incremental_equals_full_forward_at_every_prefix() {
     std::eprintln!("max abs diff {worst}, largest logit {scale}");
 }
 
+/// The int8 global cache stays close to the f32 one at every position
+/// (including past a slide), and its arena is about a quarter the size for
+/// the cache part.
+#[test]
+fn i8_cache_tracks_the_f32_cache() {
+    let config = tiny_config();
+    let bytes = model_bytes(config, DType::F32, 4);
+    let file = ModelFile::parse(&bytes).unwrap();
+    let model = Megabyte::from_file(&file).unwrap();
+    let f32_spec = ArenaSpec::new(config.max_seq as usize);
+    let i8_spec = f32_spec.with_i8_cache();
+    let (mut a1, mut a2) = (arena_for(&config, f32_spec), arena_for(&config, i8_spec));
+    assert!(a2.len() < a1.len());
+    let mut exact = model.session(&mut a1, f32_spec).unwrap();
+    let mut compact = model.session(&mut a2, i8_spec).unwrap();
+    let input = text(2 * config.max_seq as usize);
+    let mut worst = 0f32;
+    let mut scale = 0f32;
+    for &b in &input {
+        worst = worst.max(max_diff(exact.logits(), compact.logits()));
+        scale = exact.logits().iter().fold(scale, |m, v| m.max(v.abs()));
+        exact.push(b).unwrap();
+        compact.push(b).unwrap();
+    }
+    // Each cached value is off by at most half its row's scale (1/254 of
+    // the row's largest magnitude): a few percent of the logit range here.
+    assert!(
+        worst <= 0.05 * scale,
+        "max abs diff {worst} (largest logit {scale})"
+    );
+    std::eprintln!("i8 cache: max abs diff {worst}, largest logit {scale}");
+}
+
 #[test]
 fn prefill_equals_pushing_byte_by_byte() {
     let config = tiny_config();

@@ -25,7 +25,8 @@ const BIGS: BigsConfig = BigsConfig {
 };
 const CONTEXT: usize = 512;
 const BIGS_LEN: usize = 128;
-const MEGABYTE_ARENA: usize = ArenaSpec::new(CONTEXT).arena_bytes(&MEGABYTE);
+const SPEC: ArenaSpec = ArenaSpec::new(CONTEXT).with_i8_cache();
+const MEGABYTE_ARENA: usize = SPEC.arena_bytes(&MEGABYTE);
 const BIGS_ARENA: usize = Bigs::arena_bytes(&BIGS, BIGS_LEN);
 
 static mut MEGABYTE_MEM: [u8; MEGABYTE_ARENA] = [0; MEGABYTE_ARENA];
@@ -90,7 +91,7 @@ fn main() -> ! {
     // SAFETY: the only reference to the arena.
     let arena = unsafe { &mut *addr_of_mut!(MEGABYTE_MEM) };
     let mut s = model
-        .session(arena, ArenaSpec::new(CONTEXT))
+        .session(arena, SPEC)
         .unwrap_or_else(|_| fail("session"));
     let t0 = clock_cs();
     s.prefill(PROMPT).unwrap_or_else(|_| fail("prefill"));

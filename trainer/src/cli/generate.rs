@@ -38,6 +38,9 @@ pub struct Args {
     /// Context window in bytes (default: the model's T_max).
     #[arg(long)]
     pub context: Option<usize>,
+    /// Keep the global key/value cache in int8 (a quarter of its memory).
+    #[arg(long)]
+    pub i8_cache: bool,
     /// Report prefill and generation speed on stderr.
     #[arg(long)]
     pub stats: bool,
@@ -110,6 +113,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut sampler = Sampler::new(sampler_config).map_err(|e| anyhow!("{e}"))?;
     let context = args.context.unwrap_or(model.config.max_seq as usize);
     let spec = ArenaSpec::new(context);
+    let spec = if args.i8_cache {
+        spec.with_i8_cache()
+    } else {
+        spec
+    };
     let arena_len = spec.arena_bytes(&model.config);
     let mut arena = vec![0u8; arena_len];
     let mut session = model

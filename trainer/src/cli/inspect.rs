@@ -72,8 +72,9 @@ pub fn run(args: Args) -> Result<()> {
                 }
                 writeln!(
                     o,
-                    "arena      {} bytes for a {context}-byte context",
-                    spec.arena_bytes(c)
+                    "arena      {} bytes for a {context}-byte context ({} with --i8-cache)",
+                    spec.arena_bytes(c),
+                    spec.with_i8_cache().arena_bytes(c)
                 )?;
             }
             ModelConfig::Bigs(c) => {

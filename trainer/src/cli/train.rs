@@ -331,15 +331,23 @@ pub struct EvalArgs {
     /// Cap on windows scored (0: all).
     #[arg(long, default_value_t = 0)]
     pub windows: usize,
+    /// .kbm: keep the global key/value cache in int8, as small devices do.
+    #[arg(long)]
+    pub i8_cache: bool,
 }
 
 /// Validation bits per byte of a .kbm through the runtime: each window is
 /// scored from an empty context, as the trainer scores it.
-pub fn eval_kbm(path: &Path, val: &crate::data::Subset, seq: usize, windows: usize) -> Result<f64> {
+pub fn eval_kbm(
+    path: &Path,
+    val: &crate::data::Subset,
+    spec: ArenaSpec,
+    windows: usize,
+) -> Result<f64> {
+    let seq = spec.max_context;
     let bytes = read_kbm(path)?;
     let file = parse_kbm(path, &bytes)?;
     let model = Megabyte::from_file(&file).with_context(|| path.display().to_string())?;
-    let spec = ArenaSpec::new(seq);
     let mut arena = vec![0u8; spec.arena_bytes(&model.config)];
     let mut session = model
         .session(&mut arena, spec)
@@ -413,7 +421,13 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         eprintln!("scoring the {what} weights of {}", a.model.display());
         train::evaluate(&be, &mut model, &mut ws, &val, a.windows)? / std::f64::consts::LN_2
     } else {
-        eval_kbm(&a.model, &val, a.seq.unwrap_or(256), a.windows)?
+        let spec = ArenaSpec::new(a.seq.unwrap_or(256));
+        let spec = if a.i8_cache {
+            spec.with_i8_cache()
+        } else {
+            spec
+        };
+        eval_kbm(&a.model, &val, spec, a.windows)?
     };
     println!(
         "{bpb:.5} bits per byte on {} bytes of {}",
@@ -561,7 +575,7 @@ pub fn run_demo(a: DemoArgs) -> Result<()> {
         DataSource::Paths(p) => Split::by_fraction(Corpus::open(p)?, 0.1)?,
         DataSource::Bytes(n, b) => Split::by_fraction(Corpus::from_bytes(n, b.clone()), 0.1)?,
     };
-    let bpb = eval_kbm(&model_path, &split.val, 128, 64)?;
+    let bpb = eval_kbm(&model_path, &split.val, ArenaSpec::new(128), 64)?;
     println!(
         "trained {} steps in {:.0} s ({:.0} bytes/s); q8 model {} ({} bytes): validation {bpb:.3} bits per byte",
         report.steps,

@@ -27,6 +27,8 @@ use kilobyte_format::{BlockQ4, BlockQ8, DType, FormatError, Shape, Tensor};
 
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 mod avx2;
+#[cfg(all(kilobyte_dsp, not(miri)))]
+pub mod dsp;
 #[cfg(all(target_arch = "aarch64", not(miri)))]
 mod neon;
 pub mod scalar;

@@ -64,7 +64,17 @@ pub(super) fn q4_values(b: &BlockQ4) -> [i8; QK] {
     v
 }
 
+/// The exact integer dot product of two q8 blocks: `SMLAD` on cores with
+/// the DSP extension (the same integer), else [`dot_i8_plain`].
 fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    #[cfg(all(kilobyte_dsp, not(miri)))]
+    return super::dsp::dot_i8(a, b);
+    #[allow(unreachable_code)]
+    dot_i8_plain(a, b)
+}
+
+/// `sum a[i] * b[i]`, the plain loop (the reference for the DSP version).
+pub fn dot_i8_plain(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&p, &q)| p as i32 * q as i32).sum()
 }
 

@@ -78,10 +78,53 @@ fn stack_used(bottom: usize, top: usize) -> usize {
     top - p
 }
 
+/// The SMLAD q8 dot product against the plain loop on pseudo-random blocks
+/// (and the extremes), then both timed on the same blocks.
+fn check_dsp() {
+    use kilobyte_runtime::kernels::{dsp, scalar};
+    let mut rng = kilobyte_runtime::rng::Rng::new(5);
+    let mut a = [0i8; 32];
+    let mut b = [0i8; 32];
+    for trial in 0..2000 {
+        for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+            *x = rng.next_u64() as i8;
+            *y = rng.next_u64() as i8;
+        }
+        if trial == 0 {
+            a = [-128; 32];
+            b = [-128; 32];
+        }
+        if dsp::dot_i8(&a, &b) != scalar::dot_i8_plain(&a, &b) {
+            fail("SMLAD dot product differs from the scalar loop");
+        }
+    }
+    let reps = 20_000;
+    let t0 = clock_cs();
+    let mut sink = 0i32;
+    for i in 0..reps {
+        a[i % 32] = i as i8;
+        sink = sink.wrapping_add(dsp::dot_i8(core::hint::black_box(&a), &b));
+    }
+    let t1 = clock_cs();
+    for i in 0..reps {
+        a[i % 32] = i as i8;
+        sink = sink.wrapping_add(scalar::dot_i8_plain(core::hint::black_box(&a), &b));
+    }
+    let t2 = clock_cs();
+    core::hint::black_box(sink);
+    hprintln!(
+        "smlad: 2000 blocks equal the scalar loop; {} blocks: smlad {} cs, scalar {} cs",
+        reps,
+        t1 - t0,
+        t2 - t1
+    );
+}
+
 #[entry]
 fn main() -> ! {
     let (bottom, _) = paint_stack();
     let top = 0x2000_0000 + 4 * 1024 * 1024;
+    check_dsp();
 
     let file = ModelFile::parse(MEGABYTE_KBM).unwrap_or_else(|_| fail("MEGABYTE model"));
     if *file.config() != ModelConfig::Megabyte(MEGABYTE) {

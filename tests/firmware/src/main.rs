@@ -98,7 +98,7 @@ fn check_dsp() {
             fail("SMLAD dot product differs from the scalar loop");
         }
     }
-    let reps = 20_000;
+    let reps = 1_000_000;
     let t0 = clock_cs();
     let mut sink = 0i32;
     for i in 0..reps {

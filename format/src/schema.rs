@@ -89,6 +89,15 @@ pub fn for_each_tensor<E>(
     config: &ModelConfig,
     mut f: impl FnMut(&TensorSpec) -> Result<(), E>,
 ) -> Result<(), E> {
+    // The schema walk itself is not generic, so firmware that validates
+    // files and looks names up carries one copy of it, not one per caller.
+    let mut err = None;
+    let _ = walk(config, &mut |spec| f(spec).map_err(|e| err = Some(e)));
+    err.map_or(Ok(()), Err)
+}
+
+/// Calls `f` with every tensor, stopping at its first `Err`.
+fn walk(config: &ModelConfig, f: &mut dyn FnMut(&TensorSpec) -> Result<(), ()>) -> Result<(), ()> {
     let mut emit = |n: TensorName, dims: &[u32], role: Role| {
         f(&TensorSpec {
             name: n,
@@ -115,7 +124,7 @@ pub fn for_each_tensor<E>(
 /// The spec for one name, if the config has such a tensor.
 pub fn find_spec(config: &ModelConfig, wanted: &str) -> Option<TensorSpec> {
     let mut found = None;
-    let _ = for_each_tensor(config, |s| {
+    let _ = walk(config, &mut |s| {
         if s.name.as_str() == wanted {
             found = Some(s.clone());
             Err(())
@@ -126,9 +135,9 @@ pub fn find_spec(config: &ModelConfig, wanted: &str) -> Option<TensorSpec> {
     found
 }
 
-type Emit<'f, E> = dyn FnMut(TensorName, &[u32], Role) -> Result<(), E> + 'f;
+type Emit<'f> = dyn FnMut(TensorName, &[u32], Role) -> Result<(), ()> + 'f;
 
-fn transformer_block<E>(prefix: &str, i: u32, w: u32, emit: &mut Emit<'_, E>) -> Result<(), E> {
+fn transformer_block(prefix: &str, i: u32, w: u32, emit: &mut Emit<'_>) -> Result<(), ()> {
     let p = |part: &str| name(format_args!("{prefix}.blocks.{i}.{part}"));
     emit(p("ln1.weight"), &[w], Role::Vector)?;
     emit(p("ln1.bias"), &[w], Role::Vector)?;
@@ -140,7 +149,7 @@ fn transformer_block<E>(prefix: &str, i: u32, w: u32, emit: &mut Emit<'_, E>) ->
     emit(p("mlp.proj"), &[w, 4 * w], Role::Matrix)
 }
 
-fn megabyte_tensors<E>(c: &MegabyteConfig, emit: &mut Emit<'_, E>) -> Result<(), E> {
+fn megabyte_tensors(c: &MegabyteConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
     let g = c.patch_size * c.d_global;
     let l = c.d_local;
     emit(
@@ -177,7 +186,7 @@ fn megabyte_tensors<E>(c: &MegabyteConfig, emit: &mut Emit<'_, E>) -> Result<(),
     emit(name(format_args!("local.ln_f.bias")), &[l], Role::Vector)
 }
 
-fn bigs_tensors<E>(c: &BigsConfig, emit: &mut Emit<'_, E>) -> Result<(), E> {
+fn bigs_tensors(c: &BigsConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
     let (d, e, k, n) = (c.d_model, c.d_expand, c.ssm_kernels, c.n_modes);
     emit(
         name(format_args!("embed.tok")),

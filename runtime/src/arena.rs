@@ -4,6 +4,7 @@
 //! `static` buffer at compile time) and once while carving; both go through
 //! [`region`], so they cannot disagree.
 
+use half::bf16;
 use kilobyte_format::BlockQ8;
 
 /// Alignment of every region (a cache line; what AVX loads like).
@@ -65,6 +66,12 @@ impl<'a> Carver<'a> {
         let bytes = self.take(n);
         bytes.fill(0);
         bytes
+    }
+
+    pub fn bf16s(&mut self, n: usize) -> &'a mut [bf16] {
+        let bytes = self.take(n * 2);
+        bytes.fill(0);
+        bytemuck::cast_slice_mut(bytes)
     }
 
     pub fn q8_blocks(&mut self, n: usize) -> &'a mut [BlockQ8] {

@@ -370,3 +370,28 @@ fn bad_inputs_are_errors() {
         Err(RuntimeError::MissingHead { .. })
     ));
 }
+
+/// The firmware-sized complex exponential against std's exp, sin and cos,
+/// over the range SSM parameters reach and beyond.
+#[test]
+fn cexp_matches_std() {
+    let mut rng = crate::rng::Rng::new(3);
+    let mut worst = 0f64;
+    for i in 0..20_000 {
+        let span = [1e-3, 1.0, 30.0, 700.0][i % 4];
+        let re = -span * rng.next_f64();
+        let im = span * (2.0 * rng.next_f64() - 1.0);
+        let (gre, gim) = super::cexp(re, im);
+        let m = re.exp();
+        let (wre, wim) = (m * im.cos(), m * im.sin());
+        let err = ((gre - wre).powi(2) + (gim - wim).powi(2)).sqrt() / m.max(f64::MIN_POSITIVE);
+        if m > 1e-290 {
+            worst = worst.max(err);
+        }
+    }
+    assert!(worst < 1e-10, "relative error {worst}");
+    assert_eq!(super::cexp(0.0, 0.0), (1.0, 0.0));
+    assert!((super::cexp(5.0, 0.0).0 - 5f64.exp()).abs() < 1e-12 * 5f64.exp());
+    assert!(super::cexp(f64::NAN, 0.0).0.is_nan());
+    assert!(!super::cexp(f64::INFINITY, 1.0).0.is_finite());
+}

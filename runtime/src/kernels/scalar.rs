@@ -7,7 +7,7 @@ use super::{
     check_at_least, check_attention, check_len, check_matmul, check_rows, Heads, I8Rows,
     KernelError, Matrix, Weights,
 };
-use half::f16;
+use half::{bf16, f16};
 use kilobyte_format::dtype::QK;
 use kilobyte_format::{BlockQ4, BlockQ8};
 
@@ -327,13 +327,15 @@ pub fn attention(
 }
 
 /// Quantises one cache row (`heads.width()` values) to `q`, with one scale
-/// per head in `scales`: `q = round_half_even(x / s)`, `s = amax / 127`, so
-/// each value is off by at most `s / 2`.
+/// per head in `scales`: `q = round_half_even(x / s)` with `s` the bf16
+/// nearest `amax / 127`, clamped to ±127, so each value is off by at most
+/// `s / 2` (bf16 rounding moves `amax / s` by under 0.5%, well inside the
+/// clamp's half step).
 pub fn quantize_row_i8(
     x: &[f32],
     heads: Heads,
     q: &mut [i8],
-    scales: &mut [f32],
+    scales: &mut [bf16],
 ) -> Result<(), KernelError> {
     check_len("x", heads.width(), x.len())?;
     check_len("q", heads.width(), q.len())?;
@@ -346,8 +348,9 @@ pub fn quantize_row_i8(
         .zip(q.chunks_exact_mut(heads.head_dim));
     for ((x, q), s) in parts.zip(scales) {
         let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        *s = amax / 127.0;
-        let inv = if *s > 0.0 { 1.0 / *s } else { 0.0 };
+        *s = bf16::from_f32(amax / 127.0);
+        let stored = s.to_f32();
+        let inv = if stored > 0.0 { 1.0 / stored } else { 0.0 };
         for (q, &v) in q.iter_mut().zip(x) {
             *q = libm::rintf((v * inv).clamp(-127.0, 127.0)) as i8;
         }
@@ -381,13 +384,13 @@ pub fn attention_i8(
         for (i, s) in scores.iter_mut().enumerate() {
             let k = &keys.values[i * width + h * hd..][..hd];
             let dot: f32 = q_h.iter().zip(k).map(|(a, &b)| a * b as f32).sum();
-            *s = dot * keys.scales[i * n_heads + h] * scale;
+            *s = dot * keys.scales[i * n_heads + h].to_f32() * scale;
         }
         softmax(scores);
         let out_h = &mut out[h * hd..][..hd];
         out_h.fill(0.0);
         for (i, &p) in scores.iter().enumerate() {
-            let p = p * values.scales[i * n_heads + h];
+            let p = p * values.scales[i * n_heads + h].to_f32();
             for (o, &v) in out_h
                 .iter_mut()
                 .zip(&values.values[i * width + h * hd..][..hd])

@@ -458,10 +458,12 @@ fn attention_of_one_position_is_its_value_row() {
     }
 }
 
-fn quantise_cache(rows: &[f32], heads: Heads) -> (Vec<i8>, Vec<f32>, Vec<f32>) {
+/// Quantises `rows` and checks the promised bound: every value within half
+/// its (stored, bf16) scale of the original.
+fn quantise_cache(rows: &[f32], heads: Heads) -> (Vec<i8>, Vec<bf16>, Vec<f32>) {
     let n = rows.len() / heads.width();
     let mut q = vec![0i8; rows.len()];
-    let mut scales = vec![0.0; n * heads.n_heads];
+    let mut scales = vec![bf16::ZERO; n * heads.n_heads];
     for ((x, q), s) in rows
         .chunks_exact(heads.width())
         .zip(q.chunks_exact_mut(heads.width()))
@@ -469,11 +471,17 @@ fn quantise_cache(rows: &[f32], heads: Heads) -> (Vec<i8>, Vec<f32>, Vec<f32>) {
     {
         quantize_row_i8(x, heads, q, s).unwrap();
     }
-    let back = q
+    let back: Vec<f32> = q
         .chunks_exact(heads.head_dim)
         .zip(&scales)
-        .flat_map(|(q, &s)| q.iter().map(move |&q| q as f32 * s))
+        .flat_map(|(q, &s)| q.iter().map(move |&q| q as f32 * s.to_f32()))
         .collect();
+    let per_value_scale = scales
+        .iter()
+        .flat_map(|s| core::iter::repeat_n(s.to_f32(), heads.head_dim));
+    for ((&x, &b), s) in rows.iter().zip(&back).zip(per_value_scale) {
+        assert!((x - b).abs() <= s * 0.5 * (1.0 + 1e-6), "{x} -> {b} (scale {s})");
+    }
     (q, scales, back)
 }
 
@@ -672,7 +680,7 @@ fn wrong_lengths_and_shapes_are_errors() {
         head_dim: 2,
     };
     assert!(attention(&[0.0; 4], &kv, &kv, 3, huge, &mut s, &mut o).is_err());
-    let (k8, sc) = ([0i8; 12], [1.0f32; 6]);
+    let (k8, sc) = ([0i8; 12], [bf16::ONE; 6]);
     let rows = I8Rows {
         values: &k8,
         scales: &sc,
@@ -684,7 +692,7 @@ fn wrong_lengths_and_shapes_are_errors() {
     };
     assert!(attention_i8(&[0.0; 4], rows, few, 3, heads, &mut s, &mut o).is_err());
     assert!(scalar::attention_i8(&[0.0; 4], few, rows, 3, heads, &mut s, &mut o).is_err());
-    let (mut q8, mut scales) = ([0i8; 4], [0.0f32; 2]);
+    let (mut q8, mut scales) = ([0i8; 4], [bf16::ZERO; 2]);
     assert!(quantize_row_i8(&[0.0; 4], heads, &mut q8, &mut scales).is_ok());
     assert!(quantize_row_i8(&[0.0; 4], heads, &mut q8, &mut scales[..1]).is_err());
     assert!(quantize_row_i8(&[0.0; 5], heads, &mut q8, &mut scales).is_err());

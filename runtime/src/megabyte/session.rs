@@ -23,6 +23,7 @@
 //! caches are rebuilt by one prefill over the bytes kept. Generation never
 //! stops because the context is full.
 
+use half::bf16;
 use super::{Megabyte, Transformer};
 use crate::arena::{f32_region, q8_region, region, Carver, ARENA_SLACK};
 use crate::error::RuntimeError;
@@ -40,7 +41,7 @@ pub struct ArenaSpec {
     pub prefill_patches: usize,
     /// Patches dropped when the window is full (0: half the window).
     pub slide_patches: usize,
-    /// Keep the global key/value cache as int8 with one f32 scale per row
+    /// Keep the global key/value cache as int8 with one bf16 scale per row
     /// and head (a quarter of the memory; see [`ArenaSpec::with_i8_cache`]).
     pub i8_cache: bool,
 }
@@ -123,7 +124,7 @@ impl ArenaSpec {
         let widest = if w > l { w } else { l };
         let heads = config.heads_global as usize;
         let global_cache = if self.i8_cache {
-            2 * region(lg * k * w) + 2 * f32_region(lg * k * heads) // int8 rows, scales
+            2 * region(lg * k * w) + 2 * region(2 * lg * k * heads) // int8 rows, bf16 scales
         } else {
             2 * f32_region(lg * k * w) // global keys, values
         };
@@ -165,8 +166,8 @@ pub struct Session<'a, 'm> {
     g_values: &'a mut [f32],
     g_keys_i8: &'a mut [i8],
     g_values_i8: &'a mut [i8],
-    g_key_scales: &'a mut [f32],
-    g_value_scales: &'a mut [f32],
+    g_key_scales: &'a mut [bf16],
+    g_value_scales: &'a mut [bf16],
     l_keys: &'a mut [f32],
     l_values: &'a mut [f32],
     local_base: &'a mut [f32],
@@ -234,8 +235,8 @@ impl<'a, 'm> Session<'a, 'm> {
             g_values: a.f32s(if spec.i8_cache { 0 } else { lg * k * w }),
             g_keys_i8: a.i8s(if spec.i8_cache { lg * k * w } else { 0 }),
             g_values_i8: a.i8s(if spec.i8_cache { lg * k * w } else { 0 }),
-            g_key_scales: a.f32s(if spec.i8_cache { lg * k * gh } else { 0 }),
-            g_value_scales: a.f32s(if spec.i8_cache { lg * k * gh } else { 0 }),
+            g_key_scales: a.bf16s(if spec.i8_cache { lg * k * gh } else { 0 }),
+            g_value_scales: a.bf16s(if spec.i8_cache { lg * k * gh } else { 0 }),
             l_keys: a.f32s(ll * p * l),
             l_values: a.f32s(ll * p * l),
             local_base: a.f32s(p * l),

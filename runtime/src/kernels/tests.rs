@@ -480,7 +480,10 @@ fn quantise_cache(rows: &[f32], heads: Heads) -> (Vec<i8>, Vec<bf16>, Vec<f32>) 
         .iter()
         .flat_map(|s| core::iter::repeat_n(s.to_f32(), heads.head_dim));
     for ((&x, &b), s) in rows.iter().zip(&back).zip(per_value_scale) {
-        assert!((x - b).abs() <= s * 0.5 * (1.0 + 1e-6), "{x} -> {b} (scale {s})");
+        assert!(
+            (x - b).abs() <= s * 0.5 * (1.0 + 1e-6),
+            "{x} -> {b} (scale {s})"
+        );
     }
     (q, scales, back)
 }

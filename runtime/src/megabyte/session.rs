@@ -23,11 +23,11 @@
 //! caches are rebuilt by one prefill over the bytes kept. Generation never
 //! stops because the context is full.
 
-use half::bf16;
 use super::{Megabyte, Transformer};
 use crate::arena::{f32_region, q8_region, region, Carver, ARENA_SLACK};
 use crate::error::RuntimeError;
 use crate::kernels;
+use half::bf16;
 use kilobyte_format::dtype::QK;
 use kilobyte_format::{BlockQ8, MegabyteConfig};
 

@@ -6,6 +6,7 @@
 
 use super::cpu::CpuBackend;
 use super::{AdamWStep, Attention, Backend, Linear};
+use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
 use anyhow::{ensure, Result};
 use kilobyte_runtime::rng::Rng;
 
@@ -288,6 +289,81 @@ pub fn check_backend<B: Backend>(backend: &B, tol: f64, seed: u64) -> Result<Vec
             &dl,
             &dlh,
         )?;
+    }
+
+    // BiGS SSM: kernel generation, then the convolution in both directions
+    // over a padded batch (lengths 7, 1 and the full 9).
+    let dims = SsmDims {
+        kernels: 2,
+        modes: 3,
+    };
+    let len = 9;
+    let km = dims.kernels * dims.modes;
+    let (a, ah) = h.pair(km, 0.5)?;
+    let (w, wh) = h.pair(km, 1.0)?;
+    let (c, ch) = h.pair(2 * km, 1.0)?;
+    let log_dt_h: Vec<f64> = (0..dims.kernels).map(|i| -2.0 - 0.5 * i as f64).collect();
+    let log_dt = backend.upload_f64(&log_dt_h)?;
+    let mut kern = backend.alloc(dims.kernels * len)?;
+    let mut kernh = vec![0.0; dims.kernels * len];
+    backend.ssm_kernel_forward(&mut kern, &a, &w, &c, &log_dt, dims, len);
+    r.ssm_kernel_forward(&mut kernh, &ah, &wh, &ch, &log_dt_h, dims, len);
+    h.compare("ssm kernel forward", &kern, &kernh)?;
+    let (dk, dkh) = h.pair(dims.kernels * len, 1.0)?;
+    let (mut da, mut dah) = h.pair(km, 1.0)?;
+    let (mut dw, mut dwh) = h.pair(km, 1.0)?;
+    let (mut dc, mut dch) = h.pair(2 * km, 1.0)?;
+    let (mut ddt, mut ddth) = h.pair(dims.kernels, 1.0)?;
+    backend.ssm_kernel_backward(
+        &mut da, &mut dw, &mut dc, &mut ddt, &dk, &a, &w, &c, &log_dt, dims, len,
+    );
+    r.ssm_kernel_backward(
+        &mut dah, &mut dwh, &mut dch, &mut ddth, &dkh, &ah, &wh, &ch, &log_dt_h, dims, len,
+    );
+    h.compare("ssm kernel da", &da, &dah)?;
+    h.compare("ssm kernel dw", &dw, &dwh)?;
+    h.compare("ssm kernel dc", &dc, &dch)?;
+    h.compare("ssm kernel dlog_dt", &ddt, &ddth)?;
+    let shape = SsmShape {
+        batch: 3,
+        seq: len,
+        width: 6,
+        kernels: dims.kernels,
+    };
+    let lengths_h = [7u32, 1, 9];
+    let lengths = backend.upload_ids(&lengths_h)?;
+    let lengths_r = r.upload_ids(&lengths_h)?;
+    let n = shape.batch * shape.seq * shape.width;
+    for dir in [Direction::Forward, Direction::Backward] {
+        let (u, uh) = h.pair(n, 1.0)?;
+        let (d, dh) = h.pair(dims.kernels, 1.0)?;
+        let mut y = backend.alloc(n)?;
+        let mut yh = vec![0.0; n];
+        backend.ssm_conv_forward(&mut y, &u, &kern, &d, &lengths, shape, dir);
+        r.ssm_conv_forward(&mut yh, &uh, &kernh, &dh, &lengths_r, shape, dir);
+        h.compare(&format!("ssm conv forward ({dir:?})"), &y, &yh)?;
+        let (dy, dyh) = h.pair(n, 1.0)?;
+        let (mut du, mut duh) = h.pair(n, 1.0)?;
+        let (mut dkern, mut dkernh) = h.pair(dims.kernels * len, 1.0)?;
+        let (mut dd, mut ddh) = h.pair(dims.kernels, 1.0)?;
+        backend.ssm_conv_backward(
+            &mut du, &mut dkern, &mut dd, &dy, &u, &kern, &d, &lengths, shape, dir,
+        );
+        r.ssm_conv_backward(
+            &mut duh,
+            &mut dkernh,
+            &mut ddh,
+            &dyh,
+            &uh,
+            &kernh,
+            &dh,
+            &lengths_r,
+            shape,
+            dir,
+        );
+        h.compare(&format!("ssm conv du ({dir:?})"), &du, &duh)?;
+        h.compare(&format!("ssm conv dkernel ({dir:?})"), &dkern, &dkernh)?;
+        h.compare(&format!("ssm conv dd ({dir:?})"), &dd, &ddh)?;
     }
 
     // AdamW: three updates

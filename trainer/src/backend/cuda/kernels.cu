@@ -143,6 +143,11 @@ extern "C" __global__ void kb_bias_forward(float* out, const float* inp, const f
     GRID_STRIDE(i, (i64)rows * width) out[i] = inp[i] + bias[i % width];
 }
 
+// out[r, :] += bias (matmul's fused bias).
+extern "C" __global__ void kb_bias_inplace(float* out, const float* bias, int rows, int width) {
+    GRID_STRIDE(i, (i64)rows * width) out[i] += bias[i % width];
+}
+
 __device__ __forceinline__ float gelu(float x) {
     const float k = 0.7978845608028654f;  // sqrt(2/pi)
     return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
@@ -313,7 +318,8 @@ extern "C" __global__ void kb_shift_backward_input(float* dinp, const float* dou
 }
 
 // ---------------------------------------------------------------------------
-// Causal attention. `probs` and `dscores` are [batch, heads, seq, seq]
+// Causal attention. `probs` (the forward's saved buffer) and `dscores` (the
+// backward's scratch) are [batch, heads, seq, seq]
 // (row t: query t, column j <= t: key j); entries above the diagonal are
 // zero. One block per (query or key row, head, sequence).
 

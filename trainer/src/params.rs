@@ -2,7 +2,8 @@
 //! are initialised, read from a .kbm file and written to one. Training,
 //! export, `kilobyte init` and `kilobyte quantize` all go through here.
 
-use anyhow::{bail, Context, Result};
+use crate::backend::Backend;
+use anyhow::{bail, ensure, Context, Result};
 use kilobyte_format::schema::{for_each_tensor, Role, LABELS_TENSOR};
 use kilobyte_format::{DType, FormatError, KbmWriter, ModelConfig, ModelFile, Shape};
 use kilobyte_runtime::rng::Rng;
@@ -25,11 +26,106 @@ pub struct ParamSet {
     pub labels: Vec<String>,
 }
 
+/// Name, shape and role of a parameter: what a model keeps next to the
+/// parameter's device buffer.
+#[derive(Clone, Debug)]
+pub struct ParamMeta {
+    pub name: String,
+    pub shape: Shape,
+    pub role: Role,
+}
+
+/// The index of parameter `name` in `meta`.
+pub fn find_param(meta: &[ParamMeta], name: &str) -> Result<usize> {
+    meta.iter()
+        .position(|m| m.name == name)
+        .with_context(|| format!("parameter {name} is missing"))
+}
+
+/// A parameter set's tensors on a device (both model families keep theirs
+/// this way): descriptions, values and zeroed gradient buffers.
+pub struct Uploaded<B: Backend> {
+    pub meta: Vec<ParamMeta>,
+    pub values: Vec<B::Buf>,
+    pub grads: Vec<B::Buf>,
+}
+
+/// Downloads device buffers described by `meta` into a parameter set.
+pub fn download_params<B: Backend>(
+    be: &B,
+    config: ModelConfig,
+    labels: &[String],
+    meta: &[ParamMeta],
+    values: &[B::Buf],
+) -> Result<ParamSet> {
+    let params = meta
+        .iter()
+        .zip(values)
+        .map(|(m, buf)| {
+            Ok(Param {
+                name: m.name.clone(),
+                shape: m.shape,
+                role: m.role,
+                data: be.download(buf)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(ParamSet {
+        config,
+        params,
+        labels: labels.to_vec(),
+    })
+}
+
 /// Standard deviation of weight matrices and embeddings at initialisation
 /// (GPT-2's choice; residual output projections are further scaled down).
 pub const INIT_STD: f64 = 0.02;
 
 impl ParamSet {
+    /// Uploads every tensor to `be`, with a zeroed gradient buffer each.
+    pub fn upload<B: Backend>(&self, be: &B) -> Result<Uploaded<B>> {
+        let meta = self
+            .params
+            .iter()
+            .map(|p| ParamMeta {
+                name: p.name.clone(),
+                shape: p.shape,
+                role: p.role,
+            })
+            .collect();
+        let values = self
+            .params
+            .iter()
+            .map(|p| be.upload(&p.data))
+            .collect::<Result<Vec<_>>>()?;
+        let grads = self
+            .params
+            .iter()
+            .map(|p| be.alloc(p.data.len()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Uploaded {
+            meta,
+            values,
+            grads,
+        })
+    }
+
+    /// Overwrites device buffers (uploaded from a set of the same schema)
+    /// with this set's values.
+    pub fn write_to<B: Backend>(&self, be: &B, values: &mut [B::Buf]) -> Result<()> {
+        ensure!(
+            values.len() == self.params.len(),
+            "{} parameter buffers for {} parameters",
+            values.len(),
+            self.params.len()
+        );
+        for (buf, p) in values.iter_mut().zip(&self.params) {
+            ensure!(be.len(buf) == p.data.len(), "{}: size differs", p.name);
+            be.write(buf, &p.data)?;
+        }
+        Ok(())
+    }
+
     /// Fresh random parameters. Matrices and embeddings ~ N(0, 0.02²), with
     /// residual output projections scaled by 1/sqrt(2 * layers) (BiGS
     /// matrices: N(0, 1/fan_in), the output projection also scaled); norm

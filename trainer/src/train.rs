@@ -10,12 +10,13 @@
 //! AdamW's moments and step, and the sampler's position: the resumed run
 //! continues exactly as an uninterrupted one (tested bit for bit).
 
-use crate::backend::{Backend, CpuBackend};
+use crate::backend::{Backend, Device};
 use crate::checkpoint::{interrupted, Checkpoint, Metrics, RunConfig, RunDir, TrainState};
 use crate::data::{Corpus, Sampler, Split, Subset, ValBatches, DEFAULT_VAL_FRACTION};
 use crate::megabyte::{MegabyteModel, Workspace};
-use crate::optim::{AdamW, AdamWConfig, LrSchedule};
+use crate::optim::{AdamW, AdamWConfig, LrSchedule, StepStats};
 use crate::params::ParamSet;
+use crate::with_backend;
 use anyhow::{bail, Context, Result};
 use kilobyte_format::{MegabyteConfig, ModelConfig};
 use std::path::{Path, PathBuf};
@@ -190,6 +191,7 @@ pub fn start(
     opts: TrainOptions,
     data: DataSource,
     quiet: bool,
+    device: Device,
 ) -> Result<TrainReport> {
     opts.check(&config)?;
     ensure_new(dir)?;
@@ -199,10 +201,11 @@ pub fn start(
         .with("data", data.describe().replace('\n', "|"));
     let run = RunDir::create(dir, run_config)?;
     let params = ParamSet::init(ModelConfig::Megabyte(config), opts.seed)?;
-    let be = CpuBackend::<f32>::new();
-    let job = MegabyteJob::new(&be, &params, &opts, split, &TrainState::default())?;
-    let opt = optimizer(&be, &opts, &params)?;
-    train_loop(&be, run, job, opt, TrainState::default(), opts, quiet)
+    with_backend!(device, |be| {
+        let job = MegabyteJob::new(be, &params, &opts, split, &TrainState::default())?;
+        let opt = optimizer(be, &opts, &params)?;
+        train_loop(be, run, job, opt, TrainState::default(), opts, quiet)
+    })
 }
 
 pub(crate) fn ensure_new(dir: &Path) -> Result<()> {
@@ -227,27 +230,34 @@ pub(crate) fn stored_data(run: &RunDir) -> Result<DataSource> {
     })
 }
 
-/// Continues the run in `dir` from its last checkpoint (either family).
-pub fn resume(dir: &Path, quiet: bool) -> Result<TrainReport> {
+/// Continues the run in `dir` from its last checkpoint (either family, on
+/// either device: checkpoints are device-independent f32 tensors).
+pub fn resume(dir: &Path, quiet: bool, device: Device) -> Result<TrainReport> {
     let (run, ckpt) = RunDir::resume(dir)?;
     let opts = TrainOptions::read(run.config())?;
-    let be = CpuBackend::<f32>::new();
-    let mut opt = optimizer(&be, &opts, &ckpt.params)?;
-    opt.load_state(&be, &ckpt.optimizer)?;
-    if !quiet {
-        eprintln!("resuming {} at step {}", dir.display(), ckpt.state.step);
-    }
-    match ckpt.params.config {
-        ModelConfig::Megabyte(_) => {
-            let split = stored_data(&run)?.split(opts.val_fraction)?;
-            let job = MegabyteJob::new(&be, &ckpt.params, &opts, split, &ckpt.state)?;
-            train_loop(&be, run, job, opt, ckpt.state, opts, quiet)
+    with_backend!(device, |be| {
+        let mut opt = optimizer(be, &opts, &ckpt.params)?;
+        opt.load_state(be, &ckpt.optimizer)?;
+        if !quiet {
+            eprintln!(
+                "resuming {} at step {} on {}",
+                dir.display(),
+                ckpt.state.step,
+                be.name()
+            );
         }
-        ModelConfig::Bigs(_) => {
-            let job = crate::bigs::jobs::BigsJob::resume(&be, &run, &ckpt, &opts)?;
-            train_loop(&be, run, job, opt, ckpt.state, opts, quiet)
+        match ckpt.params.config {
+            ModelConfig::Megabyte(_) => {
+                let split = stored_data(&run)?.split(opts.val_fraction)?;
+                let job = MegabyteJob::new(be, &ckpt.params, &opts, split, &ckpt.state)?;
+                train_loop(be, run, job, opt, ckpt.state, opts, quiet)
+            }
+            ModelConfig::Bigs(_) => {
+                let job = crate::bigs::jobs::BigsJob::resume(be, &run, &ckpt, &opts)?;
+                train_loop(be, run, job, opt, ckpt.state, opts, quiet)
+            }
         }
-    }
+    })
 }
 
 pub(crate) fn optimizer<B: Backend>(
@@ -346,6 +356,10 @@ pub(crate) trait Job<B: Backend> {
     fn loss_is_per_byte(&self) -> bool {
         true
     }
+    /// Training FLOPs per byte (for the MFU in the metrics), if known.
+    fn train_flops_per_byte(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// MEGABYTE on random windows of a byte corpus.
@@ -410,10 +424,27 @@ impl<B: Backend> Job<B> for MegabyteJob<B> {
     fn save_state(&self, state: &mut TrainState) {
         state.sampler = self.sampler.state();
     }
+    fn train_flops_per_byte(&self) -> Option<f64> {
+        Some(crate::megabyte::train_flops_per_byte(
+            &self.model.config,
+            self.ws.seq,
+        ))
+    }
 }
 
+/// Non-finite steps in a row (loss or gradient norm) after which the loop
+/// rolls back to the last checkpoint and halves the learning rate.
+pub(crate) const SPIKE_LIMIT: u32 = 3;
+/// The learning-rate multiplier left by roll-backs, kept in the run's state
+/// so that a resumed run keeps it.
+const LR_FACTOR_KEY: &str = "lr_factor";
+
 /// The shared loop: steps, logging, evaluation, best and last checkpoints,
-/// time limit and Ctrl-C.
+/// time limit and Ctrl-C, and the guard against non-finite steps: such a
+/// step is skipped and logged, and after [`SPIKE_LIMIT`] in a row the
+/// weights and optimizer state go back to the last checkpoint with half the
+/// learning rate (the data sampler does not rewind, so the batches that blew
+/// up are not replayed).
 pub(crate) fn train_loop<B: Backend, J: Job<B>>(
     be: &B,
     mut run: RunDir,
@@ -432,6 +463,12 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
     let mut final_val = None;
     let mut stopped = false;
     let per_byte = job.loss_is_per_byte();
+    let mut lr_factor: f64 = match state.extra.get(LR_FACTOR_KEY) {
+        Some(v) => v.parse().context("state.txt: bad lr_factor")?,
+        None => 1.0,
+    };
+    opt.schedule.peak *= lr_factor;
+    let mut bad_in_a_row = 0u32;
     while state.step < opts.steps {
         {
             let (_, grads) = job.params_and_grads();
@@ -445,16 +482,62 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
             step_bytes += bytes;
         }
         loss /= opts.accum as f64;
-        let stats = {
+        let stats = if loss.is_finite() {
             let (params, grads) = job.params_and_grads();
             opt.step(be, params, grads, 1.0 / opts.accum as f32)
+        } else {
+            StepStats {
+                step: opt.step_count(),
+                lr: opt.schedule.lr(opt.step_count()),
+                grad_norm: f64::NAN,
+                clip_scale: 1.0,
+                skipped: true,
+            }
         };
         if stats.skipped {
+            bad_in_a_row += 1;
             eprintln!(
-                "warning: step {}: gradient norm is {}, update skipped",
+                "warning: step {}: loss {loss}, gradient norm {}: not finite, update skipped",
                 state.step + 1,
                 stats.grad_norm
             );
+            let mut m = Metrics {
+                step: state.step + 1,
+                ..Metrics::default()
+            };
+            m.extra.insert("skipped".into(), 1.0);
+            run.log(m)?;
+            if bad_in_a_row >= SPIKE_LIMIT {
+                let ckpt = Checkpoint::load(run.path()).with_context(|| {
+                    format!("{SPIKE_LIMIT} non-finite steps in a row before the first checkpoint: training diverged")
+                })?;
+                ckpt.params.write_to(be, job.params_and_grads().0)?;
+                opt.load_state(be, &ckpt.optimizer)?;
+                opt.schedule.peak *= 0.5;
+                lr_factor *= 0.5;
+                let (elapsed, bytes) = (state.elapsed_s, state.bytes_seen);
+                state = ckpt.state;
+                state.elapsed_s = elapsed;
+                state.bytes_seen = bytes;
+                state
+                    .extra
+                    .insert(LR_FACTOR_KEY.into(), format!("{lr_factor}"));
+                eprintln!(
+                    "warning: {SPIKE_LIMIT} non-finite steps in a row: back to the checkpoint of step {}, learning rate x{lr_factor}",
+                    state.step
+                );
+                let mut m = Metrics {
+                    step: state.step,
+                    ..Metrics::default()
+                };
+                m.extra.insert("rollback".into(), 1.0);
+                m.extra.insert(LR_FACTOR_KEY.into(), lr_factor);
+                run.log(m)?;
+                bad_in_a_row = 0;
+                continue;
+            }
+        } else {
+            bad_in_a_row = 0;
         }
         state.step += 1;
         state.bytes_seen += step_bytes;
@@ -468,7 +551,11 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
 
         if state.step % opts.log_every.max(1) == 0 || last {
             let bps = window_bytes as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-            let m = Metrics {
+            let mfu = match (be.peak_flops(), job.train_flops_per_byte()) {
+                (Some(peak), Some(per_byte)) => Some(bps * per_byte / peak),
+                _ => None,
+            };
+            let mut m = Metrics {
                 step: state.step,
                 train_loss: Some(loss_window.0 / loss_window.1 as f64),
                 lr: Some(stats.lr),
@@ -477,6 +564,9 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
                 elapsed_s: Some(state.elapsed_s),
                 ..Metrics::default()
             };
+            if let Some(mfu) = mfu {
+                m.extra.insert("mfu".into(), mfu);
+            }
             if !quiet {
                 let l = m.train_loss.unwrap_or(0.0);
                 let unit = if per_byte {
@@ -484,8 +574,11 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
                 } else {
                     String::new()
                 };
+                let mfu = mfu
+                    .map(|f| format!("  MFU {:.1}%", 100.0 * f))
+                    .unwrap_or_default();
                 eprintln!(
-                    "step {:>6}  loss {l:.4}{unit}  lr {:.2e}  |g| {:.2}  {:.0} bytes/s",
+                    "step {:>6}  loss {l:.4}{unit}  lr {:.2e}  |g| {:.2}  {:.0} bytes/s{mfu}",
                     state.step, stats.lr, stats.grad_norm, bps
                 );
             }
@@ -559,3 +652,7 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
         interrupted: stopped,
     })
 }
+
+#[cfg(test)]
+#[path = "train_tests.rs"]
+mod tests;

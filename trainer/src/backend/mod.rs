@@ -43,6 +43,59 @@ pub mod cuda;
 
 pub use cpu::CpuBackend;
 
+/// How a CUDA run computes its matrix products (see [`cuda`]); other ops,
+/// master weights and optimizer state are fp32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// bf16 operands, fp32 accumulation (the GPU default).
+    Bf16,
+    /// fp32 with TF32 disabled, for parity with the CPU.
+    Fp32,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Bf16 => "bf16",
+            Precision::Fp32 => "fp32",
+        }
+    }
+}
+
+/// Where a run computes. Not stored with the run: a run started on one
+/// device resumes on either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(Precision),
+}
+
+/// Runs `$body` with `$be` bound to a reference to the backend `$device`
+/// names (each arm type-checks the body for its own backend type). Returns
+/// early with an error when the device cannot be opened.
+#[macro_export]
+macro_rules! with_backend {
+    ($device:expr, |$be:ident| $body:expr) => {
+        match $device {
+            $crate::backend::Device::Cpu => {
+                let backend = $crate::backend::CpuBackend::<f32>::new();
+                let $be = &backend;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::backend::Device::Cuda(precision) => {
+                let backend = $crate::backend::cuda::open(precision)?;
+                let $be = &backend;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::backend::Device::Cuda(_) => {
+                anyhow::bail!("--device cuda: this kilobyte was built without the `cuda` feature; use --device cpu")
+            }
+        }
+    };
+}
+
 use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
 use anyhow::Result;
 
@@ -159,6 +212,12 @@ pub trait Backend: Send + Sync {
     /// Overwrites the first `host.len()` ids.
     fn write_ids(&self, ids: &mut Self::Ids, host: &[u32]) -> Result<()>;
     fn ids_len(&self, ids: &Self::Ids) -> usize;
+
+    /// The device's peak dense bf16 rate in FLOP/s, when known: the
+    /// denominator of the model FLOPs utilisation in the metrics log.
+    fn peak_flops(&self) -> Option<f64> {
+        None
+    }
 
     /// Waits until all queued work is done (a no-op on the CPU).
     fn synchronize(&self) -> Result<()> {

@@ -14,7 +14,7 @@
 use super::masking::mask_spans;
 use super::model::{BigsBatch, BigsModel, Task, Workspace};
 use crate::backend::Backend;
-use crate::backend::CpuBackend;
+use crate::backend::{CpuBackend, Device};
 use crate::checkpoint::{
     load_best, load_params, Checkpoint, RunConfig, RunDir, TrainState, MODEL_FILE,
 };
@@ -22,6 +22,7 @@ use crate::data::tsv::{read_labeled, Column, LabeledSet};
 use crate::data::{Sampler, Subset, ValBatches};
 use crate::params::ParamSet;
 use crate::train::{self, DataSource, Eval, Job, TrainOptions, TrainReport};
+use crate::with_backend;
 use anyhow::{bail, ensure, Context, Result};
 use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
 use kilobyte_format::{BigsConfig, ModelConfig};
@@ -87,10 +88,10 @@ pub fn start(
     objective: Objective,
     init: Option<&Path>,
     quiet: bool,
+    device: Device,
 ) -> Result<TrainReport> {
     opts.check_common()?;
     train::ensure_new(dir)?;
-    let be = CpuBackend::<f32>::new();
     let (params, run_config) = match &objective {
         Objective::Mlm(data) => {
             ensure!(
@@ -163,10 +164,12 @@ pub fn start(
             (params, rc)
         }
     };
-    let job = BigsJob::new(&be, &params, &opts, &objective, &TrainState::default())?;
-    let run = RunDir::create(dir, run_config)?;
-    let opt = train::optimizer(&be, &opts, &params)?;
-    train::train_loop(&be, run, job, opt, TrainState::default(), opts, quiet)
+    with_backend!(device, |be| {
+        let job = BigsJob::new(be, &params, &opts, &objective, &TrainState::default())?;
+        let run = RunDir::create(dir, run_config)?;
+        let opt = train::optimizer(be, &opts, &params)?;
+        train::train_loop(be, run, job, opt, TrainState::default(), opts, quiet)
+    })
 }
 
 fn column_text(c: &Column) -> String {
@@ -459,6 +462,12 @@ impl<B: Backend> Job<B> for BigsJob<B> {
 
     fn loss_is_per_byte(&self) -> bool {
         matches!(self.data, Data::Mlm { .. })
+    }
+    fn train_flops_per_byte(&self) -> Option<f64> {
+        Some(crate::bigs::model::train_flops_per_byte(
+            &self.model.config,
+            self.seq,
+        ))
     }
 }
 

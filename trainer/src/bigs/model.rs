@@ -15,9 +15,9 @@
 
 use crate::backend::{Backend, CrossEntropy, Linear};
 use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
-use crate::megabyte::ParamMeta;
 use crate::params::ParamSet;
-use anyhow::{bail, ensure, Context, Result};
+use crate::params::{download_params, find_param as find, ParamMeta};
+use anyhow::{bail, ensure, Result};
 use kilobyte_format::config::{BIGS_MASK, BIGS_PAD};
 use kilobyte_format::{BigsConfig, ModelConfig};
 
@@ -193,12 +193,6 @@ pub struct Workspace<B: Backend> {
     host_pos: Vec<u32>,
 }
 
-fn find(meta: &[ParamMeta], name: &str) -> Result<usize> {
-    meta.iter()
-        .position(|m| m.name == name)
-        .with_context(|| format!("parameter {name} is missing"))
-}
-
 fn lin(meta: &[ParamMeta], prefix: &str) -> Result<Lin> {
     Ok(Lin {
         w: find(meta, &format!("{prefix}.weight"))?,
@@ -217,6 +211,17 @@ fn ssm_ix(meta: &[ParamMeta], prefix: &str) -> Result<SsmIx> {
     })
 }
 
+/// Training FLOPs per byte of a BiGS encoder on sequences of `seq` bytes:
+/// 6 per matrix parameter use, and the direct SSM convolution (on average
+/// `seq / 2` multiply-adds per channel and position, both directions,
+/// backward twice the forward). Heads are left out (the MLM head runs on
+/// masked positions only, the classifier once per sequence).
+pub fn train_flops_per_byte(c: &BigsConfig, seq: usize) -> f64 {
+    let (d, e, layers) = (c.d_model as f64, c.d_expand as f64, c.layers as f64);
+    let matrices = d * (3.0 * e + 4.0 * d);
+    layers * (6.0 * matrices + 3.0 * 2.0 * d * seq as f64)
+}
+
 impl<B: Backend> BigsModel<B> {
     /// Uploads a parameter set to the backend.
     pub fn new(be: &B, set: &ParamSet) -> Result<Self> {
@@ -224,15 +229,8 @@ impl<B: Backend> BigsModel<B> {
             ModelConfig::Bigs(c) => c,
             _ => bail!("not a BiGS parameter set"),
         };
-        let meta: Vec<ParamMeta> = set
-            .params
-            .iter()
-            .map(|p| ParamMeta {
-                name: p.name.clone(),
-                shape: p.shape,
-                role: p.role,
-            })
-            .collect();
+        let up = set.upload(be)?;
+        let meta = up.meta;
         let layers: Vec<LayerIx> = (0..config.layers)
             .map(|i| {
                 let p = |part: &str| format!("layers.{i}.{part}");
@@ -276,21 +274,11 @@ impl<B: Backend> BigsModel<B> {
                 None
             },
         };
-        let params = set
-            .params
-            .iter()
-            .map(|p| be.upload(&p.data))
-            .collect::<Result<Vec<_>>>()?;
-        let grads = set
-            .params
-            .iter()
-            .map(|p| be.alloc(p.data.len()))
-            .collect::<Result<Vec<_>>>()?;
         Ok(BigsModel {
             config,
             meta,
-            params,
-            grads,
+            params: up.values,
+            grads: up.grads,
             labels: set.labels.clone(),
             ix,
         })
@@ -298,24 +286,8 @@ impl<B: Backend> BigsModel<B> {
 
     /// Downloads the parameters into a parameter set.
     pub fn to_param_set(&self, be: &B) -> Result<ParamSet> {
-        let params = self
-            .meta
-            .iter()
-            .zip(&self.params)
-            .map(|(m, buf)| {
-                Ok(crate::params::Param {
-                    name: m.name.clone(),
-                    shape: m.shape,
-                    role: m.role,
-                    data: be.download(buf)?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(ParamSet {
-            config: ModelConfig::Bigs(self.config),
-            params,
-            labels: self.labels.clone(),
-        })
+        let config = ModelConfig::Bigs(self.config);
+        download_params(be, config, &self.labels, &self.meta, &self.params)
     }
 
     fn dims(&self) -> SsmDims {

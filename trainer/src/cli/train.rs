@@ -1,6 +1,6 @@
 //! `kilobyte train`, `eval`, `export`, `plot` and `demo`.
 
-use crate::backend::CpuBackend;
+use crate::backend::{self, CpuBackend};
 use crate::bigs::jobs::{LabelledFiles, Objective};
 use crate::checkpoint::{load_best, load_params, MODEL_FILE};
 use crate::data::{Corpus, Split, ValBatches};
@@ -122,6 +122,11 @@ pub struct TrainArgs {
     pub time_limit: Option<f64>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// GPU matrix products: bf16 (bf16 operands, fp32 accumulation; the
+    /// default) or fp32 (TF32 off, for parity checks). Weights and optimizer
+    /// state are fp32 either way.
+    #[arg(long)]
+    pub precision: Option<String>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -140,11 +145,23 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn check_device(device: Device) -> Result<()> {
-    if device == Device::Cuda {
-        bail!("--device cuda: the CUDA backend is not part of this build yet; use --device cpu");
-    }
-    Ok(())
+/// The backend device from `--device` and `--precision`.
+fn device(a: &TrainArgs) -> Result<backend::Device> {
+    let precision = match a.precision.as_deref() {
+        None | Some("bf16") => backend::Precision::Bf16,
+        Some("fp32") => backend::Precision::Fp32,
+        Some(other) => bail!("--precision {other}: expected bf16 or fp32"),
+    };
+    Ok(match a.device {
+        Device::Cpu if a.precision.as_deref().is_some_and(|p| p != "fp32") => {
+            bail!(
+                "--precision {}: the CPU trains in fp32 only",
+                a.precision.as_deref().unwrap_or("")
+            )
+        }
+        Device::Cpu => backend::Device::Cpu,
+        Device::Cuda => backend::Device::Cuda(precision),
+    })
 }
 
 /// The MEGABYTE config from a preset name and override flags.
@@ -197,13 +214,13 @@ fn bigs_config(a: &TrainArgs) -> Result<BigsConfig> {
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
-    check_device(a.device)?;
+    let device = device(&a)?;
     set_threads(a.threads)?;
     if a.model != "megabyte" && a.model != "bigs" {
         bail!("--model {}: expected megabyte or bigs", a.model);
     }
     let report = if let Some(dir) = &a.resume {
-        train::resume(dir, a.quiet)?
+        train::resume(dir, a.quiet, device)?
     } else {
         let dir = a
             .run
@@ -259,6 +276,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
                 objective,
                 a.init.as_deref(),
                 a.quiet,
+                device,
             )?
         } else {
             if a.data.is_empty() {
@@ -270,6 +288,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
                 opts,
                 DataSource::Paths(a.data.clone()),
                 a.quiet,
+                device,
             )?
         }
     };
@@ -564,7 +583,14 @@ pub fn run_demo(a: DemoArgs) -> Result<()> {
         a.time,
         run.display()
     );
-    let report = train::start(&run, config, opts, data.clone(), false)?;
+    let report = train::start(
+        &run,
+        config,
+        opts,
+        data.clone(),
+        false,
+        backend::Device::Cpu,
+    )?;
     let model_path = run.join("demo-q8.kbm");
     let (params, _) = run_weights(&run, false)?;
     params

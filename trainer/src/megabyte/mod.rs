@@ -16,17 +16,24 @@
 pub mod transformer;
 
 use crate::backend::{Attention, Backend, CrossEntropy, Linear};
-use crate::params::ParamSet;
-use anyhow::{bail, ensure, Context, Result};
-use kilobyte_format::{MegabyteConfig, ModelConfig, Role, Shape};
+use crate::params::{download_params, find_param as find, ParamMeta, ParamSet};
+use anyhow::{bail, ensure, Result};
+use kilobyte_format::{MegabyteConfig, ModelConfig};
 use transformer::{BlockParams, TransformerActs, TransformerParams};
 
-/// Name, shape and role of each parameter, in schema order.
-#[derive(Clone, Debug)]
-pub struct ParamMeta {
-    pub name: String,
-    pub shape: Shape,
-    pub role: Role,
+/// Training FLOPs per byte on windows of `seq` bytes, the usual estimate:
+/// 6 per parameter use (forward multiply-add 2, backward 4) plus PaLM's
+/// 12 * layers * width * context for attention. The global model runs once
+/// per patch, the local model and the global-to-local projection once per
+/// byte.
+pub fn train_flops_per_byte(c: &MegabyteConfig, seq: usize) -> f64 {
+    let p = c.patch_size as f64;
+    let (w, dg, l) = (c.global_width() as f64, c.d_global as f64, c.d_local as f64);
+    let (lg, ll) = (c.layers_global as f64, c.layers_local as f64);
+    let patches = seq as f64 / p;
+    let per_patch = 6.0 * lg * 12.0 * w * w + 12.0 * lg * w * patches;
+    let per_byte = 6.0 * (ll * 12.0 * l * l + dg * l + 256.0 * l) + 12.0 * ll * l * p;
+    per_patch / p + per_byte
 }
 
 /// Where each named parameter sits in the parameter list.
@@ -72,12 +79,6 @@ pub struct Workspace<B: Backend> {
     host_ids: Vec<u32>,
 }
 
-fn find(meta: &[ParamMeta], name: &str) -> Result<usize> {
-    meta.iter()
-        .position(|m| m.name == name)
-        .with_context(|| format!("parameter {name} is missing"))
-}
-
 fn transformer_params(meta: &[ParamMeta], prefix: &str, layers: u32) -> Result<TransformerParams> {
     let blocks = (0..layers)
         .map(|i| {
@@ -108,15 +109,8 @@ impl<B: Backend> MegabyteModel<B> {
             ModelConfig::Megabyte(c) => c,
             _ => bail!("not a MEGABYTE parameter set"),
         };
-        let meta: Vec<ParamMeta> = set
-            .params
-            .iter()
-            .map(|p| ParamMeta {
-                name: p.name.clone(),
-                shape: p.shape,
-                role: p.role,
-            })
-            .collect();
+        let up = set.upload(be)?;
+        let meta = up.meta;
         let ix = Indices {
             global_tok: find(&meta, "global.tok_emb")?,
             global_pos: find(&meta, "global.pos_emb")?,
@@ -127,45 +121,19 @@ impl<B: Backend> MegabyteModel<B> {
             local_pad: find(&meta, "local.pad")?,
             local: transformer_params(&meta, "local", config.layers_local)?,
         };
-        let params = set
-            .params
-            .iter()
-            .map(|p| be.upload(&p.data))
-            .collect::<Result<Vec<_>>>()?;
-        let grads = set
-            .params
-            .iter()
-            .map(|p| be.alloc(p.data.len()))
-            .collect::<Result<Vec<_>>>()?;
         Ok(MegabyteModel {
             config,
             meta,
-            params,
-            grads,
+            params: up.values,
+            grads: up.grads,
             ix,
         })
     }
 
     /// Downloads the parameters into a parameter set (for export and checkpoints).
     pub fn to_param_set(&self, be: &B) -> Result<ParamSet> {
-        let params = self
-            .meta
-            .iter()
-            .zip(&self.params)
-            .map(|(m, buf)| {
-                Ok(crate::params::Param {
-                    name: m.name.clone(),
-                    shape: m.shape,
-                    role: m.role,
-                    data: be.download(buf)?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(ParamSet {
-            config: ModelConfig::Megabyte(self.config),
-            params,
-            labels: Vec::new(),
-        })
+        let config = ModelConfig::Megabyte(self.config);
+        download_params(be, config, &[], &self.meta, &self.params)
     }
 
     /// Buffers for batches of `batch` windows of `seq` bytes (`seq` a

@@ -26,6 +26,7 @@ pub mod compile;
 #[cfg(test)]
 mod tests;
 
+pub use super::Precision;
 use super::{AdamWStep, Attention, Backend, CrossEntropy, Linear};
 use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
 use anyhow::{anyhow, bail, Context, Result};
@@ -36,29 +37,6 @@ use cudarc::driver::{
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// How matrix products are computed (see the module documentation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    Bf16,
-    Fp32,
-}
-
-impl Precision {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "bf16" => Ok(Precision::Bf16),
-            "fp32" => Ok(Precision::Fp32),
-            _ => bail!("--precision {s}: expected bf16 or fp32"),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Bf16 => "bf16",
-            Precision::Fp32 => "fp32",
-        }
-    }
-}
 
 /// Whether the CUDA driver library can be loaded (checked without letting
 /// cudarc panic).
@@ -389,6 +367,10 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> String {
         format!("cuda {} ({})", self.precision.name(), self.device_name)
+    }
+
+    fn peak_flops(&self) -> Option<f64> {
+        self.peak_bf16_flops
     }
 
     fn alloc(&self, len: usize) -> Result<Self::Buf> {

@@ -1,0 +1,124 @@
+//! The training loop's guard against non-finite steps, on a tiny MEGABYTE
+//! run whose loss is made NaN for a few steps.
+
+use super::*;
+use crate::backend::CpuBackend;
+use crate::testutil::TempDir;
+use std::ops::Range;
+
+/// A job whose loss is NaN on the steps (1-based calls) in `bad`.
+struct Spiky<J> {
+    inner: J,
+    bad: Range<u64>,
+    calls: u64,
+}
+
+impl<B: Backend, J: Job<B>> Job<B> for Spiky<J> {
+    fn train_batch(&mut self, be: &B) -> Result<(f64, u64)> {
+        self.calls += 1;
+        let (loss, bytes) = self.inner.train_batch(be)?;
+        let loss = if self.bad.contains(&self.calls) {
+            f64::NAN
+        } else {
+            loss
+        };
+        Ok((loss, bytes))
+    }
+    fn params_and_grads(&mut self) -> (&mut Vec<B::Buf>, &mut Vec<B::Buf>) {
+        self.inner.params_and_grads()
+    }
+    fn evaluate(&mut self, be: &B) -> Result<Eval> {
+        self.inner.evaluate(be)
+    }
+    fn to_param_set(&self, be: &B) -> Result<ParamSet> {
+        self.inner.to_param_set(be)
+    }
+    fn save_state(&self, state: &mut TrainState) {
+        self.inner.save_state(state)
+    }
+}
+
+fn run_with_spikes(dir: &Path, bad: Range<u64>, steps: u64) -> Result<TrainReport> {
+    let config = MegabyteConfig::preset(2, 16, 1, 2, 16, 1, 2, 16);
+    let opts = TrainOptions {
+        steps,
+        batch: 2,
+        seq: 16,
+        checkpoint_every: 4,
+        eval_every: 0,
+        eval_windows: 2,
+        log_every: 1,
+        ..TrainOptions::default()
+    };
+    let bytes: Vec<u8> = (0..4000u32)
+        .map(|i| b"the quick brown fox "[i as usize % 20])
+        .collect();
+    let split = DataSource::Bytes("spiky".into(), bytes).split(opts.val_fraction)?;
+    let run = RunDir::create(
+        dir,
+        opts.write(RunConfig::new(ModelConfig::Megabyte(config))),
+    )?;
+    let params = ParamSet::init(ModelConfig::Megabyte(config), opts.seed)?;
+    let be = CpuBackend::<f32>::new();
+    let inner = MegabyteJob::new(&be, &params, &opts, split, &TrainState::default())?;
+    let job = Spiky {
+        inner,
+        bad,
+        calls: 0,
+    };
+    let opt = optimizer(&be, &opts, &params)?;
+    train_loop(&be, run, job, opt, TrainState::default(), opts, true)
+}
+
+#[test]
+fn non_finite_steps_are_skipped_then_rolled_back_with_a_lower_rate() {
+    let t = TempDir::new("spikes");
+    // Steps 6, 7, 8 are NaN: skipped, then back to the step-4 checkpoint.
+    let report = run_with_spikes(&t.0, 6..9, 12).unwrap();
+    assert_eq!(report.steps, 12);
+    let ckpt = Checkpoint::load(&t.0).unwrap();
+    assert_eq!(
+        ckpt.state.extra.get(LR_FACTOR_KEY).map(String::as_str),
+        Some("0.5")
+    );
+    assert!(ckpt
+        .params
+        .params
+        .iter()
+        .all(|p| p.data.iter().all(|v| v.is_finite())));
+    let log = std::fs::read_to_string(&t.0.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.matches("\"skipped\"").count(), 3, "{log}");
+    assert_eq!(log.matches("\"rollback\"").count(), 1, "{log}");
+    // The learning rate after the roll-back is half the schedule's.
+    let lr_at = |step: u64| -> f64 {
+        let line = log
+            .lines()
+            .filter(|l| l.starts_with(&format!("{{\"step\":{step},")) && l.contains("\"lr\""))
+            .last()
+            .unwrap();
+        let v = line.split("\"lr\":").nth(1).unwrap();
+        v.split([',', '}']).next().unwrap().parse().unwrap()
+    };
+    let opts = TrainOptions::default();
+    let sched = LrSchedule::new(opts.lr, opts.warmup, 12);
+    assert!((lr_at(3) - sched.lr(2)).abs() < 1e-12);
+    assert!(
+        (lr_at(10) - 0.5 * sched.lr(9)).abs() < 1e-12,
+        "{}",
+        lr_at(10)
+    );
+
+    // Two isolated bad steps only skip.
+    let t = TempDir::new("spikes2");
+    run_with_spikes(&t.0, 5..6, 8).unwrap();
+    let ckpt = Checkpoint::load(&t.0).unwrap();
+    assert!(!ckpt.state.extra.contains_key(LR_FACTOR_KEY));
+
+    // Divergence before the first checkpoint is an error, not a loop.
+    let t = TempDir::new("spikes3");
+    let err = run_with_spikes(&t.0, 1..4, 8).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("before the first checkpoint"),
+        "{err:#}"
+    );
+}

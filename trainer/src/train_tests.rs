@@ -86,15 +86,14 @@ fn non_finite_steps_are_skipped_then_rolled_back_with_a_lower_rate() {
         .params
         .iter()
         .all(|p| p.data.iter().all(|v| v.is_finite())));
-    let log = std::fs::read_to_string(&t.0.join("metrics.jsonl")).unwrap();
+    let log = std::fs::read_to_string(t.0.join("metrics.jsonl")).unwrap();
     assert_eq!(log.matches("\"skipped\"").count(), 3, "{log}");
     assert_eq!(log.matches("\"rollback\"").count(), 1, "{log}");
     // The learning rate after the roll-back is half the schedule's.
     let lr_at = |step: u64| -> f64 {
         let line = log
             .lines()
-            .filter(|l| l.starts_with(&format!("{{\"step\":{step},")) && l.contains("\"lr\""))
-            .last()
+            .rfind(|l| l.starts_with(&format!("{{\"step\":{step},")) && l.contains("\"lr\""))
             .unwrap();
         let v = line.split("\"lr\":").nth(1).unwrap();
         v.split([',', '}']).next().unwrap().parse().unwrap()

@@ -2,42 +2,11 @@
 //! fine-tuning from it, kill-and-resume, export, and the runtime commands
 //! (classify, fill, eval) with their one-line errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn kilobyte(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kilobyte"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run kilobyte")
-}
-
-fn ok(args: &[&str], dir: &Path) -> String {
-    let out = kilobyte(args, dir);
-    assert!(
-        out.status.success(),
-        "kilobyte {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str], dir: &Path) -> String {
-    let out = kilobyte(args, dir);
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(1), "kilobyte {args:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    err
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kilobyte-bigs-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{fails, ok, state_step, temp_dir};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 const TINY: [&str; 12] = [
     "--preset",
@@ -111,13 +80,6 @@ fn classify_args<'a>(run: &'a str, steps: &'a str) -> Vec<&'a str> {
     ];
     a.extend(TINY);
     a
-}
-
-fn state_step(run: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(run.join("state.txt")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("step = "))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[test]

@@ -1,47 +1,11 @@
 //! The `kilobyte` binary end to end: init, inspect, quantize, convert, and
 //! bad input getting a one-line error with a non-zero exit (never a panic).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn kilobyte(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kilobyte"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run kilobyte")
-}
-
-fn ok(args: &[&str], dir: &Path) -> String {
-    let out = kilobyte(args, dir);
-    assert!(
-        out.status.success(),
-        "kilobyte {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail cleanly and returns its one error line.
-fn fails(args: &[&str], dir: &Path) -> String {
-    let out = kilobyte(args, dir);
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(1), "kilobyte {args:?}: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace"),
-        "{err}"
-    );
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("kilobyte: error: "), "{err}");
-    err
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kilobyte-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{fails, kilobyte, ok, state_step, temp_dir};
+use std::path::Path;
+use std::process::Command;
 
 #[test]
 fn init_inspect_quantize_convert() {
@@ -277,13 +241,6 @@ fn train_args<'a>(run: &'a str, steps: &'a str) -> Vec<&'a str> {
     a
 }
 
-fn state_step(run: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(run.join("state.txt")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("step = "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Killing training at an arbitrary instant (SIGKILL, possibly mid-save) and
 /// resuming gives bit-identical weights to a run that was never interrupted.
 #[test]
@@ -368,4 +325,27 @@ fn kill_and_resume_matches_an_uninterrupted_run() {
     )
     .contains("use --device cpu"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--device cuda` on a machine without a GPU is a one-line error that
+/// points to the CPU (on a machine with one, trainer/gpu-check.sh covers
+/// the GPU path); a CPU run rejects `--precision bf16`.
+#[test]
+fn device_choice_errors_are_one_line() {
+    let dir = temp_dir("device");
+    write_corpus(&dir);
+    let mut args = train_args("gpu-run", "2");
+    args.extend(["--device", "cuda"]);
+    let out = kilobyte(&args, &dir);
+    if !out.status.success() {
+        let err = fails(&args, &dir);
+        assert!(
+            err.contains("--device cuda") && err.contains("--device cpu"),
+            "{err}"
+        );
+    }
+    let mut args = train_args("cpu-run", "2");
+    args.extend(["--precision", "bf16"]);
+    let err = fails(&args, &dir);
+    assert!(err.contains("fp32"), "{err}");
 }

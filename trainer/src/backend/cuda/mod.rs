@@ -88,22 +88,23 @@ macro_rules! launch {
     }};
 }
 
-fn grid_for(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535 * 8) as u32;
+/// A grid of `grid` blocks of `threads` threads, no dynamic shared memory.
+fn blocks(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
+        grid_dim: grid,
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
 }
 
+fn grid_for(n: usize) -> LaunchConfig {
+    let count = n.div_ceil(BLOCK as usize).clamp(1, 65_535 * 8) as u32;
+    blocks((count, 1, 1), BLOCK)
+}
+
 /// One warp per row, eight rows per block.
 fn warp_rows(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    blocks((rows.div_ceil(8).max(1) as u32, 1, 1), 256)
 }
 
 fn check(what: &str, len: usize, n: usize) {
@@ -228,11 +229,10 @@ impl CudaBackend {
         let chunks = rows.div_ceil(COLSUM_CHUNK);
         self.with_f32_scratch(&[chunks * width], |s| {
             let partial = &mut s[0];
-            let cfg = LaunchConfig {
-                grid_dim: (width.div_ceil(BLOCK as usize) as u32, chunks as u32, 1),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = blocks(
+                (width.div_ceil(BLOCK as usize) as u32, chunks as u32, 1),
+                BLOCK,
+            );
             let (r, w, st, ch) = (
                 i32_of(rows),
                 i32_of(width),
@@ -469,11 +469,7 @@ impl Backend for CudaBackend {
         let partials = self.with_f64_scratch(bufs.len() * SUMSQ_BLOCKS, |out| {
             for (i, b) in bufs.iter().enumerate() {
                 let n = b.len() as i64;
-                let cfg = LaunchConfig {
-                    grid_dim: (SUMSQ_BLOCKS as u32, 1, 1),
-                    block_dim: (BLOCK, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg = blocks((SUMSQ_BLOCKS as u32, 1, 1), BLOCK);
                 let mut part = out.slice_mut(i * SUMSQ_BLOCKS..(i + 1) * SUMSQ_BLOCKS);
                 launch!(self, "kb_sum_squares_partial", cfg; b, &n, &mut part);
             }
@@ -620,11 +616,10 @@ impl Backend for CudaBackend {
         let chunks = rows.div_ceil(COLSUM_CHUNK);
         self.with_f32_scratch(&[chunks * width, chunks * width], |s| {
             let (pw, pb) = s.split_at_mut(1);
-            let cfg = LaunchConfig {
-                grid_dim: (width.div_ceil(BLOCK as usize) as u32, chunks as u32, 1),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = blocks(
+                (width.div_ceil(BLOCK as usize) as u32, chunks as u32, 1),
+                BLOCK,
+            );
             let ch = COLSUM_CHUNK as i32;
             launch!(self, "kb_layernorm_backward_params_partial", cfg;
                 &mut pw[0], &mut pb[0], dout, inp, mean, rstd, &r, &w, &ch);
@@ -750,11 +745,10 @@ impl Backend for CudaBackend {
             return;
         }
         let vocab = dtable.len() / width;
-        let cfg = LaunchConfig {
-            grid_dim: (width.div_ceil(BLOCK as usize) as u32, vocab as u32, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks(
+            (width.div_ceil(BLOCK as usize) as u32, vocab as u32, 1),
+            BLOCK,
+        );
         let (r, w) = (i32_of(rows), i32_of(width));
         launch!(self, "kb_embedding_backward", cfg; &mut *dtable, dout, ids, &r, &w);
     }
@@ -808,11 +802,7 @@ impl Backend for CudaBackend {
         if a.rows() == 0 {
             return;
         }
-        let cfg = LaunchConfig {
-            grid_dim: (a.seq as u32, a.heads as u32, a.batch as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks((a.seq as u32, a.heads as u32, a.batch as u32), 128);
         let (b, s, w, h) = (
             i32_of(a.batch),
             i32_of(a.seq),
@@ -836,11 +826,7 @@ impl Backend for CudaBackend {
             return;
         }
         let probs_len = a.batch * a.heads * a.seq * a.seq;
-        let cfg = LaunchConfig {
-            grid_dim: (a.seq as u32, a.heads as u32, a.batch as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks((a.seq as u32, a.heads as u32, a.batch as u32), 128);
         let (b, s, w, h) = (
             i32_of(a.batch),
             i32_of(a.seq),
@@ -869,11 +855,7 @@ impl Backend for CudaBackend {
         check("mean_pool out", out.len(), batch * width);
         check("mean_pool inp", inp.len(), batch * seq * width);
         check("mean_pool mask", mask.len(), batch * seq);
-        let cfg = LaunchConfig {
-            grid_dim: (batch.max(1) as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks((batch.max(1) as u32, 1, 1), BLOCK);
         let (b, s, w) = (i32_of(batch), i32_of(seq), i32_of(width));
         launch!(self, "kb_mean_pool_forward", cfg; &mut *out, inp, mask, &b, &s, &w);
     }
@@ -889,11 +871,7 @@ impl Backend for CudaBackend {
         check("mean_pool dinp", dinp.len(), batch * seq * width);
         check("mean_pool dout", dout.len(), batch * width);
         check("mean_pool mask", mask.len(), batch * seq);
-        let cfg = LaunchConfig {
-            grid_dim: (batch.max(1) as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks((batch.max(1) as u32, 1, 1), BLOCK);
         let (b, s, w) = (i32_of(batch), i32_of(seq), i32_of(width));
         launch!(self, "kb_mean_pool_backward", cfg; &mut *dinp, dout, mask, &b, &s, &w);
     }
@@ -1021,11 +999,7 @@ impl Backend for CudaBackend {
         let dir = (dir == Direction::Backward) as i32;
         launch!(self, "kb_ssm_conv_backward_input", grid_for(n);
             &mut *du, dy, kernel, d, lengths, &b, &q, &w, &k, &dir);
-        let cfg = LaunchConfig {
-            grid_dim: (s.seq as u32, s.kernels as u32, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks((s.seq as u32, s.kernels as u32, 1), BLOCK);
         launch!(self, "kb_ssm_conv_backward_kernel", cfg;
             &mut *dkernel, &mut *dd, dy, u, lengths, &b, &q, &w, &k, &dir);
     }

@@ -85,3 +85,80 @@ fn ops_match_the_cpu_reference() {
         }
     }
 }
+
+/// Largest `|a - b|` over `max(max |b|, 1)`.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(1f64, |m, &x| m.max(x.abs() as f64));
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// A MEGABYTE and a BiGS model on small configs: the loss and every
+/// parameter's gradient on the GPU (fp32) against the CPU.
+#[test]
+fn whole_models_match_the_cpu() {
+    use crate::backend::Backend;
+    use crate::backend::CpuBackend;
+    use crate::bigs::model::{BigsBatch, BigsModel, Task};
+    use crate::megabyte::MegabyteModel;
+    use crate::params::ParamSet;
+    use kilobyte_format::{BigsConfig, MegabyteConfig, ModelConfig};
+    if skip_unless(driver_present(), "the CUDA driver", "KILOBYTE_REQUIRE_GPU") {
+        return;
+    }
+    let gpu = CudaBackend::new(0, Precision::Fp32).unwrap_or_else(|e| panic!("{e:#}"));
+    let cpu = CpuBackend::<f32>::new();
+
+    let config = MegabyteConfig::preset(4, 16, 2, 2, 32, 2, 4, 64);
+    let set = ParamSet::init(ModelConfig::Megabyte(config), 3).unwrap();
+    let bytes: Vec<u8> = (0..2 * 64u32).map(|i| (i * 37 % 251) as u8).collect();
+    let mut m_gpu = MegabyteModel::new(&gpu, &set).unwrap();
+    let mut m_cpu = MegabyteModel::new(&cpu, &set).unwrap();
+    let mut ws_gpu = m_gpu.workspace(&gpu, 2, 64).unwrap();
+    let mut ws_cpu = m_cpu.workspace(&cpu, 2, 64).unwrap();
+    let l_gpu = m_gpu.step(&gpu, &mut ws_gpu, &bytes, true, 1.0).unwrap();
+    let l_cpu = m_cpu.step(&cpu, &mut ws_cpu, &bytes, true, 1.0).unwrap();
+    assert!(
+        (l_gpu.loss - l_cpu.loss).abs() <= 1e-4 * l_cpu.loss,
+        "{l_gpu:?} vs {l_cpu:?}"
+    );
+    for ((g, c), meta) in m_gpu.grads.iter().zip(&m_cpu.grads).zip(&m_cpu.meta) {
+        let e = rel_err(&gpu.download(g).unwrap(), c);
+        assert!(e <= 1e-4, "MEGABYTE d{}: {e:.2e}", meta.name);
+    }
+
+    let mut bc = BigsConfig::preset(32, 96, 2, 8, 1, 32);
+    bc.heads = kilobyte_format::config::BIGS_HEAD_MLM;
+    let set = ParamSet::init(ModelConfig::Bigs(bc), 4).unwrap();
+    let texts: Vec<Vec<u32>> = vec![
+        (0..20).map(|i| (i * 7 % 256) as u32).collect(),
+        (0..32).map(|i| (i * 11 % 256) as u32).collect(),
+    ];
+    let batch = BigsBatch::from_sequences(
+        &texts,
+        Task::Mlm {
+            targets: (0..64).map(|i| (i * 5 % 256) as u32).collect(),
+            // Every third real position (sequence 0 is 20 long, padded to 32).
+            weights: (0..64)
+                .map(|i| (!(20..32).contains(&i) && i % 3 == 0) as u32 as f32)
+                .collect(),
+        },
+    );
+    let mut b_gpu = BigsModel::new(&gpu, &set).unwrap();
+    let mut b_cpu = BigsModel::new(&cpu, &set).unwrap();
+    let mut ws_gpu = b_gpu.workspace(&gpu, batch.batch, batch.seq).unwrap();
+    let mut ws_cpu = b_cpu.workspace(&cpu, batch.batch, batch.seq).unwrap();
+    let l_gpu = b_gpu.step(&gpu, &mut ws_gpu, &batch, true, 1.0).unwrap().ce;
+    let l_cpu = b_cpu.step(&cpu, &mut ws_cpu, &batch, true, 1.0).unwrap().ce;
+    assert!(
+        (l_gpu.loss - l_cpu.loss).abs() <= 1e-4 * l_cpu.loss,
+        "{l_gpu:?} vs {l_cpu:?}"
+    );
+    for ((g, c), meta) in b_gpu.grads.iter().zip(&b_cpu.grads).zip(&b_cpu.meta) {
+        let e = rel_err(&gpu.download(g).unwrap(), c);
+        assert!(e <= 1e-4, "BiGS d{}: {e:.2e}", meta.name);
+    }
+}

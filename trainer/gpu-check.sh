@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# GPU checks of the CUDA backend, in two halves (the GPU machine has no Rust
+# toolchain):
+#
+#   trainer/gpu-check.sh build        here: builds the release `kilobyte`
+#                                     and the trainer's test executable into
+#                                     device-carry/ (git-ignored), with the
+#                                     tinyshakespeare data they need
+#   trainer/gpu-check.sh run [OUT]    on the GPU machine (repository root):
+#                                     runs every check, writes
+#                                     OUT/gpu-report.txt (default: .)
+#
+# With the device tool: run(command="trainer/gpu-check.sh run $OUT",
+# carry=["device-carry"]), then commit the report as
+# trainer/gpu-report.txt and quote it in the README.
+#
+# What `run` checks (each section of the report names its tolerance):
+#  1. nvidia-smi header, driver and library versions;
+#  2. every op forward and backward against the f64 CPU reference (fp32
+#     within 1e-4 relative, bf16 within 2e-2), whole-model loss and
+#     gradients of MEGABYTE and BiGS against the CPU (1e-4), the NVRTC
+#     compile of kernels.cu: the unit tests with KILOBYTE_REQUIRE_GPU=1;
+#  3. 50 MEGABYTE training steps on the CPU and on the GPU (fp32 and bf16):
+#     the loss curves side by side (fp32: within 1e-3 relative per step;
+#     bf16: 3e-2);
+#  4. kill-and-resume on the GPU: a run interrupted with SIGKILL after its
+#     step-20 checkpoint and resumed ends with the same weights (sha256) as
+#     one run straight through; the same run resumed on the CPU continues;
+#  5. speed: tinyshakespeare to 2.12 bpb (wall time; nanoGPT's
+#     shakespeare_char alongside when device-carry/nanogpt/train.py is
+#     there), MEGABYTE base at T = 8192 and BiGS base at T = 1024: bytes/s
+#     and MFU from the metrics log (megabyte-pytorch alongside when its wheel
+#     is in device-carry/wheels/).
+set -uo pipefail
+mode=${1:-}
+carry=device-carry
+
+if [ "$mode" = build ]; then
+    set -e
+    cargo build --release -p kilobyte-trainer
+    tests=$(cargo test --release -p kilobyte-trainer --lib --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
+        print(m["executable"])' | tail -1)
+    mkdir -p "$carry"
+    cp target/release/kilobyte "$carry/kilobyte"
+    cp "$tests" "$carry/trainer-tests"
+    cp ../shared/data/tinyshakespeare.txt "$carry/" 2>/dev/null ||
+        echo "note: ../shared/data/tinyshakespeare.txt not found; the speed check will skip"
+    du -sh "$carry"
+    exit 0
+fi
+[ "$mode" = run ] || { echo "usage: $0 build | run [OUT]" >&2; exit 2; }
+
+out=${2:-.}
+mkdir -p "$out"
+report="$out/gpu-report.txt"
+kb="$PWD/$carry/kilobyte"
+work=$(mktemp -d)
+exec > >(tee "$report") 2>&1
+section() { echo; echo "== $* =="; }
+status=0
+fail() { echo "FAIL: $*"; status=1; }
+
+section "machine ($(date -u +%Y-%m-%dT%H:%MZ))"
+nvidia-smi | head -15
+libs=$(find / \( -name 'libnvrtc.so*' -o -name 'libcublas.so*' \) -not -path '/proc/*' 2>/dev/null |
+    xargs -r -n1 dirname | sort -u | tr '\n' ':')
+export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
+echo "library dirs: $libs"
+export KILOBYTE_CACHE="$work/cache"
+
+section "ops, whole models and NVRTC (unit tests, KILOBYTE_REQUIRE_GPU=1)"
+KILOBYTE_REQUIRE_GPU=1 KILOBYTE_REQUIRE_NVRTC=1 "$carry/trainer-tests" backend::cuda --nocapture --test-threads 1 ||
+    fail "CUDA unit tests"
+
+# A small corpus every check can use.
+python3 -c 'import random
+r = random.Random(1)
+words = "the of and to in is was for on that with as by at from his her it be are".split()
+print(" ".join(r.choice(words) for _ in range(60000)))' > "$work/corpus.txt"
+train() { "$kb" train --preset micro --data "$work/corpus.txt" --batch 4 --seq 256 --lr 2e-3 \
+    --warmup 10 --eval-every 0 --eval-windows 4 --log-every 1 --quiet "$@"; }
+losses() { python3 -c 'import json, sys
+for l in open(sys.argv[1]):
+    m = json.loads(l)
+    if "train_loss" in m: print(m["step"], m["train_loss"])' "$1/metrics.jsonl"; }
+
+section "50 training steps: CPU vs GPU"
+train --steps 50 --device cpu --run "$work/cpu50" >/dev/null || fail "CPU run"
+for p in fp32 bf16; do
+    train --steps 50 --device cuda --precision $p --run "$work/gpu50-$p" >/dev/null || fail "GPU $p run"
+    tol=$([ $p = fp32 ] && echo 1e-3 || echo 3e-2)
+    paste <(losses "$work/cpu50") <(losses "$work/gpu50-$p") | python3 -c "import sys
+worst = 0.0
+for line in sys.stdin:
+    s, c, _, g = line.split()
+    worst = max(worst, abs(float(g) - float(c)) / float(c))
+    if int(s) % 10 == 0: print(f'step {s}: cpu {float(c):.5f} gpu $p {float(g):.5f}')
+print(f'$p: worst relative loss difference {worst:.2e} (tolerance $tol)')
+sys.exit(0 if worst <= $tol else 1)" || fail "loss curves differ ($p)"
+done
+
+section "kill and resume on the GPU"
+train --steps 60 --checkpoint-every 20 --device cuda --run "$work/straight" >/dev/null || fail "straight run"
+train --steps 60 --checkpoint-every 20 --device cuda --run "$work/killed" >/dev/null &
+pid=$!
+while [ ! -d "$work/killed" ] || ! grep -q '"step":2[1-9]' "$work/killed/metrics.jsonl" 2>/dev/null; do
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.05
+done
+kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
+"$kb" train --resume "$work/killed" --device cuda --quiet >/dev/null || fail "resume"
+a=$(sha256sum < "$work/straight/model.safetensors"); b=$(sha256sum < "$work/killed/model.safetensors")
+echo "straight: $a"; echo "resumed:  $b"
+[ "$a" = "$b" ] && echo "identical weights after kill and resume" || fail "weights differ after resume"
+cp -r "$work/straight" "$work/to-cpu"
+sed -i 's/^train.steps = .*/train.steps = 70/' "$work/to-cpu/config.txt" 2>/dev/null
+"$kb" train --resume "$work/to-cpu" --device cpu --quiet && echo "a GPU run resumed on the CPU" ||
+    fail "GPU run did not resume on the CPU"
+
+section "speed"
+if [ -f "$carry/tinyshakespeare.txt" ]; then
+    start=$(date +%s.%N)
+    "$kb" train --preset small --data "$carry/tinyshakespeare.txt" --device cuda --run "$work/ts" \
+        --batch 32 --seq 1024 --lr 1e-3 --warmup 200 --steps 5000 --eval-every 250 --eval-windows 0 \
+        --time-limit 900 --quiet
+    python3 -c 'import json, sys
+for l in open(sys.argv[1]):
+    m = json.loads(l)
+    if m.get("val_bpb") is not None and m["val_bpb"] <= 2.12:
+        print(f"kilobyte small: {m[\"val_bpb\"]:.4f} bpb at step {m[\"step\"]} after {m[\"elapsed_s\"]:.0f} s"); break
+else: print("kilobyte small: 2.12 bpb not reached")' "$work/ts/metrics.jsonl"
+    if [ -f "$carry/nanogpt/train.py" ]; then
+        (cd "$carry/nanogpt" && python3 data/shakespeare_char/prepare.py >/dev/null &&
+            /usr/bin/time -f "nanoGPT shakespeare_char: %e s wall" python3 train.py config/train_shakespeare_char.py 2>&1 |
+            grep -E "step [0-9]+: train|wall")
+    fi
+fi
+for shape in "megabyte base 8192 1" "bigs base 1024 8"; do
+    set -- $shape
+    "$kb" train --model "$1" --preset "$2" --data "$work/corpus.txt" --seq "$3" --batch "$4" \
+        --device cuda --run "$work/speed-$1" --steps 30 --warmup 5 --eval-every 0 --eval-windows 1 \
+        --log-every 10 --quiet >/dev/null || fail "$1 $2 speed run"
+    python3 -c 'import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if "bytes_per_s" in l]
+m = rows[-1]
+print(f"{sys.argv[2]} (T = {sys.argv[3]}, batch {sys.argv[4]}): {m[\"bytes_per_s\"]:.0f} bytes/s, MFU {100 * m.get(\"mfu\", 0):.1f}%")' \
+        "$work/speed-$1/metrics.jsonl" "$1 $2" "$3" "$4"
+done
+
+section "result"
+[ $status = 0 ] && echo "all GPU checks passed" || echo "some GPU checks FAILED"
+rm -rf "$work"
+exit $status

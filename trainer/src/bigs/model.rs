@@ -222,6 +222,40 @@ pub fn train_flops_per_byte(c: &BigsConfig, seq: usize) -> f64 {
     layers * (6.0 * matrices + 3.0 * 2.0 * d * seq as f64)
 }
 
+/// A layer's product sizes (`d -> d`, `d -> e`, `e -> d`) and SSM shape.
+struct LayerShapes {
+    dd: Linear,
+    de: Linear,
+    ed: Linear,
+    shape: SsmShape,
+}
+
+/// The sizes of one layer's products and SSMs for `batch` sequences of
+/// `seq` rows (forward and backward use the same ones).
+fn layer_shapes(config: &BigsConfig, batch: usize, seq: usize) -> LayerShapes {
+    let (d, e, rows) = (
+        config.d_model as usize,
+        config.d_expand as usize,
+        batch * seq,
+    );
+    let lin = |in_dim, out_dim| Linear {
+        rows,
+        in_dim,
+        out_dim,
+    };
+    LayerShapes {
+        dd: lin(d, d),
+        de: lin(d, e),
+        ed: lin(e, d),
+        shape: SsmShape {
+            batch,
+            seq,
+            width: d,
+            kernels: config.ssm_kernels as usize,
+        },
+    }
+}
+
 impl<B: Backend> BigsModel<B> {
     /// Uploads a parameter set to the backend.
     pub fn new(be: &B, set: &ParamSet) -> Result<Self> {
@@ -554,27 +588,7 @@ impl<B: Backend> BigsModel<B> {
             d,
             eps,
         );
-        let dd = Linear {
-            rows,
-            in_dim: d,
-            out_dim: d,
-        };
-        let de = Linear {
-            rows,
-            in_dim: d,
-            out_dim: e,
-        };
-        let ed = Linear {
-            rows,
-            in_dim: e,
-            out_dim: d,
-        };
-        let shape = SsmShape {
-            batch: nb,
-            seq,
-            width: d,
-            kernels: c.ssm_kernels as usize,
-        };
+        let LayerShapes { dd, de, ed, shape } = layer_shapes(&self.config, nb, seq);
         let dims = self.dims();
         for (i, (l, a)) in ix.layers.iter().zip(&mut ws.layers).enumerate() {
             let (before, after) = ws.res.split_at_mut(i + 1);
@@ -742,27 +756,7 @@ impl<B: Backend> BigsModel<B> {
             rows,
             d,
         );
-        let dd = Linear {
-            rows,
-            in_dim: d,
-            out_dim: d,
-        };
-        let de = Linear {
-            rows,
-            in_dim: d,
-            out_dim: e,
-        };
-        let ed = Linear {
-            rows,
-            in_dim: e,
-            out_dim: d,
-        };
-        let shape = SsmShape {
-            batch: nb,
-            seq,
-            width: d,
-            kernels: c.ssm_kernels as usize,
-        };
+        let LayerShapes { dd, de, ed, shape } = layer_shapes(&self.config, nb, seq);
         for (i, (l, a)) in ix.layers.iter().zip(&ws.layers).enumerate().rev() {
             // d_res holds dL/dX_out; X_out = X + Y, so it is also dL/dY and
             // the identity part of dL/dX, to which the branch is added last.

@@ -127,6 +127,10 @@ impl CudaBackend {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| anyhow!("CUDA device {ordinal}: {e:?}"))?;
+        // SAFETY: all work goes to one stream, in order, so cudarc's
+        // per-buffer events (for cross-stream synchronisation) would only
+        // add a driver call per kernel argument.
+        unsafe { ctx.disable_event_tracking() };
         let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let ptx = compile::kernels_for(major, minor)?;
         let module = ctx

@@ -20,13 +20,11 @@
 //! of complex numbers close to the unit circle, and the parameters are tiny
 //! (`kernels * modes * seq` work), so the precision costs nothing.
 //!
-//! The convolution is direct, `O(seq^2)` per channel and sequence, looping
-//! over whole rows so that the inner loops are vector operations. An FFT
-//! (`O(seq log seq)`) should pay off from a few hundred positions (a guess,
-//! not measured: the direct loop does `seq^2 / 2` multiply-adds, an FFT
-//! convolution of length `2 seq` roughly `30 seq log2 seq` flops), i.e. for
-//! the `small` and `base` presets (T_max 512, 1024); `micro` (256) is near
-//! the break-even point.
+//! The convolution here is direct, `O(seq^2)` per channel and sequence,
+//! looping over whole rows so that the inner loops are vector operations;
+//! it is also the reference for [`super::fft_conv`], which the CPU backend
+//! uses from [`super::fft_conv::FFT_FROM_LEN`] positions on (measured
+//! crossover: about 120).
 //!
 //! Padding: every sequence `b` has a real length `lengths[b] <= seq`. Rows at
 //! positions `>= lengths[b]` are absent: their inputs are never read, their

@@ -16,6 +16,7 @@ pub mod simd;
 pub use float::Float;
 
 use super::{AdamWStep, Attention, Backend, CrossEntropy, Linear};
+use crate::bigs::fft_conv::{ssm_backward_fft, ssm_forward_fft, FFT_FROM_LEN};
 use crate::bigs::ssm::{self, Direction, SsmDims, SsmShape};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -453,7 +454,12 @@ impl<T: Float> Backend for CpuBackend<T> {
             .zip(u[..s.batch * per_seq].par_chunks(per_seq))
             .zip(&lengths[..s.batch])
             .for_each(|((y, u), &len)| {
-                ssm::ssm_forward(one, dir, &[len as usize], u, kernel, d, y);
+                let len = len as usize;
+                if len >= FFT_FROM_LEN {
+                    ssm_forward_fft(one, dir, len, u, kernel, d, y);
+                } else {
+                    ssm::ssm_forward(one, dir, &[len], u, kernel, d, y);
+                }
             });
     }
     fn ssm_conv_backward(
@@ -486,19 +492,13 @@ impl<T: Float> Backend for CpuBackend<T> {
             .for_each(|(b, (du, part))| {
                 let (dk, dd) = part.split_at_mut(nk);
                 let rows = b * per_seq..(b + 1) * per_seq;
-                let len = [lengths[b] as usize];
-                ssm::ssm_backward(
-                    one,
-                    dir,
-                    &len,
-                    &u[rows.clone()],
-                    kernel,
-                    d,
-                    &dy[rows],
-                    du,
-                    dk,
-                    dd,
-                );
+                let len = lengths[b] as usize;
+                let (u, dy) = (&u[rows.clone()], &dy[rows]);
+                if len >= FFT_FROM_LEN {
+                    ssm_backward_fft(one, dir, len, u, kernel, d, dy, du, dk, dd);
+                } else {
+                    ssm::ssm_backward(one, dir, &[len], u, kernel, d, dy, du, dk, dd);
+                }
             });
         for part in partial.chunks(nk + s.kernels) {
             for (g, p) in dkernel[..nk].iter_mut().zip(&part[..nk]) {

@@ -32,6 +32,8 @@ pub mod kernels;
 pub mod megabyte;
 pub mod rng;
 pub mod sampling;
+#[cfg(test)]
+mod testutil;
 
 pub use bigs::{Bigs, Classification, Encoder};
 pub use error::RuntimeError;

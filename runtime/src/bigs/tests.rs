@@ -22,46 +22,32 @@ fn tiny() -> BigsConfig {
 }
 
 fn model_bytes(config: BigsConfig, dtype: DType, seed: u64) -> AlignedBytes {
-    let mut rng = crate::rng::Rng::new(seed);
-    let c = ModelConfig::Bigs(config);
-    let mut w = KbmWriter::new(c);
-    for_each_tensor::<FormatError>(&c, |spec| {
-        let Some(shape) = spec.shape else {
-            return Ok(()); // meta.labels, added below
-        };
-        let n = shape.numel().unwrap() as usize;
-        let name = spec.name.as_str();
-        let values: Vec<f32> = (0..n)
-            .map(|i| {
-                let r = rng.normal() as f32;
-                if spec.role == Role::Ssm {
-                    // In the ranges the trainer's init uses.
-                    if name.ends_with(".a") {
-                        -0.7 + 0.1 * r
-                    } else if name.ends_with(".w") {
-                        core::f32::consts::PI * (i % config.n_modes as usize) as f32
-                    } else if name.ends_with("log_dt") {
-                        -3.0 + 0.5 * r
-                    } else {
-                        0.7 * r
-                    }
-                } else if name.ends_with("ln.weight") || name.ends_with("ln_f.weight") {
-                    1.0 + 0.1 * r
+    let labels = ["neg", "neutral", "pos"];
+    crate::testutil::model_bytes(
+        ModelConfig::Bigs(config),
+        dtype,
+        seed,
+        &labels,
+        |spec, i, r| {
+            let name = spec.name.as_str();
+            if spec.role == Role::Ssm {
+                // In the ranges the trainer's init uses.
+                if name.ends_with(".a") {
+                    -0.7 + 0.1 * r
+                } else if name.ends_with(".w") {
+                    core::f32::consts::PI * (i % config.n_modes as usize) as f32
+                } else if name.ends_with("log_dt") {
+                    -3.0 + 0.5 * r
                 } else {
-                    0.2 * r
+                    0.7 * r
                 }
-            })
-            .collect();
-        w.add_f32(
-            name,
-            spec.role.storage_dtype(shape, dtype, dtype),
-            shape.dims(),
-            &values,
-        )
-    })
-    .unwrap();
-    w.add_labels(&["neg", "neutral", "pos"]).unwrap();
-    AlignedBytes::from_slice(&w.to_bytes().unwrap())
+            } else if name.ends_with("ln.weight") || name.ends_with("ln_f.weight") {
+                1.0 + 0.1 * r
+            } else {
+                0.2 * r
+            }
+        },
+    )
 }
 
 struct Ref {

@@ -6,8 +6,7 @@ extern crate std;
 
 use super::*;
 use crate::arena::ARENA_ALIGN;
-use kilobyte_format::writer::KbmWriter;
-use kilobyte_format::{for_each_tensor, AlignedBytes, DType, FormatError};
+use kilobyte_format::{AlignedBytes, DType, FormatError};
 use std::vec;
 use std::vec::Vec;
 
@@ -19,35 +18,23 @@ pub(crate) fn tiny_config() -> MegabyteConfig {
 /// Random weights of a larger spread than training would give, so that the
 /// comparison is sensitive (small weights make every logit nearly equal).
 pub(crate) fn model_bytes(config: MegabyteConfig, dtype: DType, seed: u64) -> AlignedBytes {
-    let mut rng = crate::rng::Rng::new(seed);
-    let c = ModelConfig::Megabyte(config);
-    let mut w = KbmWriter::new(c);
-    for_each_tensor::<FormatError>(&c, |spec| {
-        let shape = spec.shape.unwrap();
-        let n = shape.numel().unwrap() as usize;
-        let name = spec.name.as_str();
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                let r = rng.normal() as f32;
-                if name.ends_with("ln1.weight")
-                    || name.ends_with("ln2.weight")
-                    || name.ends_with("ln_f.weight")
-                {
-                    1.0 + 0.1 * r
-                } else {
-                    0.15 * r
-                }
-            })
-            .collect();
-        w.add_f32(
-            name,
-            spec.role.storage_dtype(shape, dtype, dtype),
-            shape.dims(),
-            &values,
-        )
-    })
-    .unwrap();
-    AlignedBytes::from_slice(&w.to_bytes().unwrap())
+    crate::testutil::model_bytes(
+        ModelConfig::Megabyte(config),
+        dtype,
+        seed,
+        &[],
+        |spec, _, r| {
+            let name = spec.name.as_str();
+            if name.ends_with("ln1.weight")
+                || name.ends_with("ln2.weight")
+                || name.ends_with("ln_f.weight")
+            {
+                1.0 + 0.1 * r
+            } else {
+                0.15 * r
+            }
+        },
+    )
 }
 
 /// Dequantised weights by name.

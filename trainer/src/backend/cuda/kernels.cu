@@ -321,12 +321,13 @@ extern "C" __global__ void kb_shift_backward_input(float* dinp, const float* dou
 // Causal attention. `probs` (the forward's saved buffer) and `dscores` (the
 // backward's scratch) are [batch, heads, seq, seq]
 // (row t: query t, column j <= t: key j); entries above the diagonal are
-// zero. One block per (query or key row, head, sequence).
+// zero. One block per (query or key row, head, sequence), numbered
+// flat (row fastest) so that any batch fits in the grid.
 
 extern "C" __global__ void kb_attention_forward(float* out, float* probs, const float* qkv, int batch,
                                                 int seq, int width, int heads) {
     __shared__ float scratch[32];
-    int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int t = blockIdx.x % seq, h = (blockIdx.x / seq) % heads, b = blockIdx.x / (seq * heads);
     int hd = width / heads;
     float scale = rsqrtf((float)hd);
     const float* q = qkv + ((i64)b * seq + t) * 3 * width + h * hd;
@@ -369,7 +370,7 @@ extern "C" __global__ void kb_attention_backward_query(float* dqkv, float* dscor
                                                        const float* qkv, const float* probs, int batch,
                                                        int seq, int width, int heads) {
     __shared__ float scratch[32];
-    int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int t = blockIdx.x % seq, h = (blockIdx.x / seq) % heads, b = blockIdx.x / (seq * heads);
     int hd = width / heads;
     float scale = rsqrtf((float)hd);
     const float* g = dout + ((i64)b * seq + t) * width + h * hd;
@@ -402,7 +403,7 @@ extern "C" __global__ void kb_attention_backward_query(float* dqkv, float* dscor
 extern "C" __global__ void kb_attention_backward_key(float* dqkv, const float* dscores, const float* dout,
                                                      const float* qkv, const float* probs, int batch,
                                                      int seq, int width, int heads) {
-    int j = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int j = blockIdx.x % seq, h = (blockIdx.x / seq) % heads, b = blockIdx.x / (seq * heads);
     int hd = width / heads;
     float scale = rsqrtf((float)hd);
     i64 bh = ((i64)b * heads + h) * seq;

@@ -102,6 +102,11 @@ fn grid_for(n: usize) -> LaunchConfig {
     blocks((count, 1, 1), BLOCK)
 }
 
+/// One block per (row, head, sequence) of an attention op.
+fn attention_blocks(a: Attention) -> u32 {
+    u32::try_from(a.seq * a.heads * a.batch).expect("attention grid exceeds 2^32 blocks")
+}
+
 /// One warp per row, eight rows per block.
 fn warp_rows(rows: usize) -> LaunchConfig {
     blocks((rows.div_ceil(8).max(1) as u32, 1, 1), 256)
@@ -749,6 +754,10 @@ impl Backend for CudaBackend {
             return;
         }
         let vocab = dtable.len() / width;
+        assert!(
+            vocab <= 65_535,
+            "embedding backward: {vocab} table rows exceed the grid's y limit"
+        );
         let cfg = blocks(
             (width.div_ceil(BLOCK as usize) as u32, vocab as u32, 1),
             BLOCK,
@@ -806,7 +815,7 @@ impl Backend for CudaBackend {
         if a.rows() == 0 {
             return;
         }
-        let cfg = blocks((a.seq as u32, a.heads as u32, a.batch as u32), 128);
+        let cfg = blocks((attention_blocks(a), 1, 1), 128);
         let (b, s, w, h) = (
             i32_of(a.batch),
             i32_of(a.seq),
@@ -830,7 +839,7 @@ impl Backend for CudaBackend {
             return;
         }
         let probs_len = a.batch * a.heads * a.seq * a.seq;
-        let cfg = blocks((a.seq as u32, a.heads as u32, a.batch as u32), 128);
+        let cfg = blocks((attention_blocks(a), 1, 1), 128);
         let (b, s, w, h) = (
             i32_of(a.batch),
             i32_of(a.seq),

@@ -149,7 +149,11 @@ pub fn metrics_to_jsonl(metrics: &[Metrics]) -> String {
 /// training loss fell over the same stretch. Training loss is noisy, so it
 /// is compared as the mean of the logged values in the interval leading up
 /// to the first and to the last of those evaluations.
-pub fn memorisation_warning(history: &[Metrics], evals: usize) -> Option<String> {
+pub fn memorisation_warning(
+    history: &[Metrics],
+    evals: usize,
+    best_step: Option<u64>,
+) -> Option<String> {
     let points: Vec<usize> = (0..history.len())
         .filter(|&i| history[i].val_loss.is_some_and(f64::is_finite))
         .collect();
@@ -179,20 +183,17 @@ pub fn memorisation_warning(history: &[Metrics], evals: usize) -> Option<String>
         return None;
     }
     let vals: Vec<String> = window.iter().map(|&i| format!("{:.4}", val(i))).collect();
-    let best = points.iter().map(|&i| &history[i]).min_by(|a, b| {
-        a.val_loss
-            .partial_cmp(&b.val_loss)
-            .unwrap_or(std::cmp::Ordering::Equal)
-    })?;
+    let kept = match best_step {
+        Some(step) => format!("best.safetensors keeps step {step}"),
+        None => "no best checkpoint is kept yet".into(),
+    };
     Some(format!(
         "validation loss rose for {evals} evaluations in a row ({} at steps {}..{}) while training loss fell \
          ({first:.4} -> {last:.4}): the model is memorising its training data; \
-         best.safetensors keeps step {} (validation loss {:.4}); consider more data, fewer steps or more weight decay",
+         {kept}; consider more data, fewer steps or more weight decay",
         vals.join(" -> "),
         history[window[0]].step,
         history[window[evals]].step,
-        best.step,
-        best.val_loss.unwrap_or(f64::NAN),
     ))
 }
 

@@ -538,7 +538,9 @@ impl RunDir {
 
     /// [`memorisation_warning`] over this run's metrics.
     pub fn memorisation_warning(&self, evals: usize) -> Option<String> {
-        memorisation_warning(&self.metrics, evals)
+        // The kept best is by the run's own score (loss, or a classifier's
+        // accuracy), which need not be the lowest validation loss.
+        memorisation_warning(&self.metrics, evals, self.best().map(|b| b.step))
     }
 
     fn write_config(&self) -> Result<()> {

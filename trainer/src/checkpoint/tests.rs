@@ -352,22 +352,25 @@ fn memorisation_is_detected_only_when_val_rises_as_train_falls() {
     };
     let falling = [2.0, 1.8, 1.6, 1.4, 1.2, 1.0];
     let rising_val = [2.0, 1.5, 1.6, 1.7, 1.8, 1.9];
-    let w = memorisation_warning(&history(&rising_val, &falling), 3).expect("a warning");
+    let w = memorisation_warning(&history(&rising_val, &falling), 3, Some(200)).expect("a warning");
     assert!(
         w.contains("rose for 3 evaluations") && w.contains("steps 300..600"),
         "{w}"
     );
     assert!(w.contains("best.safetensors keeps step 200"), "{w}");
     // Four rises are not five.
-    assert!(memorisation_warning(&history(&rising_val, &falling), 5).is_none());
+    assert!(memorisation_warning(&history(&rising_val, &falling), 5, None).is_none());
     // Both rising is divergence, not memorisation.
     let rising_train = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5];
-    assert!(memorisation_warning(&history(&rising_val, &rising_train), 3).is_none());
+    assert!(memorisation_warning(&history(&rising_val, &rising_train), 3, None).is_none());
     // A dip breaks the run of rises.
-    assert!(
-        memorisation_warning(&history(&[2.0, 1.5, 1.6, 1.55, 1.8, 1.9], &falling), 3).is_none()
-    );
-    assert!(memorisation_warning(&[], 3).is_none());
+    assert!(memorisation_warning(
+        &history(&[2.0, 1.5, 1.6, 1.55, 1.8, 1.9], &falling),
+        3,
+        None
+    )
+    .is_none());
+    assert!(memorisation_warning(&[], 3, None).is_none());
 }
 
 #[test]

@@ -75,11 +75,7 @@ impl Plans {
 /// Channel `c` of logical step `t` of a sequence of length `len`.
 #[inline]
 fn at(dir: Direction, t: usize, len: usize, width: usize, c: usize) -> usize {
-    let row = match dir {
-        Direction::Forward => t,
-        Direction::Backward => len - 1 - t,
-    };
-    row * width + c
+    dir.row(t, len) * width + c
 }
 
 /// The spectrum of kernel `k`'s first `len` taps.

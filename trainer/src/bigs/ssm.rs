@@ -93,7 +93,7 @@ impl Direction {
     /// The row (within its sequence) of logical step `t` of a sequence of
     /// real length `len`: both directions become a causal scan in steps.
     #[inline]
-    fn row(self, t: usize, len: usize) -> usize {
+    pub(crate) fn row(self, t: usize, len: usize) -> usize {
         match self {
             Direction::Forward => t,
             Direction::Backward => len - 1 - t,

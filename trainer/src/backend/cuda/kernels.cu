@@ -39,39 +39,25 @@ __device__ __forceinline__ double warp_sum_d(double v) {
     return __shfl_sync(FULL_MASK, v, 0);
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024), returned
-// to every thread. `scratch` holds 32 values; the block synchronises.
-__device__ float block_sum(float v, float* scratch) {
+// Reduction over the block (blockDim.x a multiple of 32, at most 1024) with
+// warp reducer `warp_op` and identity `init`, returned to every thread.
+// `scratch` holds 32 values; the block synchronises.
+template <typename T, T (*warp_op)(T)>
+__device__ T block_reduce(T v, T* scratch, T init) {
     int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     int warps = blockDim.x / WARP;
-    v = warp_sum(v);
+    v = warp_op(v);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < warps ? scratch[lane] : init;
+    return warp_op(v);
 }
 
-__device__ float block_max(float v, float* scratch) {
-    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    int warps = blockDim.x / WARP;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : -KB_INF;
-    return warp_max(v);
-}
-
+__device__ float block_sum(float v, float* scratch) { return block_reduce<float, warp_sum>(v, scratch, 0.0f); }
+__device__ float block_max(float v, float* scratch) { return block_reduce<float, warp_max>(v, scratch, -KB_INF); }
 __device__ double block_sum_d(double v, double* scratch) {
-    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    int warps = blockDim.x / WARP;
-    v = warp_sum_d(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.0;
-    return warp_sum_d(v);
+    return block_reduce<double, warp_sum_d>(v, scratch, 0.0);
 }
 
 #define GRID_STRIDE(i, n) \

@@ -1,9 +1,11 @@
-//! CUDA backend tests. Without a GPU (CI) the kernels are compiled by NVRTC
-//! for several architectures; with one, every op is checked against the
-//! f64 CPU reference (`backend::conformance`). A test that lacks its
-//! library is skipped with a message, unless `KILOBYTE_REQUIRE_NVRTC` /
-//! `KILOBYTE_REQUIRE_GPU` is set (CI sets the first, trainer/gpu-check.sh
-//! both), which turns a skip into a failure.
+//! CUDA backend tests. The kernels are compiled by NVRTC for several
+//! architectures; on a device (a GPU, or in CI the emulated one of
+//! tests/cuda-emu, which `cargo test` finds in target/<profile>), every op
+//! is checked against the f64 CPU reference (`backend::conformance`) and
+//! whole models against the CPU backend. A test that lacks its library is
+//! skipped with a message, unless `KILOBYTE_REQUIRE_NVRTC` /
+//! `KILOBYTE_REQUIRE_GPU` is set (.ci/run and trainer/gpu-check.sh set
+//! them), which turns a skip into a failure.
 
 use super::compile::{self, KERNEL_NAMES, SOURCE};
 use super::{driver_present, CudaBackend, Precision};
@@ -36,6 +38,12 @@ fn kernel_names_match_the_source() {
     assert_eq!(in_source, listed);
 }
 
+/// A device the backend can open: the driver (or the emulator) and NVRTC,
+/// which compiles the kernels for it.
+fn device_present() -> bool {
+    driver_present() && compile::nvrtc_present()
+}
+
 #[test]
 fn kernels_compile_under_nvrtc() {
     if skip_unless(
@@ -63,7 +71,7 @@ fn kernels_compile_under_nvrtc() {
 /// mantissa bits: about 2^-8 relative per operand, accumulated in fp32).
 #[test]
 fn ops_match_the_cpu_reference() {
-    if skip_unless(driver_present(), "the CUDA driver", "KILOBYTE_REQUIRE_GPU") {
+    if skip_unless(device_present(), "a CUDA device and NVRTC", "KILOBYTE_REQUIRE_GPU") {
         return;
     }
     for (precision, tol) in [(Precision::Fp32, 1e-4), (Precision::Bf16, 2e-2)] {
@@ -106,7 +114,7 @@ fn whole_models_match_the_cpu() {
     use crate::megabyte::MegabyteModel;
     use crate::params::ParamSet;
     use kilobyte_format::{BigsConfig, MegabyteConfig, ModelConfig};
-    if skip_unless(driver_present(), "the CUDA driver", "KILOBYTE_REQUIRE_GPU") {
+    if skip_unless(device_present(), "a CUDA device and NVRTC", "KILOBYTE_REQUIRE_GPU") {
         return;
     }
     let gpu = CudaBackend::new(0, Precision::Fp32).unwrap_or_else(|e| panic!("{e:#}"));
@@ -160,5 +168,50 @@ fn whole_models_match_the_cpu() {
     for ((g, c), meta) in b_gpu.grads.iter().zip(&b_cpu.grads).zip(&b_cpu.meta) {
         let e = rel_err(&gpu.download(g).unwrap(), c);
         assert!(e <= 1e-4, "BiGS d{}: {e:.2e}", meta.name);
+    }
+}
+
+/// The emulator's proof that it can fail: with each of its planted faults
+/// (tests/cuda-emu: an off-by-one index in a kernel, a removed
+/// `__syncthreads`, a wrong leading dimension in the gemm calls) the op
+/// conformance suite, run in a child process, must fail, and say why.
+#[test]
+fn the_emulator_catches_planted_faults() {
+    if skip_unless(device_present(), "a CUDA device and NVRTC", "KILOBYTE_REQUIRE_GPU") {
+        return;
+    }
+    let be = CudaBackend::new(0, Precision::Fp32).unwrap_or_else(|e| panic!("{e:#}"));
+    if !be.device_name().contains("cuda-emu") {
+        eprintln!("skipped: planted faults need the emulated device, not {}", be.device_name());
+        return;
+    }
+    for (plant, evidence) in [
+        ("offbyone", &["kernel kb_gelu_forward", "illegal memory access"][..]),
+        ("nosync", &["deviates from the f64 reference"][..]),
+        ("gemm-lda", &["cublasSgemm: A spans", "beyond its allocation"][..]),
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "backend::cuda::tests::ops_match_the_cpu_reference",
+                "--test-threads=1",
+            ])
+            .env("KBEMU_PLANT", plant)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success() && text.contains("1 failed"),
+            "planted fault {plant}: the conformance suite did not fail:\n{text}"
+        );
+        for e in evidence {
+            assert!(text.contains(e), "planted fault {plant}: no {e:?} in\n{text}");
+        }
+        eprintln!("planted fault {plant}: caught ({})", evidence.join("; "));
     }
 }

@@ -44,7 +44,8 @@ namespace {
 enum State { Runnable, AtBarrier, AtWarp, Done };
 
 const unsigned MAX_THREADS = 1024;
-const size_t STACK_BYTES = 64 * 1024;
+// Kernels are shallow; small stacks keep all of a block's in the TLB.
+const size_t STACK_BYTES = 16 * 1024;
 
 struct Fiber {
 #if defined(__x86_64__)
@@ -64,6 +65,10 @@ struct Fiber {
 
 Fiber g_fibers[MAX_THREADS];
 Fiber* g_cur;
+// Per block: threads finished, threads at __syncthreads, and lanes waiting
+// at a warp intrinsic per warp (kept as the fibers move, so a round costs
+// one pass over the threads).
+unsigned g_done, g_at_barrier, g_at_warp[MAX_THREADS / 32];
 const KernelInfo* g_kernel;
 void** g_params;
 char* g_stacks;
@@ -119,27 +124,61 @@ kbemu_switch:
 namespace kbemu {
 namespace {
 
-void to_scheduler() {
+// The round in progress: the order the fibers run in, and the position of
+// the one running. A fiber that yields hands over straight to the next
+// runnable fiber of the round (one switch, not two), and to the scheduler
+// when the round is over.
+unsigned* g_order;
+unsigned g_pos, g_threads;
+
+Fiber* next_in_round() {
+    while (++g_pos < g_threads) {
+        Fiber* f = &g_fibers[g_order[g_pos]];
+        if (f->state == Runnable) return f;
+    }
+    return nullptr;
+}
+
+void yield() {
+    Fiber* self = g_cur;
+    Fiber* next = next_in_round();
 #if defined(__x86_64__)
-    kbemu_switch(&g_cur->sp, g_sched_sp);
+    if (next) {
+        g_cur = next;
+        kbemu_switch(&self->sp, next->sp);
+    } else {
+        kbemu_switch(&self->sp, g_sched_sp);
+    }
 #else
-    swapcontext(&g_cur->ctx, &g_sched_ctx);
+    if (next) {
+        g_cur = next;
+        swapcontext(&self->ctx, &next->ctx);
+    } else {
+        swapcontext(&self->ctx, &g_sched_ctx);
+    }
 #endif
 }
 
-void to_fiber(Fiber* f) {
-    g_cur = f;
+// Runs one round: every runnable fiber, in `order`, until it yields.
+void run_round(unsigned* order, unsigned threads) {
+    g_order = order;
+    g_threads = threads;
+    g_pos = (unsigned)-1;
+    Fiber* first = next_in_round();
+    if (!first) return;
+    g_cur = first;
 #if defined(__x86_64__)
-    kbemu_switch(&g_sched_sp, f->sp);
+    kbemu_switch(&g_sched_sp, first->sp);
 #else
-    swapcontext(&g_sched_ctx, &f->ctx);
+    swapcontext(&g_sched_ctx, &first->ctx);
 #endif
 }
 
 void fiber_main() {
     g_kernel->invoke(g_kernel->fn, g_params);
     g_cur->state = Done;
-    to_scheduler();
+    g_done++;
+    yield();
     abort();  // a finished fiber is never resumed
 }
 
@@ -215,6 +254,9 @@ uint64_t next_random() {
     return g_rng;
 }
 
+// A uniform number below `n` (multiply-shift: no division).
+unsigned below(unsigned n) { return (unsigned)(((next_random() >> 32) * (uint64_t)n) >> 32); }
+
 struct Report {
     char* msg;
     size_t cap;
@@ -285,14 +327,16 @@ int resolve_warp(unsigned w, unsigned threads, Report rep) {
     for (unsigned l = 0; l < 32; l++) {
         if (!(mask >> l & 1)) continue;
         Fiber& f = lanes[l];
-        int width = f.width > 0 && f.width <= 32 ? f.width : 32;
-        unsigned base = l / width * width, pos = l % width;
+        // Segments of `width` lanes (32, the whole warp, nearly always:
+        // divisions only for narrower ones).
+        int width = f.width > 0 && f.width < 32 ? f.width : 32;
+        unsigned base = width == 32 ? 0 : l / width * width, pos = l - base;
         int src;
         switch (f.op) {
-            case WarpIdx: src = (int)(base + ((unsigned)f.arg % width)); break;
+            case WarpIdx: src = (int)(base + (width == 32 ? (unsigned)f.arg & 31 : (unsigned)f.arg % width)); break;
             case WarpUp: src = pos < (unsigned)f.arg ? (int)l : (int)(l - f.arg); break;
             case WarpDown: src = pos + f.arg >= (unsigned)width ? (int)l : (int)(l + f.arg); break;
-            case WarpXor: src = (int)(l ^ (unsigned)f.arg); src = (unsigned)src / width == l / width ? src : (int)l; break;
+            case WarpXor: src = (int)(l ^ (unsigned)f.arg); src = (unsigned)src - base < (unsigned)width ? src : (int)l; break;
             default: src = (int)l;
         }
         if (f.op == WarpBallot) {
@@ -304,6 +348,7 @@ int resolve_warp(unsigned w, unsigned threads, Report rep) {
         }
         f.state = Runnable;
     }
+    g_at_warp[w] = 0;
     return 1;
 }
 
@@ -321,40 +366,37 @@ int run_block(unsigned threads, unsigned* order, Report rep) {
         order[i] = i;
     }
     unsigned warps = (threads + 31) / 32;
+    g_done = g_at_barrier = 0;
+    memset(g_at_warp, 0, sizeof g_at_warp);
     for (;;) {
         // Fisher-Yates: a fresh order for every round.
         for (unsigned i = threads; i > 1; i--) {
-            unsigned j = (unsigned)(next_random() % i);
+            unsigned j = below(i);
             unsigned t = order[i - 1];
             order[i - 1] = order[j];
             order[j] = t;
         }
-        for (unsigned i = 0; i < threads; i++) {
-            Fiber* f = &g_fibers[order[i]];
-            if (f->state == Runnable) to_fiber(f);
-        }
-        bool released = false;
-        unsigned done = 0, at_barrier = 0;
+        run_round(order, threads);
+        if (g_done == threads) return 0;
+        bool released = false, waiting_warps = false;
         for (unsigned w = 0; w < warps; w++) {
+            if (!g_at_warp[w]) continue;
             int r = resolve_warp(w, threads, rep);
             if (r < 0) return -1;
             released |= r > 0;
+            waiting_warps |= r == 0;
         }
-        for (unsigned i = 0; i < threads; i++) {
-            done += g_fibers[i].state == Done;
-            at_barrier += g_fibers[i].state == AtBarrier;
-        }
-        if (done == threads) return 0;
-        if (!released && at_barrier == threads - done) {
+        if (!released && !waiting_warps && g_at_barrier == threads - g_done) {
             for (unsigned i = 0; i < threads; i++)
                 if (g_fibers[i].state == AtBarrier) g_fibers[i].state = Runnable;
+            g_at_barrier = 0;
             released = true;
         }
         if (!released) {
             describe(rep,
                      "deadlock: %u threads wait at __syncthreads, %u at warp intrinsics and %u have exited; "
                      "a barrier or warp intrinsic is not reached by every thread it waits for",
-                     at_barrier, threads - done - at_barrier, done);
+                     g_at_barrier, threads - g_done - g_at_barrier, g_done);
             return -1;
         }
     }
@@ -366,7 +408,8 @@ const dim3& thread_idx() { return g_cur->tid; }
 
 void syncthreads() {
     g_cur->state = AtBarrier;
-    to_scheduler();
+    g_at_barrier++;
+    yield();
 }
 
 void warp_collective(WarpOp kind, unsigned mask, const void* value, unsigned bytes, int arg, int width,
@@ -377,11 +420,18 @@ void warp_collective(WarpOp kind, unsigned mask, const void* value, unsigned byt
     f->arg = arg;
     f->width = width;
     f->bytes = bytes;
-    memset(f->value, 0, 8);
-    if (bytes) memcpy(f->value, value, bytes);
+    uint64_t v = 0;
+    memcpy(&v, value, bytes < 8 ? bytes : 8);  // value holds `bytes` bytes
+    memcpy(f->value, &v, 8);
     f->state = AtWarp;
-    to_scheduler();
-    if (result) memcpy(result, f->result, kind == WarpBallot ? sizeof(unsigned) : bytes);
+    g_at_warp[(unsigned)(f - g_fibers) / 32]++;
+    yield();
+    if (result) {
+        if (kind == WarpBallot) memcpy(result, f->result, sizeof(unsigned));
+        else if (bytes == 4) memcpy(result, f->result, 4);
+        else if (bytes == 8) memcpy(result, f->result, 8);
+        else memcpy(result, f->result, bytes);
+    }
 }
 
 }  // namespace kbemu

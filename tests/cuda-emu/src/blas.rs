@@ -336,14 +336,28 @@ unsafe fn gemm(p: Product) -> Status {
             }
         }
     }
+    // op(A) and op(B) gathered column-major, so the inner loop runs over
+    // contiguous memory; each element still adds its k terms in order.
+    let mut a = vec![0f32; m * k];
+    for l in 0..k {
+        for i in 0..m {
+            a[i + l * m] = p.a.at(i, l);
+        }
+    }
+    let mut b = vec![0f32; k * n];
+    for j in 0..n {
+        for l in 0..k {
+            b[l + j * k] = p.b.at(l, j);
+        }
+    }
     let mut col = vec![0f32; m];
     for j in 0..n {
         col.fill(0.0);
         if alpha != 0.0 {
             for l in 0..k {
-                let b = p.b.at(l, j);
-                for (i, acc) in col.iter_mut().enumerate() {
-                    *acc += p.a.at(i, l) * b;
+                let bv = b[l + j * k];
+                for (acc, &av) in col.iter_mut().zip(&a[l * m..(l + 1) * m]) {
+                    *acc += av * bv;
                 }
             }
         }

@@ -756,6 +756,9 @@ pub unsafe extern "C" fn cuLaunchKernel(
     if params.is_null() {
         return status::INVALID_VALUE;
     }
+    if std::env::var_os("KBEMU_TRACE").is_some() {
+        report(&format!("launch {} {grid:?} {block:?}", func.kernel.name()));
+    }
     // The device lock is not held while the kernel runs: its memory is
     // plain host memory, and other threads may copy meanwhile, as on a GPU.
     match kernels::run(func, grid, block, params) {

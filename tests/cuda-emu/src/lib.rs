@@ -29,6 +29,7 @@
 //! reduction loses a `__syncthreads`) or `gemm-lda` (every gemm reads A
 //! with a leading dimension one too large, as if the backend had passed
 //! it) make the emulator behave as the faulty code would.
+//! `KBEMU_TRACE=1` prints every launch (kernel, grid and block) to stderr.
 
 // The exported names and argument names are NVIDIA's.
 #![allow(non_snake_case)]

@@ -78,7 +78,7 @@ pub fn compile(arch: &str) -> Result<Ptx> {
     if !nvrtc_present() {
         bail!(
             "libnvrtc could not be loaded: install the CUDA toolkit or `pip install \
-             nvidia-cuda-nvrtc` and add its lib directory to LD_LIBRARY_PATH"
+             nvidia-cuda-nvrtc` and add its lib directory to LD_LIBRARY_PATH, or use --device cpu"
         );
     }
     let opts = CompileOptions {

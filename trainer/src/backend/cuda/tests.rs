@@ -71,7 +71,11 @@ fn kernels_compile_under_nvrtc() {
 /// mantissa bits: about 2^-8 relative per operand, accumulated in fp32).
 #[test]
 fn ops_match_the_cpu_reference() {
-    if skip_unless(device_present(), "a CUDA device and NVRTC", "KILOBYTE_REQUIRE_GPU") {
+    if skip_unless(
+        device_present(),
+        "a CUDA device and NVRTC",
+        "KILOBYTE_REQUIRE_GPU",
+    ) {
         return;
     }
     for (precision, tol) in [(Precision::Fp32, 1e-4), (Precision::Bf16, 2e-2)] {
@@ -114,7 +118,11 @@ fn whole_models_match_the_cpu() {
     use crate::megabyte::MegabyteModel;
     use crate::params::ParamSet;
     use kilobyte_format::{BigsConfig, MegabyteConfig, ModelConfig};
-    if skip_unless(device_present(), "a CUDA device and NVRTC", "KILOBYTE_REQUIRE_GPU") {
+    if skip_unless(
+        device_present(),
+        "a CUDA device and NVRTC",
+        "KILOBYTE_REQUIRE_GPU",
+    ) {
         return;
     }
     let gpu = CudaBackend::new(0, Precision::Fp32).unwrap_or_else(|e| panic!("{e:#}"));
@@ -177,18 +185,31 @@ fn whole_models_match_the_cpu() {
 /// conformance suite, run in a child process, must fail, and say why.
 #[test]
 fn the_emulator_catches_planted_faults() {
-    if skip_unless(device_present(), "a CUDA device and NVRTC", "KILOBYTE_REQUIRE_GPU") {
+    if skip_unless(
+        device_present(),
+        "a CUDA device and NVRTC",
+        "KILOBYTE_REQUIRE_GPU",
+    ) {
         return;
     }
     let be = CudaBackend::new(0, Precision::Fp32).unwrap_or_else(|e| panic!("{e:#}"));
     if !be.device_name().contains("cuda-emu") {
-        eprintln!("skipped: planted faults need the emulated device, not {}", be.device_name());
+        eprintln!(
+            "skipped: planted faults need the emulated device, not {}",
+            be.device_name()
+        );
         return;
     }
     for (plant, evidence) in [
-        ("offbyone", &["kernel kb_gelu_forward", "illegal memory access"][..]),
+        (
+            "offbyone",
+            &["kernel kb_gelu_forward", "illegal memory access"][..],
+        ),
         ("nosync", &["deviates from the f64 reference"][..]),
-        ("gemm-lda", &["cublasSgemm: A spans", "beyond its allocation"][..]),
+        (
+            "gemm-lda",
+            &["cublasSgemm: A spans", "beyond its allocation"][..],
+        ),
     ] {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
@@ -210,7 +231,10 @@ fn the_emulator_catches_planted_faults() {
             "planted fault {plant}: the conformance suite did not fail:\n{text}"
         );
         for e in evidence {
-            assert!(text.contains(e), "planted fault {plant}: no {e:?} in\n{text}");
+            assert!(
+                text.contains(e),
+                "planted fault {plant}: no {e:?} in\n{text}"
+            );
         }
         eprintln!("planted fault {plant}: caught ({})", evidence.join("; "));
     }

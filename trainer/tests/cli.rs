@@ -319,17 +319,14 @@ fn kill_and_resume_matches_an_uninterrupted_run() {
     assert!(
         fails(&["train", "--data", "missing.txt", "--run", "new"], &dir).contains("missing.txt")
     );
-    assert!(fails(
-        &["train", "--device", "cuda", "--data", "data.txt", "--run", "gpu"],
-        &dir
-    )
-    .contains("use --device cpu"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `--device cuda` on a machine without a GPU is a one-line error that
-/// points to the CPU (on a machine with one, trainer/gpu-check.sh covers
-/// the GPU path); a CPU run rejects `--precision bf16`.
+/// points to the CPU; where a device opens (a GPU, or the emulated one that
+/// `cargo test` finds in target/ when libnvrtc is on LD_LIBRARY_PATH) the
+/// two-step run succeeds, and trainer/gpu-check.sh checks the rest. A CPU
+/// run rejects `--precision bf16`.
 #[test]
 fn device_choice_errors_are_one_line() {
     let dir = temp_dir("device");

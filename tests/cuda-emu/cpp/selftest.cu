@@ -65,6 +65,11 @@ extern "C" __global__ void st_write_past_end(float* x, int n) {
     if (threadIdx.x == 0) x[n] = 1.0f;
 }
 
+// Writes x[-1]: just before the start of the buffer.
+extern "C" __global__ void st_write_before_start(float* x, int n) {
+    if (threadIdx.x == 0) x[-1] = 1.0f + n;
+}
+
 // Each thread writes its flat thread and block numbers, checking the index
 // mapping of 3-D blocks and grids.
 extern "C" __global__ void st_indices(unsigned* out) {

@@ -26,6 +26,7 @@ pub const NAME: &str = "kilobyte cuda-emu (CPU emulation of sm_90)";
 pub const CAPABILITY: (c_int, c_int) = (9, 0);
 
 /// Live handles by address.
+#[derive(Default)]
 pub struct Handles {
     streams: BTreeSet<usize>,
     events: BTreeSet<usize>,
@@ -475,16 +476,26 @@ pub unsafe extern "C" fn cuMemAllocAsync(
     }))
 }
 
+/// Frees an allocation; a broken canary (a write before its start) leaves
+/// the sticky illegal-address error, as the fault on a GPU would.
+fn free(dev: &mut Device, dptr: CUdeviceptr) -> Result<(), CUresult> {
+    dev.memory.free(dptr as usize)?;
+    if std::mem::take(&mut dev.memory.canary_broken) {
+        fault(dev);
+    }
+    Ok(())
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
-    code(ready().and_then(|mut dev| dev.memory.free(dptr as usize)))
+    code(ready().and_then(|mut dev| free(&mut dev, dptr)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, s: Handle) -> CUresult {
     code(ready().and_then(|mut dev| {
         valid_stream(&dev, s)?;
-        dev.memory.free(dptr as usize)
+        free(&mut dev, dptr)
     }))
 }
 
@@ -788,7 +799,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
 }
 
 /// Records a fault found outside a kernel (a product that reads out of
-/// bounds): sticky, as on a GPU.
+/// bounds, a broken canary): sticky, as on a GPU.
 pub(crate) fn fault(dev: &mut Device) {
     dev.sticky = status::ILLEGAL_ADDRESS;
 }

@@ -1,9 +1,12 @@
 //! Device memory. A device pointer is a host address; each allocation is a
-//! mapping of its own that ends exactly where a `PROT_NONE` page begins, so
-//! a kernel that reads or writes past the end faults at once (the
-//! scheduler turns that into `CUDA_ERROR_ILLEGAL_ADDRESS`). New memory is
-//! filled with 0xff bytes (NaN as f32 and f64), as a GPU's is not zeroed,
-//! so reading memory nobody wrote shows.
+//! mapping of its own, between two `PROT_NONE` pages, that ends exactly
+//! where the upper one begins, so a kernel that reads or writes past the
+//! end faults at once (the scheduler turns that into
+//! `CUDA_ERROR_ILLEGAL_ADDRESS`). The bytes between the lower guard page and
+//! the start (less than a page) are a canary: a write there is reported
+//! when the allocation is freed. New memory is filled with 0xff bytes (NaN
+//! as f32 and f64), as a GPU's is not zeroed, so reading memory nobody
+//! wrote, or reading before the start, shows as NaN.
 //!
 //! It owns the allocation table and the range checks the copies and the
 //! products make; it does not know about kernels or handles.
@@ -21,10 +24,13 @@ struct Mapping {
     size: usize,
 }
 
+#[derive(Default)]
 pub struct Memory {
     /// By start address (the device pointer).
     allocs: BTreeMap<usize, Mapping>,
     used: usize,
+    /// A write before an allocation's start was found (on free).
+    pub canary_broken: bool,
 }
 
 fn page() -> usize {
@@ -37,6 +43,7 @@ impl Memory {
         Memory {
             allocs: BTreeMap::new(),
             used: 0,
+            canary_broken: false,
         }
     }
 
@@ -53,8 +60,8 @@ impl Memory {
         }
         let page = page();
         let body = size.div_ceil(page) * page;
-        let len = body + page;
-        // SAFETY: a fresh anonymous mapping; the guard page is inside it.
+        let len = body + 2 * page;
+        // SAFETY: a fresh anonymous mapping; the guard pages are inside it.
         let base = unsafe {
             let m = libc::mmap(
                 std::ptr::null_mut(),
@@ -67,14 +74,19 @@ impl Memory {
             if m == libc::MAP_FAILED {
                 return Err(status::OUT_OF_MEMORY);
             }
-            libc::mprotect((m as *mut u8).add(body) as *mut _, page, libc::PROT_NONE);
+            libc::mprotect(m, page, libc::PROT_NONE);
+            libc::mprotect(
+                (m as *mut u8).add(page + body) as *mut _,
+                page,
+                libc::PROT_NONE,
+            );
             m as usize
         };
         // The start keeps the natural alignment of the element size, since
         // `size` is a whole number of elements.
-        let start = base + body - size;
-        // SAFETY: [start, start + size) is inside the writable part.
-        unsafe { std::ptr::write_bytes(start as *mut u8, 0xff, size) };
+        let start = base + page + body - size;
+        // SAFETY: the canary and the allocation fill the writable part.
+        unsafe { std::ptr::write_bytes((base + page) as *mut u8, 0xff, body) };
         self.allocs.insert(start, Mapping { base, len, size });
         self.used += size;
         Ok(start)
@@ -85,6 +97,19 @@ impl Memory {
     pub fn free(&mut self, ptr: usize) -> Result<(), CUresult> {
         let m = self.allocs.remove(&ptr).ok_or(status::INVALID_VALUE)?;
         self.used -= m.size;
+        let canary_start = m.base + page();
+        // SAFETY: the canary bytes are inside the (still mapped) mapping.
+        let canary =
+            unsafe { std::slice::from_raw_parts(canary_start as *const u8, ptr - canary_start) };
+        if let Some(at) = canary.iter().rposition(|&b| b != 0xff) {
+            crate::report(&format!(
+                "freeing a {}-byte allocation at {ptr:#x}: something wrote {} bytes before its \
+                 start",
+                m.size,
+                canary.len() - at
+            ));
+            self.canary_broken = true;
+        }
         // SAFETY: the mapping was made by `alloc` and is no longer listed.
         unsafe { libc::munmap(m.base as *mut _, m.len) };
         Ok(())

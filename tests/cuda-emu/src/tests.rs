@@ -271,6 +271,40 @@ fn a_write_past_the_end_is_an_illegal_address() {
 }
 
 #[test]
+fn a_write_before_the_start_is_caught() {
+    let _g = setup();
+    let m = selftest_module();
+    // A page-sized buffer starts right after the lower guard page: faults.
+    // A smaller one has canary bytes before it: found when it is freed.
+    for (n, launch_status, free_status) in [
+        (1024i32, status::ILLEGAL_ADDRESS, status::ILLEGAL_ADDRESS),
+        (37, status::SUCCESS, status::SUCCESS),
+    ] {
+        crate::device().sticky = status::SUCCESS;
+        let buf = upload(&vec![0f32; n as usize]);
+        let (mut p, mut len) = (buf, n);
+        let mut args = [
+            &mut p as *mut _ as *mut c_void,
+            &mut len as *mut _ as *mut c_void,
+        ];
+        let f = function(m, "st_write_before_start");
+        assert_eq!(
+            launch(f, [1, 1, 1], [32, 1, 1], 0, &mut args),
+            launch_status,
+            "n = {n}"
+        );
+        if launch_status == status::SUCCESS {
+            assert_eq!(unsafe { cuMemFree_v2(buf) }, free_status);
+            assert_eq!(
+                unsafe { cuCtxSynchronize() },
+                status::ILLEGAL_ADDRESS,
+                "n = {n}"
+            );
+        }
+    }
+}
+
+#[test]
 fn launch_limits_are_the_drivers() {
     let _g = setup();
     let m = selftest_module();
@@ -359,6 +393,7 @@ fn blas() -> *mut c_void {
     h
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sgemm(
     h: *mut c_void,
     ta: bool,

@@ -532,3 +532,54 @@ fn mantissa_rounding_is_to_nearest_even() {
     );
     assert!(round_mantissa(f32::NAN, 7).is_nan());
 }
+
+/// The PTX reader on NVRTC's own layout (entries, typed parameters, a
+/// demoted shared array, nested braces), and the loader refusing an entry
+/// whose parameters differ from the CPU build.
+#[test]
+fn ptx_entries_are_read_and_checked_against_the_cpu_build() {
+    let _g = setup();
+    let ptx = "
+.func  (.param .align 8 .b8 func_retval0[16]) helper(
+	.param .b64 helper_param_0
+)
+{
+	ret;
+}
+.visible .entry st_write_past_end(
+	.param .u64 .ptr .global .align 4 st_write_past_end_param_0,
+	.param .u32 st_write_past_end_param_1
+)
+{
+	.reg .b32 %r<4>;
+	.shared .align 8 .b8 _ZZ17st_write_past_endE7scratch[256];
+	{
+	.reg .b32 temp;
+	}
+	ret;
+}
+";
+    let entries = crate::kernels::parse_ptx(ptx).unwrap();
+    assert_eq!(
+        entries,
+        [crate::kernels::Entry {
+            name: "st_write_past_end".into(),
+            params: vec![8, 4],
+            shared_bytes: 256,
+        }]
+    );
+    assert!(crate::kernels::load(ptx).is_ok());
+    let wrong = ptx.replace(
+        ".param .u32 st_write_past_end_param_1",
+        ".param .u64 st_write_past_end_param_1",
+    );
+    assert!(crate::kernels::load(&wrong)
+        .err()
+        .unwrap()
+        .contains("parameter sizes"));
+    let unknown = ptx.replace("st_write_past_end", "kb_not_a_kernel");
+    assert!(crate::kernels::load(&unknown)
+        .err()
+        .unwrap()
+        .contains("no CPU build"));
+}

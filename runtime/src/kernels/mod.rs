@@ -3,8 +3,10 @@
 //! Every op is defined by a plain loop in [`scalar`]. The functions here check
 //! their arguments, then run the fastest version this machine supports:
 //! AVX2+FMA+F16C on x86_64 (detected at run time, since `no_std` has no
-//! `is_x86_feature_detected!`), NEON on aarch64 (always present there), and
-//! the scalar code everywhere else and under Miri. The SIMD versions are
+//! `is_x86_feature_detected!`), NEON on aarch64 (always present there),
+//! SIMD128 on wasm32 when the crate is built with the `simd128` feature
+//! (WebAssembly has no run-time detection), and the scalar code everywhere
+//! else and under Miri. The SIMD versions are
 //! tested against the scalar ones and differ from them only in the order of
 //! float additions.
 //!
@@ -32,9 +34,14 @@ pub mod dsp;
 #[cfg(all(target_arch = "aarch64", not(miri)))]
 mod neon;
 pub mod scalar;
+#[cfg(all(target_arch = "wasm32", feature = "simd128"))]
+mod simd128;
 #[cfg(test)]
 mod tests;
-#[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(miri)))]
+#[cfg(any(
+    all(any(target_arch = "x86_64", target_arch = "aarch64"), not(miri)),
+    all(target_arch = "wasm32", feature = "simd128")
+))]
 mod tiles;
 
 pub use scalar::{add, embedding_row, layer_norm, mul, quantize_row_i8, rms_norm, scale, softmax};
@@ -260,10 +267,12 @@ pub enum Isa {
     Avx2,
     /// aarch64 Advanced SIMD.
     Neon,
+    /// WebAssembly SIMD128 (wasm32 built with the `simd128` feature).
+    Simd128,
 }
 
 impl Isa {
-    const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Neon];
+    const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::Simd128];
 
     // 0 means "not chosen yet" in the atomics below.
     fn code(self) -> u8 {
@@ -332,7 +341,17 @@ fn detect() -> Isa {
     Isa::Neon
 }
 
-#[cfg(not(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(miri))))]
+// The engine either validated this module's SIMD instructions or refused
+// to load it, so having been compiled in is proof enough.
+#[cfg(all(target_arch = "wasm32", feature = "simd128"))]
+fn detect() -> Isa {
+    Isa::Simd128
+}
+
+#[cfg(not(any(
+    all(any(target_arch = "x86_64", target_arch = "aarch64"), not(miri)),
+    all(target_arch = "wasm32", feature = "simd128")
+)))]
 fn detect() -> Isa {
     Isa::Scalar
 }
@@ -353,8 +372,8 @@ impl Backend {
     }
 }
 
-/// Evaluates `$simd` with `$m` naming the backend's module (`avx2` or
-/// `neon`, whose functions all share one signature), or `$scalar`.
+/// Evaluates `$simd` with `$m` naming the backend's module (`avx2`, `neon`
+/// or `simd128`, whose functions all share one signature), or `$scalar`.
 macro_rules! dispatch {
     ($backend:expr, |$m:ident| $simd:expr, $scalar:expr) => {
         match $backend.0 {
@@ -371,6 +390,14 @@ macro_rules! dispatch {
             // bounded as above.
             Isa::Neon => unsafe {
                 use neon as $m;
+                $simd
+            },
+            #[cfg(all(target_arch = "wasm32", feature = "simd128"))]
+            // SAFETY: a Backend holds Simd128 only in a module built with
+            // it, which an engine without SIMD128 refuses to instantiate;
+            // accesses are bounded as above.
+            Isa::Simd128 => unsafe {
+                use simd128 as $m;
                 $simd
             },
             _ => $scalar,

@@ -773,6 +773,17 @@ fn aarch64_uses_neon() {
     assert_eq!(detected(), Isa::Neon);
 }
 
+#[test]
+#[cfg(target_arch = "wasm32")]
+fn wasm32_uses_simd128_exactly_when_built_with_it() {
+    let want = if cfg!(feature = "simd128") {
+        Isa::Simd128
+    } else {
+        Isa::Scalar
+    };
+    assert_eq!(detected(), want);
+}
+
 // ---------------------------------------------------------------------------
 // Throughput
 

@@ -47,6 +47,117 @@ pub const DEFAULT_NORM_EPS: f32 = 1e-5;
 /// headers early with a readable error.
 pub const MAX_DIM: u32 = 1 << 20;
 
+/// Hashed n-gram embeddings (as in BLT, arXiv 2412.09871): for every order
+/// n in `orders`, the ids of the n positions ending at position t select one
+/// of `buckets` rows of that order's table, and the row is added to the
+/// token embedding at t. Positions before the start of the text read as
+/// [`NGRAM_BOS`]. Zero buckets turn them off.
+///
+/// The hash ([`NgramConfig::bucket`]) is part of the file format
+/// (`format/SPEC.md`): the trainer and the runtime both call this one
+/// function, so a model means the same on every device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NgramConfig {
+    /// Bit n set: order n is used, for n in `NGRAM_MIN_ORDER..=NGRAM_MAX_ORDER`.
+    pub orders: u32,
+    /// Rows of each order's table; 0: no n-gram embeddings (then `orders` is 0).
+    pub buckets: u32,
+}
+
+/// The id that stands for positions before the start of a text.
+pub const NGRAM_BOS: u32 = 0xffff;
+/// Orders an [`NgramConfig`] may use (order 1 is the token embedding itself).
+pub const NGRAM_MIN_ORDER: u32 = 2;
+pub const NGRAM_MAX_ORDER: u32 = 8;
+/// Rows per n-gram table at most: the CUDA embedding-gradient kernel puts
+/// one table row per grid row, and 65,535 is the grid's y limit.
+pub const NGRAM_MAX_BUCKETS: u32 = 65_535;
+
+impl NgramConfig {
+    pub const OFF: Self = NgramConfig {
+        orders: 0,
+        buckets: 0,
+    };
+
+    /// Orders `lo..=hi` with `buckets` rows each.
+    pub const fn orders(lo: u32, hi: u32, buckets: u32) -> Self {
+        let mut orders = 0;
+        let mut n = lo;
+        while n <= hi {
+            orders |= 1 << n;
+            n += 1;
+        }
+        NgramConfig { orders, buckets }
+    }
+
+    pub const fn enabled(&self) -> bool {
+        self.buckets != 0
+    }
+
+    /// Tables in the file: one per order.
+    pub const fn tables(&self) -> u32 {
+        if self.enabled() {
+            self.orders.count_ones()
+        } else {
+            0
+        }
+    }
+
+    /// The orders in ascending order (the order of their tables).
+    pub fn each_order(&self) -> impl Iterator<Item = u32> + '_ {
+        (NGRAM_MIN_ORDER..=NGRAM_MAX_ORDER)
+            .filter(move |&n| self.enabled() && self.orders >> n & 1 != 0)
+    }
+
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let allowed = Self::orders(NGRAM_MIN_ORDER, NGRAM_MAX_ORDER, 0).orders;
+        if self.orders & !allowed != 0 {
+            return Err(bad_config(
+                "ngram_orders",
+                self.orders,
+                "may only set bits 2..=8 (the n-gram orders)",
+            ));
+        }
+        if self.buckets > NGRAM_MAX_BUCKETS {
+            return Err(bad_config(
+                "ngram_buckets",
+                self.buckets,
+                "exceeds the limit of 65535",
+            ));
+        }
+        if (self.buckets == 0) != (self.orders == 0) {
+            return Err(bad_config(
+                "ngram_orders",
+                self.orders,
+                "must be 0 exactly when ngram_buckets is 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The table row of the order-`n` n-gram ending at position `t`, where
+    /// `id(i)` is the id at position `i` (only `t + 1 - n ..= t` are asked).
+    ///
+    /// The hash: FNV-1a over 32-bit symbols, starting from
+    /// `0x811c9dc5 ^ (n * 0x9e3779b9)`; each id (oldest first, NGRAM_BOS
+    /// before the start) is XORed in, then the state multiplied by
+    /// `0x01000193`; then MurmurHash3's 32-bit finaliser; the row is
+    /// `(hash * buckets) >> 32`.
+    pub fn bucket(&self, n: u32, t: usize, id: impl Fn(usize) -> u32) -> u32 {
+        let mut h = 0x811c_9dc5u32 ^ n.wrapping_mul(0x9e37_79b9);
+        for back in (0..n as usize).rev() {
+            let v = if back <= t { id(t - back) } else { NGRAM_BOS };
+            h = (h ^ v).wrapping_mul(0x0100_0193);
+        }
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^= h >> 16;
+        ((h as u64 * self.buckets as u64) >> 32) as u32
+    }
+}
+
 /// MEGABYTE hyperparameters (see ../shared/design/MODELS.md).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MegabyteConfig {
@@ -63,6 +174,8 @@ pub struct MegabyteConfig {
     /// T_max: trained context in bytes (a multiple of P).
     pub max_seq: u32,
     pub norm_eps: f32,
+    /// Hashed n-gram embeddings added to the global byte embedding (width D_G).
+    pub ngram: NgramConfig,
 }
 
 impl MegabyteConfig {
@@ -91,7 +204,14 @@ impl MegabyteConfig {
             heads_local,
             max_seq,
             norm_eps: DEFAULT_NORM_EPS,
+            ngram: NgramConfig::OFF,
         }
+    }
+
+    /// The same with hashed n-gram embeddings.
+    pub const fn with_ngram(mut self, ngram: NgramConfig) -> Self {
+        self.ngram = ngram;
+        self
     }
 
     /// A preset by the name the CLI, tests and benchmarks use.
@@ -153,6 +273,7 @@ impl MegabyteConfig {
                 "must divide d_local",
             ));
         }
+        self.ngram.validate()?;
         check_eps(self.norm_eps)
     }
 
@@ -163,6 +284,7 @@ impl MegabyteConfig {
         let dg = self.d_global as u64;
         let block = |w: u64| 12 * w * w + 4 * w; // qkv + proj + 2 MLP mats, 2 norms
         256 * dg
+            + self.ngram.tables() as u64 * self.ngram.buckets as u64 * dg
             + self.max_seq as u64 * dg
             + g
             + self.layers_global as u64 * block(g)
@@ -204,6 +326,8 @@ pub struct BigsConfig {
     /// Bit set of `BIGS_HEAD_MLM` and `BIGS_HEAD_CLASSIFY`.
     pub heads: u32,
     pub norm_eps: f32,
+    /// Hashed n-gram embeddings added to the token embedding (width d).
+    pub ngram: NgramConfig,
 }
 
 impl BigsConfig {
@@ -230,7 +354,14 @@ impl BigsConfig {
             n_classes: 0,
             heads: BIGS_HEAD_MLM,
             norm_eps: DEFAULT_NORM_EPS,
+            ngram: NgramConfig::OFF,
         }
+    }
+
+    /// The same with hashed n-gram embeddings.
+    pub const fn with_ngram(mut self, ngram: NgramConfig) -> Self {
+        self.ngram = ngram;
+        self
     }
 
     pub fn by_name(name: &str) -> Option<Self> {
@@ -291,6 +422,7 @@ impl BigsConfig {
                 "must be 0 without a classification head",
             ));
         }
+        self.ngram.validate()?;
         check_eps(self.norm_eps)
     }
 
@@ -303,6 +435,7 @@ impl BigsConfig {
         let ssm = k * (4 * n + 2); // a, w, C (2 floats) per mode; log_dt, D per kernel
         let layer = 2 * d + (d * e + e) + 4 * (d * d + d) + (d * e + e) + (e * d + d) + 2 * ssm;
         let mut total = BIGS_VOCAB as u64 * d
+            + self.ngram.tables() as u64 * self.ngram.buckets as u64 * d
             + self.max_seq as u64 * d
             + 2 * d
             + self.layers as u64 * layer
@@ -355,7 +488,7 @@ impl ModelConfig {
         let mut w = [0u32; CONFIG_WORDS];
         match self {
             ModelConfig::Megabyte(c) => {
-                w[..9].copy_from_slice(&[
+                w[..11].copy_from_slice(&[
                     c.patch_size,
                     c.d_global,
                     c.layers_global,
@@ -365,10 +498,12 @@ impl ModelConfig {
                     c.heads_local,
                     c.max_seq,
                     c.norm_eps.to_bits(),
+                    c.ngram.orders,
+                    c.ngram.buckets,
                 ]);
             }
             ModelConfig::Bigs(c) => {
-                w[..9].copy_from_slice(&[
+                w[..11].copy_from_slice(&[
                     c.d_model,
                     c.d_expand,
                     c.layers,
@@ -378,6 +513,8 @@ impl ModelConfig {
                     c.n_classes,
                     c.heads,
                     c.norm_eps.to_bits(),
+                    c.ngram.orders,
+                    c.ngram.buckets,
                 ]);
             }
         }
@@ -387,12 +524,17 @@ impl ModelConfig {
     /// Reads and validates a config block. Unused words must be zero so that a
     /// later version can give them meaning without old readers misreading them.
     pub fn from_words(family: ModelFamily, w: &[u32; CONFIG_WORDS]) -> Result<Self, FormatError> {
-        if let Some(i) = w[9..].iter().position(|&x| x != 0) {
+        let end = NGRAM_WORDS.end;
+        if let Some(i) = w[end..].iter().position(|&x| x != 0) {
             return Err(FormatError::ReservedNotZero {
-                offset: (64 + 4 * (9 + i)) as u64,
+                offset: (64 + 4 * (end + i)) as u64,
             });
         }
         let eps = f32::from_bits(w[8]);
+        let ngram = NgramConfig {
+            orders: w[NGRAM_WORDS.start],
+            buckets: w[NGRAM_WORDS.start + 1],
+        };
         let config = match family {
             ModelFamily::Megabyte => ModelConfig::Megabyte(MegabyteConfig {
                 patch_size: w[0],
@@ -404,6 +546,7 @@ impl ModelConfig {
                 heads_local: w[6],
                 max_seq: w[7],
                 norm_eps: eps,
+                ngram,
             }),
             ModelFamily::Bigs => ModelConfig::Bigs(BigsConfig {
                 d_model: w[0],
@@ -415,6 +558,7 @@ impl ModelConfig {
                 n_classes: w[6],
                 heads: w[7],
                 norm_eps: eps,
+                ngram,
             }),
         };
         config.validate()?;
@@ -423,13 +567,13 @@ impl ModelConfig {
 
     /// Named fields, in header word order, for printing and for the
     /// safetensors metadata. `norm_eps` is given as its f32 bit pattern.
-    pub fn fields(&self) -> [(&'static str, u32); 9] {
+    pub fn fields(&self) -> [(&'static str, u32); NGRAM_WORDS.end] {
         let w = self.to_words();
         let names = match self {
             ModelConfig::Megabyte(_) => MEGABYTE_FIELDS,
             ModelConfig::Bigs(_) => BIGS_FIELDS,
         };
-        let mut out = [("", 0u32); 9];
+        let mut out = [("", 0u32); NGRAM_WORDS.end];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = (names[i], w[i]);
         }
@@ -447,7 +591,13 @@ impl ModelConfig {
         };
         let mut w = [0u32; CONFIG_WORDS];
         for (i, name) in names.iter().enumerate() {
-            w[i] = get(name).ok_or(FormatError::MissingConfigField { field: name })?;
+            // Files from before n-grams lack their two fields: off.
+            let optional = i >= NGRAM_WORDS.start;
+            w[i] = match get(name) {
+                Some(v) => v,
+                None if optional => 0,
+                None => return Err(FormatError::MissingConfigField { field: name }),
+            };
         }
         Self::from_words(family, &w)
     }
@@ -467,8 +617,11 @@ impl ModelConfig {
     }
 }
 
+/// The header words of the n-gram config (the same in both families).
+pub const NGRAM_WORDS: core::ops::Range<usize> = 9..11;
+
 /// Header word names for MEGABYTE, in order.
-pub const MEGABYTE_FIELDS: [&str; 9] = [
+pub const MEGABYTE_FIELDS: [&str; NGRAM_WORDS.end] = [
     "patch_size",
     "d_global",
     "layers_global",
@@ -478,10 +631,12 @@ pub const MEGABYTE_FIELDS: [&str; 9] = [
     "heads_local",
     "max_seq",
     "norm_eps_bits",
+    "ngram_orders",
+    "ngram_buckets",
 ];
 
 /// Header word names for BiGS, in order.
-pub const BIGS_FIELDS: [&str; 9] = [
+pub const BIGS_FIELDS: [&str; NGRAM_WORDS.end] = [
     "d_model",
     "d_expand",
     "layers",
@@ -491,6 +646,8 @@ pub const BIGS_FIELDS: [&str; 9] = [
     "n_classes",
     "heads",
     "norm_eps_bits",
+    "ngram_orders",
+    "ngram_buckets",
 ];
 
 fn bad_config(field: &'static str, value: u32, reason: &'static str) -> FormatError {
@@ -526,6 +683,86 @@ fn check_eps(eps: f32) -> Result<(), FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hash is part of the format: these rows must never change.
+    #[test]
+    fn ngram_buckets_are_the_specified_hash() {
+        let c = NgramConfig::orders(2, 4, 4096);
+        let text = b"hello";
+        let id = |i: usize| text[i] as u32;
+        let rows: [u32; 3] = core::array::from_fn(|i| c.bucket(i as u32 + 2, 4, id));
+        assert_eq!(rows, GOLDEN);
+        // Before the start: NGRAM_BOS, so position 0 of order 3 hashes
+        // (BOS, BOS, 'h').
+        let reference = |window: &[u32], n: u32| {
+            let mut h = 0x811c_9dc5u32 ^ n.wrapping_mul(0x9e37_79b9);
+            for &v in window {
+                h = (h ^ v).wrapping_mul(0x0100_0193);
+            }
+            h ^= h >> 16;
+            h = h.wrapping_mul(0x85eb_ca6b);
+            h ^= h >> 13;
+            h = h.wrapping_mul(0xc2b2_ae35);
+            h ^= h >> 16;
+            ((h as u64 * 4096) >> 32) as u32
+        };
+        assert_eq!(
+            c.bucket(3, 0, id),
+            reference(&[NGRAM_BOS, NGRAM_BOS, 104], 3)
+        );
+        assert_eq!(c.bucket(2, 4, id), reference(&[108, 111], 2));
+        // Spread: 10,000 distinct trigrams fill rows as a random function
+        // would (4,096 * (1 - e^-2.44) = 3,740).
+        let mut seen = [false; 4096];
+        for i in 0..10_000u32 {
+            let w = [i % 256, i / 256 % 256, i / 65_536];
+            seen[c.bucket(3, 2, |j| w[j]) as usize] = true;
+        }
+        assert!(seen.iter().filter(|&&s| s).count() > 3_600); // 3,740 expected
+    }
+    // Rows of "hello"'s last 2-, 3- and 4-gram in 4,096 buckets.
+    const GOLDEN: [u32; 3] = [2258, 2446, 590];
+
+    #[test]
+    fn ngram_configs_validate() {
+        assert!(NgramConfig::orders(3, 8, 10).each_order().eq(3..=8));
+        assert_eq!(NgramConfig::orders(3, 8, 10).tables(), 6);
+        assert_eq!(NgramConfig::OFF.tables(), 0);
+        NgramConfig::OFF.validate().unwrap();
+        NgramConfig::orders(2, 8, 65_535).validate().unwrap();
+        for bad in [
+            NgramConfig::orders(1, 3, 10),
+            NgramConfig::orders(2, 9, 10),
+            NgramConfig::orders(3, 4, 0),
+            NgramConfig::orders(3, 4, 65_536),
+            NgramConfig {
+                orders: 0,
+                buckets: 5,
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        // Words 9 and 10 round-trip; older files (zeros) read as off.
+        let c = ModelConfig::Bigs(BigsConfig::MICRO.with_ngram(NgramConfig::orders(3, 5, 999)));
+        let w = c.to_words();
+        assert_eq!(ModelConfig::from_words(ModelFamily::Bigs, &w).unwrap(), c);
+        let old = ModelConfig::Bigs(BigsConfig::MICRO).to_words();
+        assert_eq!(old[9..].iter().sum::<u32>(), 0);
+        let fields = c.fields();
+        let back = ModelConfig::from_fields(ModelFamily::Bigs, |n| {
+            fields.iter().find(|f| f.0 == n).map(|f| f.1)
+        })
+        .unwrap();
+        assert_eq!(back, c);
+        let without = ModelConfig::from_fields(ModelFamily::Bigs, |n| {
+            fields
+                .iter()
+                .find(|f| f.0 == n && !n.starts_with("ngram"))
+                .map(|f| f.1)
+        })
+        .unwrap();
+        assert_eq!(without, ModelConfig::Bigs(BigsConfig::MICRO));
+    }
 
     #[test]
     fn presets_are_valid_and_match_the_design_sizes() {

@@ -6,7 +6,7 @@
 //! Linear weights are stored `[out, in]` row-major: a matrix-vector product
 //! reads rows, and quantisation blocks run along `in`.
 
-use crate::config::{BigsConfig, MegabyteConfig, ModelConfig, BIGS_VOCAB};
+use crate::config::{BigsConfig, MegabyteConfig, ModelConfig, NgramConfig, BIGS_VOCAB};
 use crate::dtype::{DType, QK};
 use crate::error::{Shape, TensorName};
 use core::fmt::Write;
@@ -21,6 +21,9 @@ pub enum Role {
     TokenEmbedding,
     /// A learned position embedding `[T_max, d]`. Any numeric dtype; not decayed.
     PositionEmbedding,
+    /// A hashed n-gram table `[buckets, d]` (`config::NgramConfig`). Any
+    /// numeric dtype, stored like the embeddings; weight-decayed.
+    NgramEmbedding,
     /// Norm weights and biases, layer biases, learned pad vectors. f32 only
     /// (they are tiny, and norms are sensitive to rounding); not decayed.
     Vector,
@@ -34,7 +37,10 @@ pub enum Role {
 impl Role {
     pub fn allows(self, dtype: DType) -> bool {
         match self {
-            Role::Matrix | Role::TokenEmbedding | Role::PositionEmbedding => dtype.is_numeric(),
+            Role::Matrix
+            | Role::TokenEmbedding
+            | Role::PositionEmbedding
+            | Role::NgramEmbedding => dtype.is_numeric(),
             Role::Vector | Role::Ssm => dtype == DType::F32,
             Role::Meta => dtype == DType::U8,
         }
@@ -42,7 +48,10 @@ impl Role {
 
     /// Whether AdamW applies weight decay (MODELS.md: matrices only).
     pub fn weight_decay(self) -> bool {
-        matches!(self, Role::Matrix | Role::TokenEmbedding)
+        matches!(
+            self,
+            Role::Matrix | Role::TokenEmbedding | Role::NgramEmbedding
+        )
     }
 
     /// The storage dtype for a tensor of this role when the user asks for
@@ -51,7 +60,7 @@ impl Role {
     pub fn storage_dtype(self, shape: Shape, matrices: DType, embeddings: DType) -> DType {
         let wanted = match self {
             Role::Matrix => matrices,
-            Role::TokenEmbedding | Role::PositionEmbedding => embeddings,
+            Role::TokenEmbedding | Role::PositionEmbedding | Role::NgramEmbedding => embeddings,
             Role::Vector | Role::Ssm => DType::F32,
             Role::Meta => DType::U8,
         };
@@ -137,6 +146,23 @@ pub fn find_spec(config: &ModelConfig, wanted: &str) -> Option<TensorSpec> {
 
 type Emit<'f> = dyn FnMut(TensorName, &[u32], Role) -> Result<(), ()> + 'f;
 
+/// The name of the order-`n` n-gram table of the embedding `prefix`
+/// (`global` for MEGABYTE, `embed` for BiGS).
+pub fn ngram_table_name(prefix: &str, n: u32) -> TensorName {
+    name(format_args!("{prefix}.ngram.{n}"))
+}
+
+fn ngram_tables(prefix: &str, c: &NgramConfig, width: u32, emit: &mut Emit<'_>) -> Result<(), ()> {
+    for n in c.each_order() {
+        emit(
+            ngram_table_name(prefix, n),
+            &[c.buckets, width],
+            Role::NgramEmbedding,
+        )?;
+    }
+    Ok(())
+}
+
 fn transformer_block(prefix: &str, i: u32, w: u32, emit: &mut Emit<'_>) -> Result<(), ()> {
     let p = |part: &str| name(format_args!("{prefix}.blocks.{i}.{part}"));
     emit(p("ln1.weight"), &[w], Role::Vector)?;
@@ -157,6 +183,7 @@ fn megabyte_tensors(c: &MegabyteConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
         &[256, c.d_global],
         Role::TokenEmbedding,
     )?;
+    ngram_tables("global", &c.ngram, c.d_global, emit)?;
     emit(
         name(format_args!("global.pos_emb")),
         &[c.max_seq, c.d_global],
@@ -193,6 +220,7 @@ fn bigs_tensors(c: &BigsConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
         &[BIGS_VOCAB, d],
         Role::TokenEmbedding,
     )?;
+    ngram_tables("embed", &c.ngram, d, emit)?;
     emit(
         name(format_args!("embed.pos")),
         &[c.max_seq, d],
@@ -300,6 +328,8 @@ mod tests {
             ModelConfig::Megabyte(MegabyteConfig::BASE),
             ModelConfig::Bigs(BigsConfig::MICRO),
             ModelConfig::Bigs(cls),
+            ModelConfig::Megabyte(MegabyteConfig::MICRO.with_ngram(NgramConfig::orders(3, 6, 100))),
+            ModelConfig::Bigs(cls.with_ngram(NgramConfig::orders(2, 8, 7))),
         ] {
             assert_eq!(count_params(&c), c.param_count(), "{c:?}");
         }

@@ -166,7 +166,10 @@ impl ParamSet {
                 Role::Matrix if name.ends_with(".proj") || name.ends_with(".o.weight") => {
                     normal(residual_std)
                 }
-                Role::Matrix | Role::TokenEmbedding | Role::PositionEmbedding => normal(INIT_STD),
+                Role::Matrix
+                | Role::TokenEmbedding
+                | Role::PositionEmbedding
+                | Role::NgramEmbedding => normal(INIT_STD),
                 Role::Vector if name.ends_with("pad") => normal(INIT_STD),
                 Role::Vector if name.ends_with(".weight") => data.fill(1.0),
                 Role::Vector => {}

@@ -30,6 +30,7 @@ pub mod capi;
 pub mod error;
 pub mod kernels;
 pub mod megabyte;
+pub mod ngram;
 pub mod rng;
 pub mod sampling;
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::arena::{f32_region, q8_region, Carver, ARENA_SLACK};
 use crate::error::RuntimeError;
 use crate::kernels::{self, Matrix, Weights};
 use crate::megabyte::MAX_LAYERS;
+use crate::ngram::NgramTables;
 use kilobyte_format::config::{BIGS_MASK, BIGS_VOCAB};
 use kilobyte_format::dtype::QK;
 use kilobyte_format::schema::LABELS_TENSOR;
@@ -83,6 +84,8 @@ pub struct Bigs<'m> {
     /// `[259, d]`: bytes, PAD, MASK, SEP; rows 0..256 are also the
     /// masked-byte head's output layer.
     pub tok: Matrix<'m>,
+    /// Hashed n-gram tables added to the token embedding.
+    pub ngram: NgramTables<'m>,
     pub pos: Matrix<'m>,
     pub emb_ln_weight: &'m [f32],
     pub emb_ln_bias: &'m [f32],
@@ -209,6 +212,7 @@ impl<'m> Bigs<'m> {
         Ok(Bigs {
             config,
             tok: matrix(file, "embed.tok")?,
+            ngram: NgramTables::from_file(file, "embed", config.ngram)?,
             pos: matrix(file, "embed.pos")?,
             emb_ln_weight: vector(file, "embed.ln.weight")?,
             emb_ln_bias: vector(file, "embed.ln.bias")?,
@@ -528,9 +532,11 @@ impl<'a, 'm> Encoder<'a, 'm> {
                     reason: "an input id is outside the model's vocabulary",
                 });
             }
-            kernels::scalar::embedding_row(&m.tok, id as usize, self.row)?;
+            // token + n-grams + position, in the trainer's order.
             let x = &mut self.z[t * d..(t + 1) * d];
-            kernels::scalar::embedding_row(&m.pos, t, x)?;
+            kernels::scalar::embedding_row(&m.tok, id as usize, x)?;
+            m.ngram.add_rows(t, &ids, x, self.row)?;
+            kernels::scalar::embedding_row(&m.pos, t, self.row)?;
             kernels::add(x, self.row)?;
             kernels::layer_norm(
                 x,

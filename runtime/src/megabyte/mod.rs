@@ -12,6 +12,7 @@ pub use session::{ArenaSpec, Session};
 
 use crate::error::RuntimeError;
 use crate::kernels::Matrix;
+use crate::ngram::NgramTables;
 use kilobyte_format::{MegabyteConfig, ModelConfig, ModelFile, Tensor};
 
 /// Most transformer layers per level the runtime's fixed tables hold
@@ -48,6 +49,8 @@ pub struct Megabyte<'m> {
     pub config: MegabyteConfig,
     /// E_G: [256, D_G].
     pub global_tok: Matrix<'m>,
+    /// Hashed n-gram tables added to E_G.
+    pub global_ngram: NgramTables<'m>,
     /// E_pos: [T_max, D_G].
     pub global_pos: Matrix<'m>,
     /// G_pad: [P * D_G].
@@ -62,7 +65,7 @@ pub struct Megabyte<'m> {
     pub local: Transformer<'m>,
 }
 
-fn matrix<'m>(file: &ModelFile<'m>, name: &str) -> Result<Matrix<'m>, RuntimeError> {
+pub(crate) fn matrix<'m>(file: &ModelFile<'m>, name: &str) -> Result<Matrix<'m>, RuntimeError> {
     let t: Tensor<'m> = file.get(name)?;
     let dims = t.shape.dims();
     // The parser already checked every shape against the config.
@@ -167,6 +170,7 @@ impl<'m> Megabyte<'m> {
         Ok(Megabyte {
             config,
             global_tok: matrix(file, "global.tok_emb")?,
+            global_ngram: NgramTables::from_file(file, "global", config.ngram)?,
             global_pos: matrix(file, "global.pos_emb")?,
             global_pad: vector(file, "global.pad")?,
             global: transformer(

@@ -402,6 +402,9 @@ impl<'a, 'm> Session<'a, 'm> {
                 let t = (k - 1) * p + pos;
                 let out = &mut x[pos * dg..(pos + 1) * dg];
                 kernels::embedding_row(&m.global_tok, self.tokens[t] as usize, out)?;
+                let tokens = &self.tokens;
+                m.global_ngram
+                    .add_rows(t, |j| tokens[j] as u32, out, &mut self.row[..dg])?;
                 kernels::embedding_row(&m.global_pos, t, &mut self.row[..dg])?;
                 kernels::add(out, &self.row[..dg])?;
             }

@@ -1,13 +1,14 @@
 use super::model::*;
 use crate::backend::{Backend, CpuBackend};
 use crate::params::ParamSet;
-use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
+use kilobyte_format::config::{NgramConfig, BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
 use kilobyte_format::{BigsConfig, ModelConfig};
 use kilobyte_runtime::rng::Rng;
 
-/// Both heads, two SSM kernels, and room for padding.
+/// Both heads, two SSM kernels, room for padding, and n-grams of orders
+/// 2 and 3 in 5 rows each (rows repeat, so their gradients add up).
 fn tiny() -> BigsConfig {
-    let mut c = BigsConfig::preset(8, 12, 2, 3, 2, 7);
+    let mut c = BigsConfig::preset(8, 12, 2, 3, 2, 7).with_ngram(NgramConfig::orders(2, 3, 5));
     c.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
     c.n_classes = 3;
     c

@@ -1,10 +1,13 @@
 use super::*;
 use crate::backend::CpuBackend;
+use kilobyte_format::config::NgramConfig;
 use kilobyte_format::{AlignedBytes, DType, ModelFile};
 use kilobyte_runtime::{ArenaSpec, Megabyte};
 
+/// With n-grams of orders 2..=4 in 5 rows each, so rows repeat within a
+/// batch and their gradients add up.
 fn tiny() -> MegabyteConfig {
-    MegabyteConfig::preset(4, 8, 2, 2, 16, 2, 2, 16)
+    MegabyteConfig::preset(4, 8, 2, 2, 16, 2, 2, 16).with_ngram(NgramConfig::orders(2, 4, 5))
 }
 
 fn bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -74,7 +77,8 @@ fn whole_model_gradients_match_finite_differences() {
 /// at every position.
 #[test]
 fn trainer_and_runtime_logits_agree_on_the_export() {
-    let config = MegabyteConfig::preset(4, 16, 2, 2, 32, 2, 4, 32);
+    let config =
+        MegabyteConfig::preset(4, 16, 2, 2, 32, 2, 4, 32).with_ngram(NgramConfig::orders(3, 6, 11));
     let set = ParamSet::init(ModelConfig::Megabyte(config), 7).unwrap();
     let be = CpuBackend::<f32>::new();
     let mut model = MegabyteModel::new(&be, &set).unwrap();

@@ -108,8 +108,8 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         / scale
 }
 
-/// A MEGABYTE and a BiGS model on small configs: the loss and every
-/// parameter's gradient on the GPU (fp32) against the CPU.
+/// A MEGABYTE and a BiGS model on small configs with n-gram embeddings: the
+/// loss and every parameter's gradient on the GPU (fp32) against the CPU.
 #[test]
 fn whole_models_match_the_cpu() {
     use crate::backend::Backend;
@@ -117,6 +117,7 @@ fn whole_models_match_the_cpu() {
     use crate::bigs::model::{BigsBatch, BigsModel, Task};
     use crate::megabyte::MegabyteModel;
     use crate::params::ParamSet;
+    use kilobyte_format::config::NgramConfig;
     use kilobyte_format::{BigsConfig, MegabyteConfig, ModelConfig};
     if skip_unless(
         device_present(),
@@ -128,7 +129,9 @@ fn whole_models_match_the_cpu() {
     let gpu = CudaBackend::new(0, Precision::Fp32).unwrap_or_else(|e| panic!("{e:#}"));
     let cpu = CpuBackend::<f32>::new();
 
-    let config = MegabyteConfig::preset(4, 16, 2, 2, 32, 2, 4, 64);
+    // With hashed n-grams (few rows, so they repeat and their gradients add).
+    let config =
+        MegabyteConfig::preset(4, 16, 2, 2, 32, 2, 4, 64).with_ngram(NgramConfig::orders(2, 4, 37));
     let set = ParamSet::init(ModelConfig::Megabyte(config), 3).unwrap();
     let bytes: Vec<u8> = (0..2 * 64u32).map(|i| (i * 37 % 251) as u8).collect();
     let mut m_gpu = MegabyteModel::new(&gpu, &set).unwrap();
@@ -146,7 +149,7 @@ fn whole_models_match_the_cpu() {
         assert!(e <= 1e-4, "MEGABYTE d{}: {e:.2e}", meta.name);
     }
 
-    let mut bc = BigsConfig::preset(32, 96, 2, 8, 1, 32);
+    let mut bc = BigsConfig::preset(32, 96, 2, 8, 1, 32).with_ngram(NgramConfig::orders(3, 5, 29));
     bc.heads = kilobyte_format::config::BIGS_HEAD_MLM;
     let set = ParamSet::init(ModelConfig::Bigs(bc), 4).unwrap();
     let texts: Vec<Vec<u32>> = vec![

@@ -36,6 +36,7 @@ enum {
 typedef struct KbModel kb_model;     /* a MEGABYTE or BiGS model */
 typedef struct KbSession kb_session; /* MEGABYTE generation state */
 typedef struct KbEncoder kb_encoder; /* BiGS encoder state */
+typedef struct KbSampler kb_sampler; /* sampling settings and random state */
 
 #define KB_FAMILY_MEGABYTE 1
 #define KB_FAMILY_BIGS 2
@@ -43,11 +44,17 @@ typedef struct KbEncoder kb_encoder; /* BiGS encoder state */
 size_t kb_model_size(void);
 size_t kb_session_size(void);
 size_t kb_encoder_size(void);
+size_t kb_sampler_size(void);
+/* on != 0: SIMD kernels where built and supported; 0: the scalar reference
+ * kernels (the same bytes on every target). Returns 1 if SIMD is in use. */
+int32_t kb_set_simd(int32_t on);
 const char *kb_status_message(kb_status code);
 
 kb_status kb_model_load(void *storage, size_t storage_len, const uint8_t *data,
                         size_t len, kb_model **out);
 int32_t kb_model_family(const kb_model *model);
+/* MEGABYTE's context T_max or BiGS's longest input, in bytes. */
+size_t kb_model_max_len(const kb_model *model);
 /* Arena bytes: MEGABYTE session with max_len bytes of context, or BiGS
  * encoder for inputs of up to max_len bytes. */
 kb_status kb_arena_bytes(const kb_model *model, size_t max_len, size_t *out);
@@ -60,6 +67,12 @@ kb_status kb_session_prompt(kb_session *session, const uint8_t *bytes, size_t le
 kb_status kb_session_push(kb_session *session, uint8_t byte);
 /* Greedy next byte: written to *out and appended to the context. */
 kb_status kb_session_next(kb_session *session, uint8_t *out);
+/* temperature 0: greedy; top_k 0: all bytes; top_p 1: off. A seed gives the
+ * bytes `kilobyte generate --seed` gives. */
+kb_status kb_sampler_new(void *storage, size_t storage_len, float temperature,
+                         size_t top_k, float top_p, uint64_t seed, kb_sampler **out);
+/* Next byte drawn by the sampler: written to *out and appended. */
+kb_status kb_session_sample(kb_session *session, kb_sampler *sampler, uint8_t *out);
 
 /* BiGS */
 kb_status kb_encoder_new(void *storage, size_t storage_len, const kb_model *model,

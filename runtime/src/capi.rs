@@ -1,6 +1,9 @@
 //! The C ABI (feature `capi`): load a model from bytes, size and create a
-//! MEGABYTE session or a BiGS encoder over caller memory, prompt, generate,
-//! classify and fill. The header is `runtime/include/kilobyte.h`.
+//! MEGABYTE session or a BiGS encoder over caller memory, prompt, generate
+//! (greedy or with a seeded sampler), classify and fill. The header is
+//! `runtime/include/kilobyte.h`. The same functions are the WebAssembly
+//! module's exports (`tests/wasm/`, `web/`): a JavaScript caller places the
+//! objects in memory it grows itself.
 //!
 //! Nothing here allocates: the caller gives storage for each object (sizes
 //! from `kb_*_size`, aligned to 16 bytes) and the arena. Every function
@@ -17,8 +20,9 @@
 
 use crate::bigs::Bigs;
 use crate::error::RuntimeError;
+use crate::kernels::{self, Isa};
 use crate::megabyte::{ArenaSpec, Megabyte, Session};
-use crate::Encoder;
+use crate::{Encoder, Sampler, SamplerConfig};
 use core::ffi::c_char;
 use core::mem::{align_of, size_of};
 use kilobyte_format::ModelFile;
@@ -48,6 +52,9 @@ pub struct KbSession(Session<'static, 'static>);
 
 /// A BiGS encoder, in caller storage.
 pub struct KbEncoder(Encoder<'static, 'static>);
+
+/// Sampling settings and the random state they draw from, in caller storage.
+pub struct KbSampler(Sampler);
 
 /// Storage alignment the C side must provide.
 const STORAGE_ALIGN: usize = 16;
@@ -125,6 +132,27 @@ pub extern "C" fn kb_encoder_size() -> usize {
     size_of::<KbEncoder>()
 }
 
+#[no_mangle]
+pub extern "C" fn kb_sampler_size() -> usize {
+    size_of::<KbSampler>()
+}
+
+/// Chooses the SIMD kernels (`on != 0`) or the scalar reference ones, which
+/// give the same bytes on every target (what a Cortex-M or the CLI with
+/// `KILOBYTE_KERNELS=scalar` computes). Returns 1 if SIMD kernels are now
+/// in use, 0 if this build or machine has none. Affects the whole program.
+#[no_mangle]
+pub extern "C" fn kb_set_simd(on: i32) -> i32 {
+    let isa = if on != 0 {
+        kernels::detected()
+    } else {
+        Isa::Scalar
+    };
+    // Scalar and the detected set are always accepted.
+    let _ = kernels::set_isa(isa);
+    i32::from(kernels::isa() != Isa::Scalar)
+}
+
 /// A static, NUL-terminated description of a status code.
 #[no_mangle]
 pub extern "C" fn kb_status_message(code: KbStatus) -> *const c_char {
@@ -186,6 +214,20 @@ pub unsafe extern "C" fn kb_model_family(model: *const KbModel) -> i32 {
     match model.as_ref() {
         Some(KbModel::Megabyte(_)) => 1,
         Some(KbModel::Bigs(_)) => 2,
+        None => 0,
+    }
+}
+
+/// The model's maximum input length in bytes (MEGABYTE's context T_max,
+/// BiGS's longest input); 0 for a null model.
+///
+/// # Safety
+/// `model` is null or came from [`kb_model_load`].
+#[no_mangle]
+pub unsafe extern "C" fn kb_model_max_len(model: *const KbModel) -> usize {
+    match model.as_ref() {
+        Some(KbModel::Megabyte(m)) => m.config.max_seq as usize,
+        Some(KbModel::Bigs(b)) => b.config.max_seq as usize,
         None => 0,
     }
 }
@@ -295,6 +337,62 @@ pub unsafe extern "C" fn kb_session_next(session: *mut KbSession, out: *mut u8) 
         return KB_ERR_NULL;
     };
     let b = crate::sampling::argmax(s.0.logits());
+    *out = b;
+    match s.0.push(b) {
+        Ok(()) => KB_OK,
+        Err(e) => status(e),
+    }
+}
+
+/// Creates a sampler: `temperature` 0 is greedy, `top_k` 0 keeps all 256
+/// bytes, `top_p` 1 turns nucleus sampling off; `seed` fixes the draws, so
+/// the same settings give the bytes `kilobyte generate --seed` gives.
+/// Settings out of range are `KB_ERR_INPUT`.
+///
+/// # Safety
+/// `storage` holds `storage_len` writable bytes; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn kb_sampler_new(
+    storage: *mut u8,
+    storage_len: usize,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    seed: u64,
+    out: *mut *mut KbSampler,
+) -> KbStatus {
+    if out.is_null() {
+        return KB_ERR_NULL;
+    }
+    let config = SamplerConfig {
+        temperature,
+        top_k,
+        top_p,
+        seed,
+    };
+    let Ok(sampler) = Sampler::new(config) else {
+        return KB_ERR_INPUT;
+    };
+    *out = try_status!(place(storage, storage_len, KbSampler(sampler)));
+    KB_OK
+}
+
+/// The next byte drawn by `sampler` from the session's logits, written to
+/// `out` and appended to the context.
+///
+/// # Safety
+/// `session` and `sampler` came from their `_new` functions; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn kb_session_sample(
+    session: *mut KbSession,
+    sampler: *mut KbSampler,
+    out: *mut u8,
+) -> KbStatus {
+    let (Some(s), Some(sampler), false) = (session.as_mut(), sampler.as_mut(), out.is_null())
+    else {
+        return KB_ERR_NULL;
+    };
+    let b = sampler.0.sample(s.0.logits());
     *out = b;
     match s.0.push(b) {
         Ok(()) => KB_OK,

@@ -25,6 +25,8 @@ compile_error!("kilobyte-format reads tensors in place and supports little-endia
 extern crate std;
 
 pub mod align;
+#[cfg(feature = "std")]
+pub mod atomic;
 pub mod config;
 pub mod crc;
 pub mod dtype;
@@ -38,10 +40,12 @@ pub mod st;
 pub mod writer;
 
 pub use align::Aligned64;
+#[cfg(feature = "std")]
+pub use atomic::write_atomic;
 pub use config::{BigsConfig, MegabyteConfig, ModelConfig, ModelFamily};
 pub use dtype::DType;
 pub use error::{FormatError, Shape, TensorName};
 pub use file::{BlockQ4, BlockQ8, Checksum, ModelFile, Tensor};
 pub use schema::{for_each_tensor, Role, TensorSpec};
 #[cfg(feature = "std")]
-pub use writer::{write_atomic, AlignedBytes, KbmWriter};
+pub use writer::{AlignedBytes, KbmWriter};

@@ -1,17 +1,18 @@
-//! Writing .kbm files (feature `std`): layout, checksum, and an atomic
-//! write to disk. Every file the writer produces is re-parsed before it is
+//! Writing .kbm files (feature `std`): layout and checksum; the write to
+//! disk is [`write_atomic`]'s. Every file the writer produces is re-parsed before it is
 //! returned, so the writer can never emit something the reader rejects.
 
+use crate::atomic::write_atomic;
 use crate::config::ModelConfig;
 use crate::crc::Crc32;
 use crate::dtype::DType;
 use crate::error::{tensor_name, FormatError, Shape, MAX_NAME_LEN};
 use crate::file::{align_up, ent, hdr, ModelFile, ENTRY_BYTES, HEADER_BYTES, MAGIC, VERSION};
 use crate::schema::LABELS_TENSOR;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::prelude::rust_2021::*;
-use std::{format, vec};
+use std::vec;
 
 /// A tensor waiting to be written.
 #[derive(Clone, Debug)]
@@ -203,42 +204,6 @@ impl KbmWriter {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         write_atomic(path, &bytes)
     }
-}
-
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the
-/// new one, never a mixture: write a temporary file in the same directory,
-/// fsync it, rename it over `path`, then fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a file path", path.display()),
-        )
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        // The rename is durable only once the directory entry is on disk.
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// File bytes in 64-byte aligned heap memory, so typed tensor views work on a

@@ -208,14 +208,10 @@ pub fn start(
     })
 }
 
+/// Refuses a run directory before any data is read (see
+/// [`RunDir::check_new`]).
 pub(crate) fn ensure_new(dir: &Path) -> Result<()> {
-    if Checkpoint::exists(dir) {
-        bail!(
-            "{} already holds a run: use --resume to continue it, or another directory",
-            dir.display()
-        );
-    }
-    Ok(())
+    RunDir::check_new(dir).map(|_| ())
 }
 
 /// The data source a run's `config.txt` names.

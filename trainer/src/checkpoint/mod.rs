@@ -14,7 +14,21 @@
 //!   model.safetensors               the committed weights again (a hard link), for export and tools
 //!   best.safetensors                weights at the best validation loss; step and loss in the metadata
 //!   metrics.jsonl                   one JSON object per logged step
+//!   lock                            empty; flock-ed by the one process writing the run
 //! ```
+//!
+//! # What a run may touch
+//!
+//! A run writes only into a directory that is new, empty, or already a
+//! kilobyte run (a `config.txt` that parses); anything else is refused, and
+//! left without even a lock file. It removes only what it can tell it wrote:
+//! the files named above, checkpoint directories named exactly
+//! `ckpt-<digits>-step-<digits>` (file by file, so one holding anything else
+//! stays), and temporaries of its own files. One process at a time: the
+//! advisory lock on `lock` is taken before anything is written, released
+//! by the kernel however the process ends, and a second writer (`train`
+//! into the same directory, `--resume`) is refused while it is held.
+//! Readers (`eval`, `export`, `--init`) take no lock.
 //!
 //! The `.safetensors` files are ordinary kilobyte exports: `kilobyte
 //! convert run/best.safetensors model.kbm` turns one into a device model.
@@ -51,7 +65,7 @@ mod tensors;
 pub use interrupt::{interrupt_flag, interrupted};
 pub use metrics::{memorisation_warning, metrics_to_jsonl, parse_metrics, read_metrics, Metrics};
 pub use run::{
-    load_best, Best, Checkpoint, RunConfig, RunDir, TrainState, BEST_FILE, CONFIG_FILE,
+    load_best, Best, Checkpoint, RunConfig, RunDir, TrainState, BEST_FILE, CONFIG_FILE, LOCK_FILE,
     METRICS_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
 pub use tensors::{

@@ -1,4 +1,6 @@
-//! The run directory: its files, saving a checkpoint, loading one.
+//! The run directory: its files, saving a checkpoint, loading one, and
+//! what a run may remove from its directory (only files it can tell it
+//! wrote) and the lock that keeps a second writer out.
 
 use super::metrics::{memorisation_warning, metrics_to_jsonl, read_metrics, Metrics};
 use super::tensors::{load_optimizer, load_params, read_tensors, save_optimizer, save_params};
@@ -6,6 +8,7 @@ use crate::data::SamplerState;
 use crate::optim::AdamWState;
 use crate::params::ParamSet;
 use anyhow::{anyhow, bail, Context, Result};
+use kilobyte_format::atomic::{is_temp_of, remove_stale_temps, try_lock};
 use kilobyte_format::st::{config_from_metadata, config_metadata};
 use kilobyte_format::{write_atomic, ModelConfig};
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +24,12 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const BEST_FILE: &str = "best.safetensors";
+/// The advisory lock file held while a process writes the run.
+pub const LOCK_FILE: &str = "lock";
 const CKPT_PREFIX: &str = "ckpt-";
+/// The files a run writes at its top level, and in a checkpoint directory.
+const RUN_FILES: [&str; 5] = [CONFIG_FILE, STATE_FILE, METRICS_FILE, MODEL_FILE, BEST_FILE];
+const CKPT_FILES: [&str; 2] = [MODEL_FILE, OPTIMIZER_FILE];
 
 // Metadata tags tying tensor files to the state.txt that commits them.
 const STEP_KEY: &str = "kilobyte.checkpoint.step";
@@ -373,7 +381,8 @@ pub fn load_best(dir: &Path) -> Result<(ParamSet, Best)> {
     Ok((params, best))
 }
 
-/// A run directory being written by a training run.
+/// A run directory being written by a training run. It holds the
+/// directory's lock for as long as it lives.
 #[derive(Debug)]
 pub struct RunDir {
     dir: PathBuf,
@@ -381,32 +390,69 @@ pub struct RunDir {
     generation: u64,
     metrics: Vec<Metrics>,
     best: Option<Best>,
+    _lock: fs::File,
 }
 
 impl RunDir {
-    /// Starts a new run in `dir` (created if needed). Refuses a directory
-    /// holding a checkpoint; leftovers of a run that never checkpointed
-    /// are removed.
-    pub fn create(dir: &Path, config: RunConfig) -> Result<RunDir> {
+    /// Checks that a new run may start in `dir`: it is absent, empty, or a
+    /// kilobyte run that never reached a checkpoint (then `Ok(true)`: its
+    /// leftovers are the run's to remove). A checkpoint, or anything in a
+    /// directory that is not a kilobyte run, is refused.
+    pub fn check_new(dir: &Path) -> Result<bool> {
         if Checkpoint::exists(dir) {
             bail!(
-                "{}: already holds a checkpoint; resume it or choose another directory",
+                "{} already holds a run: use --resume to continue it, or another directory",
                 dir.display()
             );
         }
-        fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-        for file in [METRICS_FILE, MODEL_FILE, BEST_FILE] {
-            let _ = fs::remove_file(dir.join(file));
+        let entries = match fs::read_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            r => r.with_context(|| format!("{}", dir.display()))?,
+        };
+        // Our own config.txt is the proof that the directory is a run.
+        if load_config(dir).is_ok() {
+            return Ok(true);
         }
+        for e in entries {
+            let name = e.with_context(|| format!("{}", dir.display()))?.file_name();
+            // What a run killed before writing its config leaves.
+            if name == LOCK_FILE || is_temp_of(&name, CONFIG_FILE.as_ref()) {
+                continue;
+            }
+            bail!(
+                "{}: not empty and not a kilobyte run (it holds {:?} and no {CONFIG_FILE}); choose a new or empty directory",
+                dir.display(),
+                name.to_string_lossy()
+            );
+        }
+        Ok(false)
+    }
+
+    /// Starts a new run in `dir` (created if needed) if [`RunDir::check_new`]
+    /// allows it; the leftovers of a run that never checkpointed are
+    /// removed.
+    pub fn create(dir: &Path, config: RunConfig) -> Result<RunDir> {
+        // Checked before the directory gets a lock file, and again under the
+        // lock, in case another process started a run in between.
+        RunDir::check_new(dir)?;
+        fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        let lock = lock_dir(dir)?;
+        let leftovers = RunDir::check_new(dir)?;
         let run = RunDir {
             dir: dir.to_path_buf(),
             config,
             generation: 0,
             metrics: Vec::new(),
             best: None,
+            _lock: lock,
         };
+        if leftovers {
+            for file in [METRICS_FILE, MODEL_FILE, BEST_FILE] {
+                let _ = fs::remove_file(dir.join(file));
+            }
+            run.clean_up(None);
+        }
         run.write_config()?;
-        run.clean_up(None);
         Ok(run)
     }
 
@@ -414,6 +460,12 @@ impl RunDir {
     /// back to the checkpoint's step, so the steps about to be redone are
     /// not logged twice.
     pub fn resume(dir: &Path) -> Result<(RunDir, Checkpoint)> {
+        if !Checkpoint::exists(dir) {
+            // Loading names what is missing; a directory that is not a run
+            // does not get a lock file.
+            Checkpoint::load(dir)?;
+        }
+        let lock = lock_dir(dir)?;
         let ckpt = Checkpoint::load(dir)?;
         let path = dir.join(METRICS_FILE);
         write_atomic(&path, metrics_to_jsonl(&ckpt.metrics).as_bytes())
@@ -424,6 +476,7 @@ impl RunDir {
             generation: ckpt.generation,
             metrics: ckpt.metrics.clone(),
             best: ckpt.best,
+            _lock: lock,
         };
         Ok((run, ckpt))
     }
@@ -494,8 +547,8 @@ impl RunDir {
         let name = format!("{CKPT_PREFIX}{generation:06}-step-{}", state.step);
         let ckpt = self.dir.join(&name);
         // A directory of this name is a save that crashed before its commit.
-        if ckpt.exists() {
-            fs::remove_dir_all(&ckpt).with_context(|| format!("{}", ckpt.display()))?;
+        if fs::symlink_metadata(&ckpt).is_ok() {
+            remove_checkpoint_dir(&ckpt)?;
         }
         fs::create_dir(&ckpt).with_context(|| format!("{}", ckpt.display()))?;
         sync_dir(&self.dir);
@@ -557,13 +610,14 @@ impl RunDir {
     /// Resuming never reads it, so a crash before this step loses nothing.
     fn publish_model(&self, ckpt: &Path) -> Result<()> {
         let (src, dst) = (ckpt.join(MODEL_FILE), self.dir.join(MODEL_FILE));
-        let tmp = self
-            .dir
-            .join(format!(".{MODEL_FILE}.tmp.link.{}", std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        let linked = fs::hard_link(&src, &tmp).and_then(|_| fs::rename(&tmp, &dst));
+        // Named like write_atomic's temporaries (a link is created
+        // exclusively too), so the same clean-up removes a killed one.
+        let linked = tempfile::Builder::new()
+            .prefix(&format!(".{MODEL_FILE}.tmp."))
+            .rand_bytes(16)
+            .make_in(&self.dir, |tmp| fs::hard_link(&src, tmp))
+            .and_then(|tmp| tmp.persist(&dst).map_err(|e| e.error));
         if linked.is_err() {
-            let _ = fs::remove_file(&tmp);
             let bytes = fs::read(&src).with_context(|| format!("{}", src.display()))?;
             write_atomic(&dst, &bytes).with_context(|| format!("{}", dst.display()))?;
         }
@@ -574,26 +628,85 @@ impl RunDir {
     /// Best effort: removes checkpoint directories other than `keep` and
     /// temporary files our atomic writes left behind when killed.
     fn clean_up(&self, keep: Option<&str>) {
+        for f in RUN_FILES {
+            remove_stale_temps(&self.dir.join(f));
+        }
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(CKPT_PREFIX) && Some(name.as_str()) != keep {
-                let _ = fs::remove_dir_all(e.path());
-            } else if is_our_temp(&name) {
-                let _ = fs::remove_file(e.path());
+            if is_checkpoint_name(&name) && Some(name.as_str()) != keep {
+                let _ = remove_checkpoint_dir(&e.path());
             }
         }
     }
 }
 
-/// A temporary file of `write_atomic` (or of the model link) for one of
-/// the run directory's files.
-fn is_our_temp(name: &str) -> bool {
-    [CONFIG_FILE, STATE_FILE, METRICS_FILE, MODEL_FILE, BEST_FILE]
-        .iter()
-        .any(|f| name.starts_with(&format!(".{f}.tmp.")))
+/// Takes the run directory's lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK_FILE);
+    // A symlink or device here is not ours to open for writing.
+    if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+        bail!(
+            "{}: not a regular file; a run's lock file is",
+            path.display()
+        );
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("{}", path.display()))?;
+    match try_lock(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => bail!(
+            "{}: another kilobyte process is training in this run directory (it holds {LOCK_FILE}); wait for it to end or stop it",
+            dir.display()
+        ),
+        // No advisory locks on this platform: nothing to exclude with.
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Ok(file),
+        Err(e) => bail!("{}: cannot be locked: {e}", path.display()),
+    }
+}
+
+/// Exactly the names [`RunDir::save`] gives checkpoint directories:
+/// `ckpt-<digits>-step-<digits>`.
+fn is_checkpoint_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix(CKPT_PREFIX)
+        .and_then(|rest| rest.split_once("-step-"))
+        .is_some_and(|(generation, step)| digits(generation) && digits(step))
+}
+
+/// Removes a checkpoint directory file by file: the tensor files a save
+/// writes and their temporaries, then the directory itself, which fails
+/// (and stays) if anything else is in it.
+fn remove_checkpoint_dir(ckpt: &Path) -> Result<()> {
+    // A symlink named like a checkpoint leads elsewhere: not ours.
+    if !fs::symlink_metadata(ckpt).is_ok_and(|m| m.is_dir()) {
+        bail!(
+            "{}: not a checkpoint directory; not removed",
+            ckpt.display()
+        );
+    }
+    for f in CKPT_FILES {
+        let path = ckpt.join(f);
+        remove_stale_temps(&path);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("{}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    fs::remove_dir(ckpt).with_context(|| {
+        format!(
+            "{}: holds files that no checkpoint writes; not removed",
+            ckpt.display()
+        )
+    })
 }
 
 fn sync_dir(dir: &Path) {

@@ -121,6 +121,7 @@ fn checkpoint_round_trips_both_families() {
         );
 
         // A second save replaces the first checkpoint directory.
+        drop(run);
         let (mut run, ckpt) = RunDir::resume(&run_path).unwrap();
         let mut p2 = ckpt.params.clone();
         p2.params[0].data[0] += 1.0;
@@ -179,6 +180,7 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_loadable() {
 
     // Resuming drops the metric lines of the lost steps; the next save
     // clears the debris.
+    drop(run);
     let (mut run, ckpt) = RunDir::resume(&dir).unwrap();
     assert_eq!(read_metrics(&dir.join(METRICS_FILE)).unwrap(), ckpt.metrics);
     assert_eq!(
@@ -210,7 +212,7 @@ fn damaged_run_directories_give_errors_naming_the_file() {
     assert!(RunDir::create(&dir, RunConfig::new(megabyte()))
         .unwrap_err()
         .to_string()
-        .contains("already holds a checkpoint"));
+        .contains("already holds a run"));
     let ckpt = dir.join("ckpt-000001-step-10");
 
     // Truncated tensors.
@@ -263,6 +265,117 @@ fn damaged_run_directories_give_errors_naming_the_file() {
 
     std::fs::remove_file(dir.join(CONFIG_FILE)).unwrap();
     assert!(err(&dir).contains("config.txt"), "{}", err(&dir));
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_directory_that_is_not_a_run_is_refused_and_left_untouched() {
+    // A Hugging Face style model folder with another tool's checkpoints.
+    let t = TempDir::new("foreign");
+    let dir = t.0.join("hf-model");
+    for f in [MODEL_FILE, BEST_FILE, METRICS_FILE, "config.json"] {
+        t.write(&format!("hf-model/{f}"), b"user data");
+    }
+    t.write(
+        "hf-model/ckpt-000001-step-5/model.safetensors",
+        b"user data",
+    );
+    t.write("hf-model/ckpt-final/weights.bin", b"user data");
+    let before = names_in(&dir);
+
+    let e = format!(
+        "{:#}",
+        RunDir::create(&dir, RunConfig::new(megabyte())).unwrap_err()
+    );
+    assert!(
+        e.contains(&dir.display().to_string()) && e.contains("not a kilobyte run"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+    // Not even a lock file is left in it.
+    assert_eq!(names_in(&dir), before);
+    assert_eq!(
+        names_in(&dir.join("ckpt-000001-step-5")),
+        ["model.safetensors"]
+    );
+    assert_eq!(
+        std::fs::read(dir.join(MODEL_FILE)).unwrap(),
+        b"user data".to_vec()
+    );
+    // The early check the CLI makes before reading any data says the same.
+    assert!(crate::train::ensure_new(&dir).is_err());
+}
+
+#[test]
+fn a_new_run_removes_only_what_a_run_wrote() {
+    // A run that never reached a checkpoint, into which the user put files
+    // of their own, some with names like a run's.
+    let t = TempDir::new("leftovers");
+    let dir = t.0.join("run");
+    let mut run = RunDir::create(&dir, RunConfig::new(megabyte())).unwrap();
+    let params = ParamSet::init(megabyte(), 3).unwrap();
+    run.log(metrics_at(10, 2.0, Some(2.2))).unwrap();
+    assert!(run.offer_best(&params, 10, 2.2).unwrap());
+    drop(run);
+    t.write("run/notes.txt", b"mine");
+    t.write("run/ckpt-old/weights.bin", b"mine");
+    t.write("run/ckpt-000009-step-90/model.safetensors", b"half a save");
+    t.write("run/ckpt-000009-step-90/mine.txt", b"mine");
+    t.write("run/ckpt-000008-step-80/model.safetensors", b"half a save");
+    t.write("run/.best.safetensors.tmp.12345", b"killed writer");
+
+    RunDir::create(&dir, RunConfig::new(megabyte())).unwrap();
+    assert_eq!(
+        names_in(&dir),
+        [
+            "ckpt-000009-step-90",
+            "ckpt-old",
+            CONFIG_FILE,
+            LOCK_FILE,
+            "notes.txt"
+        ]
+    );
+    assert_eq!(names_in(&dir.join("ckpt-old")), ["weights.bin"]);
+    assert_eq!(names_in(&dir.join("ckpt-000009-step-90")), ["mine.txt"]);
+}
+
+#[test]
+fn a_second_writer_is_refused_while_the_lock_is_held() {
+    let t = TempDir::new("lock");
+    let dir = t.0.join("run");
+    let mut run = RunDir::create(&dir, RunConfig::new(megabyte())).unwrap();
+    let held = |e: anyhow::Error| {
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(&dir.display().to_string()) && e.contains("another kilobyte process"),
+            "{e}"
+        );
+    };
+    // Before the first checkpoint: a second start in the same directory.
+    held(RunDir::create(&dir, RunConfig::new(megabyte())).unwrap_err());
+    let params = ParamSet::init(megabyte(), 3).unwrap();
+    let opt = optimizer_for(&params, 4);
+    run.save(&params, &opt, &state_at(10)).unwrap();
+    // After it: a resume while the first is still writing.
+    held(RunDir::resume(&dir).unwrap_err());
+    // Readers need no lock.
+    Checkpoint::load(&dir).unwrap();
+    drop(run);
+    let (run, _) = RunDir::resume(&dir).unwrap();
+    drop(run);
+    // A directory that holds no run gets no lock file from a resume.
+    let empty = t.0.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(RunDir::resume(&empty).is_err());
+    assert!(names_in(&empty).is_empty());
 }
 
 #[test]

@@ -76,6 +76,8 @@ pub struct TrainArgs {
     /// T_max: the longest context the model is trained for.
     #[arg(long)]
     pub max_seq: Option<u32>,
+    #[command(flatten)]
+    pub ngram: super::NgramArgs,
     /// Training files or directories (the last --val-fraction of the bytes validate).
     #[arg(long, num_args = 1..)]
     pub data: Vec<PathBuf>,
@@ -185,6 +187,7 @@ fn megabyte_config(a: &TrainArgs) -> Result<MegabyteConfig> {
     set(&mut c.layers_local, a.layers_local);
     set(&mut c.heads_local, a.heads_local);
     set(&mut c.max_seq, a.max_seq);
+    a.ngram.apply(&mut c.ngram);
     c.validate()?;
     Ok(c)
 }
@@ -209,6 +212,7 @@ fn bigs_config(a: &TrainArgs) -> Result<BigsConfig> {
             *slot = v;
         }
     }
+    a.ngram.apply(&mut c.ngram);
     c.validate()?;
     Ok(c)
 }
@@ -544,9 +548,16 @@ pub struct DemoArgs {
 /// Trains the micro preset on CPU for a fixed time, exports q8, scores it
 /// through the runtime and prints a sample.
 pub fn run_demo(a: DemoArgs) -> Result<()> {
-    let run = a.run.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("kilobyte-demo-{}", std::process::id()))
-    });
+    let run = match &a.run {
+        Some(dir) => dir.clone(),
+        // Created exclusively under a random name: a name planted in the
+        // shared temp directory (a symlink to a victim) is never followed.
+        None => tempfile::Builder::new()
+            .prefix("kilobyte-demo-")
+            .tempdir()
+            .context("a directory for the demo run under the system temp directory")?
+            .keep(),
+    };
     let data = if a.data.is_empty() {
         DataSource::Bytes("kilobyte-source".into(), crate::data::builtin_corpus())
     } else {

@@ -78,6 +78,10 @@ impl NgramConfig {
         orders: 0,
         buckets: 0,
     };
+    /// What the CLI turns on when a preset has none: orders 3..=6 (BLT's
+    /// range starts at 3; orders past 6 rarely repeat in small corpora) in
+    /// 4,096 rows each.
+    pub const DEFAULT: Self = Self::orders(3, 6, 4096);
 
     /// Orders `lo..=hi` with `buckets` rows each.
     pub const fn orders(lo: u32, hi: u32, buckets: u32) -> Self {

@@ -29,6 +29,8 @@ pub struct Args {
     /// BiGS: add a classification head with these comma-separated labels.
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
+    #[command(flatten)]
+    pub ngram: super::NgramArgs,
     /// Seed of the initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -49,7 +51,9 @@ pub fn run(args: Args) -> Result<()> {
             if !args.labels.is_empty() {
                 bail!("--labels is for BiGS classifiers, not MEGABYTE");
             }
-            ModelConfig::Megabyte(MegabyteConfig::by_name(&args.preset).ok_or_else(unknown)?)
+            let mut c = MegabyteConfig::by_name(&args.preset).ok_or_else(unknown)?;
+            args.ngram.apply(&mut c.ngram);
+            ModelConfig::Megabyte(c)
         }
         Family::Bigs => {
             let mut c = BigsConfig::by_name(&args.preset).ok_or_else(unknown)?;
@@ -57,6 +61,7 @@ pub fn run(args: Args) -> Result<()> {
                 c.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
                 c.n_classes = args.labels.len() as u32;
             }
+            args.ngram.apply(&mut c.ngram);
             ModelConfig::Bigs(c)
         }
     };

@@ -84,6 +84,75 @@ pub(crate) fn parse_dtype(s: &str) -> std::result::Result<kilobyte_format::DType
     }
 }
 
+/// The hashed n-gram embedding flags of `train` and `init`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NgramArgs {
+    /// Hashed n-gram embeddings: the orders, as a range "3-6", a list "3,5,7",
+    /// or "none" (default: the preset's)
+    #[arg(long, value_parser = parse_ngram_orders)]
+    pub ngram_orders: Option<u32>,
+    /// Rows of each n-gram table (up to 65535); 0 turns n-grams off (default:
+    /// the preset's, or 4096 when --ngram-orders turns them on)
+    #[arg(long)]
+    pub ngram_buckets: Option<u32>,
+}
+
+impl NgramArgs {
+    /// Applies the flags to a preset's n-gram config: either flag at 0 turns
+    /// n-grams off; otherwise a flag replaces its half, and the other half
+    /// comes from the preset, or from `NgramConfig::DEFAULT` when the preset
+    /// has none.
+    pub fn apply(&self, c: &mut kilobyte_format::config::NgramConfig) {
+        use kilobyte_format::config::NgramConfig;
+        if self.ngram_orders.is_none() && self.ngram_buckets.is_none() {
+            return;
+        }
+        if self.ngram_orders == Some(0) || self.ngram_buckets == Some(0) {
+            *c = NgramConfig::OFF;
+            return;
+        }
+        let base = if c.enabled() {
+            *c
+        } else {
+            NgramConfig::DEFAULT
+        };
+        *c = NgramConfig {
+            orders: self.ngram_orders.unwrap_or(base.orders),
+            buckets: self.ngram_buckets.unwrap_or(base.buckets),
+        };
+    }
+}
+
+/// Parses `--ngram-orders`: "3-6", "3,5,7" or "none" into a bit set.
+fn parse_ngram_orders(s: &str) -> std::result::Result<u32, String> {
+    use kilobyte_format::config::{NGRAM_MAX_ORDER, NGRAM_MIN_ORDER};
+    if s == "none" || s == "0" {
+        return Ok(0);
+    }
+    let order = |t: &str| -> std::result::Result<u32, String> {
+        match t.trim().parse::<u32>() {
+            Ok(n) if (NGRAM_MIN_ORDER..=NGRAM_MAX_ORDER).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{t:?} is not an n-gram order (expected {NGRAM_MIN_ORDER}..={NGRAM_MAX_ORDER})"
+            )),
+        }
+    };
+    let mut bits = 0;
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (order(lo)?, order(hi)?);
+                if lo > hi {
+                    return Err(format!("the range {part:?} is empty"));
+                }
+                bits |= kilobyte_format::config::NgramConfig::orders(lo, hi, 0).orders;
+            }
+            None => bits |= 1 << order(part)?,
+        }
+    }
+    Ok(bits)
+}
+
 /// Writes command output to stdout. A closed pipe (`kilobyte inspect m.kbm |
 /// head`) ends the output quietly instead of panicking like `println!`.
 pub(crate) fn print(text: &str) -> Result<()> {

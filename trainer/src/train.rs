@@ -269,7 +269,7 @@ pub(crate) fn optimizer<B: Backend>(
     AdamW::for_param_set(
         be,
         adamw,
-        LrSchedule::new(opts.lr, opts.warmup, opts.steps),
+        LrSchedule::new(opts.lr, opts.warmup, opts.steps).with_time_limit(opts.time_limit_s),
         params,
     )
 }
@@ -472,6 +472,9 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
         }
         let mut loss = 0.0;
         let mut step_bytes = 0;
+        // A time-budgeted schedule reads the training time so far (a resumed
+        // run continues from the time its state recorded).
+        opt.schedule.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         for _ in 0..opts.accum {
             let (l, bytes) = job.train_batch(be)?;
             loss += l;

@@ -1,5 +1,6 @@
-//! The training loop's guard against non-finite steps, on a tiny MEGABYTE
-//! run whose loss is made NaN for a few steps.
+//! The training loop on tiny MEGABYTE runs: its guard against non-finite
+//! steps (a job whose loss is made NaN for a few steps), and the
+//! time-budgeted schedule.
 
 use super::*;
 use crate::backend::CpuBackend;
@@ -39,7 +40,6 @@ impl<B: Backend, J: Job<B>> Job<B> for Spiky<J> {
 }
 
 fn run_with_spikes(dir: &Path, bad: Range<u64>, steps: u64) -> Result<TrainReport> {
-    let config = MegabyteConfig::preset(2, 16, 1, 2, 16, 1, 2, 16);
     let opts = TrainOptions {
         steps,
         batch: 2,
@@ -50,6 +50,11 @@ fn run_with_spikes(dir: &Path, bad: Range<u64>, steps: u64) -> Result<TrainRepor
         log_every: 1,
         ..TrainOptions::default()
     };
+    run_tiny(dir, bad, opts)
+}
+
+fn run_tiny(dir: &Path, bad: Range<u64>, opts: TrainOptions) -> Result<TrainReport> {
+    let config = MegabyteConfig::preset(2, 16, 1, 2, 16, 1, 2, 16);
     let bytes: Vec<u8> = (0..4000u32)
         .map(|i| b"the quick brown fox "[i as usize % 20])
         .collect();
@@ -68,6 +73,53 @@ fn run_with_spikes(dir: &Path, bad: Range<u64>, steps: u64) -> Result<TrainRepor
     };
     let opt = optimizer(&be, &opts, &params)?;
     train_loop(&be, run, job, opt, TrainState::default(), opts, true)
+}
+
+/// The learning rates a run logged, by step.
+fn logged_lrs(dir: &Path) -> Vec<(u64, f64)> {
+    let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    log.lines()
+        .filter(|l| l.contains("\"lr\""))
+        .map(|l| {
+            let field = |k: &str| l.split(k).nth(1).unwrap().split([',', '}']).next().unwrap();
+            (
+                field("\"step\":").parse().unwrap(),
+                field("\"lr\":").parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// With --time-limit the cosine follows the clock: a run with room for far
+/// more updates than its budget fits still ends at the floor, and its rate
+/// falls all the way (a step-paced schedule would barely have left its peak).
+#[test]
+fn a_time_budgeted_run_ends_annealed_at_its_deadline() {
+    let t = TempDir::new("budget");
+    let opts = TrainOptions {
+        steps: 10_000_000,
+        batch: 2,
+        seq: 16,
+        warmup: 10,
+        checkpoint_every: 0,
+        eval_every: 0,
+        eval_windows: 2,
+        log_every: 1,
+        time_limit_s: Some(1.5),
+        ..TrainOptions::default()
+    };
+    let report = run_tiny(&t.0, 0..0, opts.clone()).unwrap();
+    assert!(report.steps > 20 && report.steps < opts.steps);
+    let lrs = logged_lrs(&t.0);
+    let (floor, peak) = (0.1 * opts.lr, opts.lr);
+    let (_, last) = *lrs.last().unwrap();
+    // The last update came just before the deadline: within 10% of the
+    // floor's distance from the peak.
+    assert!(last - floor <= 0.1 * (peak - floor), "last rate {last}");
+    // Monotone after the warm-up, as the clock only moves forward.
+    for w in lrs.windows(2).skip(1) {
+        assert!(w[1].1 <= w[0].1 + 1e-15, "{w:?}");
+    }
 }
 
 #[test]

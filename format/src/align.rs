@@ -9,8 +9,12 @@ pub struct Aligned64<T: ?Sized>(pub T);
 /// Embeds a .kbm file in the binary (flash, on firmware) at 64-byte alignment
 /// and evaluates to a `&'static [u8]` of it, ready for `ModelFile::parse`:
 ///
-/// ```ignore
-/// static MODEL: &[u8] = kilobyte_format::include_model!("../models/micro.kbm");
+/// ```
+/// // The path is relative to the file that invokes the macro, as for
+/// // `include_bytes!`; any file shows the alignment.
+/// static MODEL: &[u8] = kilobyte_format::include_model!("../SPEC.md");
+/// assert_eq!(MODEL.as_ptr() as usize % 64, 0);
+/// assert!(MODEL.starts_with(b"# The .kbm"));
 /// ```
 #[macro_export]
 macro_rules! include_model {

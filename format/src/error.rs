@@ -352,5 +352,5 @@ impl core::fmt::Display for FormatError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for FormatError {}
+// core's Error (Rust 1.81) is std's, so no_std callers get it too.
+impl core::error::Error for FormatError {}

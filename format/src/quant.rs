@@ -1,9 +1,9 @@
 //! Reference scalar codecs for every numeric dtype. These are the definition
 //! of each layout: the runtime's SIMD kernels are tested against them.
 //!
-//! q8 block (34 bytes): `f16 d` (little-endian), then `i8 q[32]`; x[i] = d * q[i].
+//! q8 block (34 bytes): `f16 d` (little-endian), then `i8 q[32]`; `x[i] = d * q[i]`.
 //! q4 block (18 bytes): `f16 d`, then 16 bytes; byte j holds element j in its
-//! low nibble and element j + 16 in its high nibble; x[i] = d * (nibble - 8).
+//! low nibble and element j + 16 in its high nibble; `x[i] = d * (nibble - 8)`.
 //!
 //! Error bounds (tested): q8 |x - x̂| <= |d| / 2 for every element; q4
 //! |x - x̂| <= |d| for every element (and <= |d| / 2 except where the value

@@ -70,5 +70,5 @@ impl core::fmt::Display for RuntimeError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for RuntimeError {}
+// core's Error (Rust 1.81) is std's, so no_std callers get it too.
+impl core::error::Error for RuntimeError {}

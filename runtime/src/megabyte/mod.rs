@@ -60,7 +60,7 @@ pub struct Megabyte<'m> {
     pub global_to_local: Matrix<'m>,
     /// E_L: [256, D_L], also the output layer.
     pub local_tok: Matrix<'m>,
-    /// E_Lpad: [D_L].
+    /// E_Lpad: `[D_L]`.
     pub local_pad: &'m [f32],
     pub local: Transformer<'m>,
 }

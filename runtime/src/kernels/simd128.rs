@@ -92,6 +92,22 @@ impl FloatWeight for bf16 {
     }
 }
 
+/// A block scale: f16 bits to f32 by the same exact construction as the
+/// f16 weight loads. The `half` crate's portable conversion (wasm has no
+/// f16 instruction) branches on the exponent, and once per 32 products it
+/// cost more than the products themselves.
+#[inline]
+fn scale_to_f32(bits: [u8; 2]) -> f32 {
+    let h = u16::from_le_bytes(bits) as u32;
+    let magnitude = h & 0x7fff;
+    let value = if magnitude >= 0x7c00 {
+        f32::from_bits(magnitude << 13 | 0x7f80_0000)
+    } else {
+        f32::from_bits(magnitude << 13) * f32::from_bits(0x7780_0000)
+    };
+    f32::from_bits(value.to_bits() | (h & 0x8000) << 16)
+}
+
 /// A quantised weight block.
 trait QuantWeight {
     /// The 32 values as signed bytes, in element order.
@@ -107,7 +123,7 @@ impl QuantWeight for BlockQ8 {
         [v128_load(p.cast()), v128_load(p.add(16).cast())]
     }
     fn scale(&self) -> f32 {
-        BlockQ8::scale(self)
+        scale_to_f32(self.d)
     }
 }
 
@@ -123,7 +139,7 @@ impl QuantWeight for BlockQ4 {
         [i8x16_sub(low, eight), i8x16_sub(high, eight)]
     }
     fn scale(&self) -> f32 {
-        BlockQ4::scale(self)
+        scale_to_f32(self.d)
     }
 }
 
@@ -193,7 +209,7 @@ unsafe fn quant_tile<W: QuantWeight, const R: usize, const N: usize>(
         for ((v, d), x) in xv.iter_mut().zip(&mut xd).zip(&x) {
             let block = &*x.as_ptr().add(b);
             *v = block.values();
-            *d = block.scale();
+            *d = QuantWeight::scale(block);
         }
         for (acc, w) in acc.iter_mut().zip(&w) {
             let block = &*w.as_ptr().add(b);

@@ -208,4 +208,11 @@ async function selftest() {
 const params = new URLSearchParams(location.search);
 status("Drop a model or pick a demo.");
 if (params.has("selftest")) selftest();
-else if (params.has("demo")) $(`demo-${params.get("demo")}`).click();
+else if (params.has("demo")) {
+  // ?demo=megabyte|bigs loads a demo model; &run=1 also generates or classifies.
+  const family = params.get("demo");
+  guard(async () => {
+    await loadModel(`models/demo-${family}.kbm`, await fetchModel(`models/demo-${family}.kbm`));
+    if (params.has("run")) await (family === "megabyte" ? $("generate") : $("classify")).onclick();
+  })();
+}

@@ -180,6 +180,10 @@ pub struct MegabyteConfig {
     pub norm_eps: f32,
     /// Hashed n-gram embeddings added to the global byte embedding (width D_G).
     pub ngram: NgramConfig,
+    /// Hashed n-gram embeddings added to the local byte embedding (width D_L),
+    /// before the local model's shift: byte t's prediction sees the n-grams
+    /// ending at t - 1 within its patch.
+    pub local_ngram: NgramConfig,
 }
 
 impl MegabyteConfig {
@@ -209,12 +213,19 @@ impl MegabyteConfig {
             max_seq,
             norm_eps: DEFAULT_NORM_EPS,
             ngram: NgramConfig::OFF,
+            local_ngram: NgramConfig::OFF,
         }
     }
 
-    /// The same with hashed n-gram embeddings.
+    /// The same with hashed n-gram embeddings in the global model.
     pub const fn with_ngram(mut self, ngram: NgramConfig) -> Self {
         self.ngram = ngram;
+        self
+    }
+
+    /// The same with hashed n-gram embeddings in the local model.
+    pub const fn with_local_ngram(mut self, ngram: NgramConfig) -> Self {
+        self.local_ngram = ngram;
         self
     }
 
@@ -278,6 +289,7 @@ impl MegabyteConfig {
             ));
         }
         self.ngram.validate()?;
+        self.local_ngram.validate()?;
         check_eps(self.norm_eps)
     }
 
@@ -295,6 +307,7 @@ impl MegabyteConfig {
             + 2 * g
             + dg * l
             + 256 * l
+            + self.local_ngram.tables() as u64 * self.local_ngram.buckets as u64 * l
             + l
             + self.layers_local as u64 * block(l)
             + 2 * l
@@ -492,7 +505,7 @@ impl ModelConfig {
         let mut w = [0u32; CONFIG_WORDS];
         match self {
             ModelConfig::Megabyte(c) => {
-                w[..11].copy_from_slice(&[
+                w[..13].copy_from_slice(&[
                     c.patch_size,
                     c.d_global,
                     c.layers_global,
@@ -504,6 +517,8 @@ impl ModelConfig {
                     c.norm_eps.to_bits(),
                     c.ngram.orders,
                     c.ngram.buckets,
+                    c.local_ngram.orders,
+                    c.local_ngram.buckets,
                 ]);
             }
             ModelConfig::Bigs(c) => {
@@ -528,7 +543,10 @@ impl ModelConfig {
     /// Reads and validates a config block. Unused words must be zero so that a
     /// later version can give them meaning without old readers misreading them.
     pub fn from_words(family: ModelFamily, w: &[u32; CONFIG_WORDS]) -> Result<Self, FormatError> {
-        let end = NGRAM_WORDS.end;
+        let end = match family {
+            ModelFamily::Megabyte => LOCAL_NGRAM_WORDS.end,
+            ModelFamily::Bigs => NGRAM_WORDS.end,
+        };
         if let Some(i) = w[end..].iter().position(|&x| x != 0) {
             return Err(FormatError::ReservedNotZero {
                 offset: (64 + 4 * (end + i)) as u64,
@@ -551,6 +569,10 @@ impl ModelConfig {
                 max_seq: w[7],
                 norm_eps: eps,
                 ngram,
+                local_ngram: NgramConfig {
+                    orders: w[LOCAL_NGRAM_WORDS.start],
+                    buckets: w[LOCAL_NGRAM_WORDS.start + 1],
+                },
             }),
             ModelFamily::Bigs => ModelConfig::Bigs(BigsConfig {
                 d_model: w[0],
@@ -571,17 +593,13 @@ impl ModelConfig {
 
     /// Named fields, in header word order, for printing and for the
     /// safetensors metadata. `norm_eps` is given as its f32 bit pattern.
-    pub fn fields(&self) -> [(&'static str, u32); NGRAM_WORDS.end] {
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, u32)> {
         let w = self.to_words();
-        let names = match self {
-            ModelConfig::Megabyte(_) => MEGABYTE_FIELDS,
-            ModelConfig::Bigs(_) => BIGS_FIELDS,
+        let names: &'static [&'static str] = match self {
+            ModelConfig::Megabyte(_) => &MEGABYTE_FIELDS,
+            ModelConfig::Bigs(_) => &BIGS_FIELDS,
         };
-        let mut out = [("", 0u32); NGRAM_WORDS.end];
-        for (i, slot) in out.iter_mut().enumerate() {
-            *slot = (names[i], w[i]);
-        }
-        out
+        names.iter().zip(w).map(|(&n, v)| (n, v))
     }
 
     /// Inverse of [`ModelConfig::fields`]: builds a config from named values.
@@ -589,9 +607,9 @@ impl ModelConfig {
         family: ModelFamily,
         mut get: impl FnMut(&str) -> Option<u32>,
     ) -> Result<Self, FormatError> {
-        let names = match family {
-            ModelFamily::Megabyte => MEGABYTE_FIELDS,
-            ModelFamily::Bigs => BIGS_FIELDS,
+        let names: &[&str] = match family {
+            ModelFamily::Megabyte => &MEGABYTE_FIELDS,
+            ModelFamily::Bigs => &BIGS_FIELDS,
         };
         let mut w = [0u32; CONFIG_WORDS];
         for (i, name) in names.iter().enumerate() {
@@ -621,11 +639,13 @@ impl ModelConfig {
     }
 }
 
-/// The header words of the n-gram config (the same in both families).
+/// The header words of the n-gram config (the same in both families), and
+/// of MEGABYTE's local one.
 pub const NGRAM_WORDS: core::ops::Range<usize> = 9..11;
+pub const LOCAL_NGRAM_WORDS: core::ops::Range<usize> = 11..13;
 
 /// Header word names for MEGABYTE, in order.
-pub const MEGABYTE_FIELDS: [&str; NGRAM_WORDS.end] = [
+pub const MEGABYTE_FIELDS: [&str; LOCAL_NGRAM_WORDS.end] = [
     "patch_size",
     "d_global",
     "layers_global",
@@ -637,6 +657,8 @@ pub const MEGABYTE_FIELDS: [&str; NGRAM_WORDS.end] = [
     "norm_eps_bits",
     "ngram_orders",
     "ngram_buckets",
+    "local_ngram_orders",
+    "local_ngram_buckets",
 ];
 
 /// Header word names for BiGS, in order.
@@ -752,7 +774,28 @@ mod tests {
         assert_eq!(ModelConfig::from_words(ModelFamily::Bigs, &w).unwrap(), c);
         let old = ModelConfig::Bigs(BigsConfig::MICRO).to_words();
         assert_eq!(old[9..].iter().sum::<u32>(), 0);
-        let fields = c.fields();
+        let m = ModelConfig::Megabyte(
+            MegabyteConfig::MICRO
+                .with_ngram(NgramConfig::orders(3, 4, 10))
+                .with_local_ngram(NgramConfig::orders(2, 6, 20)),
+        );
+        assert_eq!(
+            ModelConfig::from_words(ModelFamily::Megabyte, &m.to_words()).unwrap(),
+            m
+        );
+        let mut bad = m.to_words();
+        bad[13] = 1;
+        assert!(ModelConfig::from_words(ModelFamily::Megabyte, &bad).is_err());
+        let mut bad = ModelConfig::Bigs(BigsConfig::MICRO).to_words();
+        bad[11] = 1;
+        assert!(ModelConfig::from_words(ModelFamily::Bigs, &bad).is_err());
+        let fields: [(&str, u32); NGRAM_WORDS.end] = {
+            let mut f = [("", 0); NGRAM_WORDS.end];
+            for (slot, x) in f.iter_mut().zip(c.fields()) {
+                *slot = x;
+            }
+            f
+        };
         let back = ModelConfig::from_fields(ModelFamily::Bigs, |n| {
             fields.iter().find(|f| f.0 == n).map(|f| f.1)
         })
@@ -802,9 +845,8 @@ mod tests {
         ] {
             let back = ModelConfig::from_words(c.family(), &c.to_words()).unwrap();
             assert_eq!(back, c);
-            let fields = c.fields();
             let again = ModelConfig::from_fields(c.family(), |n| {
-                fields.iter().find(|f| f.0 == n).map(|f| f.1)
+                c.fields().find(|f| f.0 == n).map(|f| f.1)
             })
             .unwrap();
             assert_eq!(again, c);

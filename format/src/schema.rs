@@ -205,6 +205,7 @@ fn megabyte_tensors(c: &MegabyteConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
         &[256, l],
         Role::TokenEmbedding,
     )?;
+    ngram_tables("local", &c.local_ngram, l, emit)?;
     emit(name(format_args!("local.pad")), &[l], Role::Vector)?;
     for i in 0..c.layers_local {
         transformer_block("local", i, l, emit)?;
@@ -328,7 +329,11 @@ mod tests {
             ModelConfig::Megabyte(MegabyteConfig::BASE),
             ModelConfig::Bigs(BigsConfig::MICRO),
             ModelConfig::Bigs(cls),
-            ModelConfig::Megabyte(MegabyteConfig::MICRO.with_ngram(NgramConfig::orders(3, 6, 100))),
+            ModelConfig::Megabyte(
+                MegabyteConfig::MICRO
+                    .with_ngram(NgramConfig::orders(3, 6, 100))
+                    .with_local_ngram(NgramConfig::orders(2, 4, 30)),
+            ),
             ModelConfig::Bigs(cls.with_ngram(NgramConfig::orders(2, 8, 7))),
         ] {
             assert_eq!(count_params(&c), c.param_count(), "{c:?}");

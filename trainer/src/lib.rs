@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod megabyte;
+pub mod ngram;
 pub mod optim;
 pub mod params;
 pub mod plot;

@@ -60,6 +60,8 @@ pub struct Megabyte<'m> {
     pub global_to_local: Matrix<'m>,
     /// E_L: [256, D_L], also the output layer.
     pub local_tok: Matrix<'m>,
+    /// Hashed n-gram tables added to E_L.
+    pub local_ngram: NgramTables<'m>,
     /// E_Lpad: `[D_L]`.
     pub local_pad: &'m [f32],
     pub local: Transformer<'m>,
@@ -182,6 +184,7 @@ impl<'m> Megabyte<'m> {
             )?,
             global_to_local: matrix(file, "global_to_local")?,
             local_tok: matrix(file, "local.tok_emb")?,
+            local_ngram: NgramTables::from_file(file, "local", config.local_ngram)?,
             local_pad: vector(file, "local.pad")?,
             local: transformer(
                 file,

@@ -301,7 +301,7 @@ impl<'a, 'm> Session<'a, 'm> {
             self.global_patches(self.len / self.patch, 1)?;
             self.local_step(0, None)
         } else {
-            self.local_step(pos, Some(byte))
+            self.local_step(pos, Some(self.len - 1))
         }
     }
 
@@ -375,7 +375,7 @@ impl<'a, 'm> Session<'a, 'm> {
             let prev = if pos == 0 {
                 None
             } else {
-                Some(self.tokens[start + pos - 1])
+                Some(start + pos - 1)
             };
             self.local_step(pos, prev)?;
         }
@@ -542,8 +542,9 @@ impl<'a, 'm> Session<'a, 'm> {
     }
 
     /// Runs the local model at position `pos` of the current patch, whose
-    /// previous byte is `prev` (none at position 0), and sets the logits.
-    fn local_step(&mut self, pos: usize, prev: Option<u8>) -> Result<(), RuntimeError> {
+    /// previous byte is the window's byte `prev` (none at position 0), and
+    /// sets the logits.
+    fn local_step(&mut self, pos: usize, prev: Option<usize>) -> Result<(), RuntimeError> {
         let m = self.model;
         let tr: &Transformer<'_> = &m.local;
         let l = tr.width;
@@ -553,9 +554,14 @@ impl<'a, 'm> Session<'a, 'm> {
             .copy_from_slice(&self.local_base[pos * l..(pos + 1) * l]);
         match prev {
             None => kernels::add(self.lx, m.local_pad)?,
-            Some(b) => {
-                kernels::embedding_row(&m.local_tok, b as usize, &mut self.row[..l])?;
-                kernels::add(self.lx, &self.row[..l])?;
+            Some(t) => {
+                // E_L[x_t] plus the n-grams ending at t, in the trainer's order.
+                let row = &mut self.row[..l];
+                kernels::embedding_row(&m.local_tok, self.tokens[t] as usize, row)?;
+                let tokens = &self.tokens;
+                m.local_ngram
+                    .add_rows(t, |j| tokens[j] as u32, row, self.lxn)?;
+                kernels::add(self.lx, row)?;
             }
         }
         let hd = l / tr.heads;

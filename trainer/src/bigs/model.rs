@@ -15,11 +15,11 @@
 
 use crate::backend::{Backend, CrossEntropy, Linear};
 use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
+use crate::ngram::NgramRows;
 use crate::params::ParamSet;
 use crate::params::{download_params, find_param as find, ParamMeta};
 use anyhow::{bail, ensure, Result};
 use kilobyte_format::config::{BIGS_MASK, BIGS_PAD};
-use kilobyte_format::schema::ngram_table_name;
 use kilobyte_format::{BigsConfig, ModelConfig};
 
 /// What a batch is trained on.
@@ -104,8 +104,6 @@ struct LayerIx {
 #[derive(Clone, Debug)]
 struct Indices {
     tok: usize,
-    /// The n-gram tables, one per order (ascending).
-    ngram: Vec<usize>,
     pos: usize,
     emb_ln: Lin,
     layers: Vec<LayerIx>,
@@ -152,8 +150,7 @@ pub struct Workspace<B: Backend> {
     pub batch: usize,
     pub seq: usize,
     ids: B::Ids,
-    /// The n-gram table rows of every position, one buffer per order.
-    ngram_ids: Vec<B::Ids>,
+    ngram: NgramRows<B>,
     pos: B::Ids,
     lengths: B::Ids,
     targets: B::Ids,
@@ -196,7 +193,6 @@ pub struct Workspace<B: Backend> {
     dsmall1: B::Buf,
     dsmall2: B::Buf,
     host_pos: Vec<u32>,
-    host_ngram: Vec<u32>,
 }
 
 fn lin(meta: &[ParamMeta], prefix: &str) -> Result<Lin> {
@@ -299,11 +295,6 @@ impl<B: Backend> BigsModel<B> {
         }
         let ix = Indices {
             tok: find(&meta, "embed.tok")?,
-            ngram: config
-                .ngram
-                .each_order()
-                .map(|n| find(&meta, ngram_table_name("embed", n).as_str()))
-                .collect::<Result<_>>()?,
             pos: find(&meta, "embed.pos")?,
             emb_ln: lin(&meta, "embed.ln")?,
             layers,
@@ -389,9 +380,7 @@ impl<B: Backend> BigsModel<B> {
             batch,
             seq,
             ids: be.upload_ids(&vec![0; rows])?,
-            ngram_ids: (0..c.ngram.tables())
-                .map(|_| be.upload_ids(&vec![0; rows]))
-                .collect::<Result<_>>()?,
+            ngram: NgramRows::new(be, &self.meta, "embed", c.ngram, rows)?,
             pos: be.upload_ids(&vec![0; rows])?,
             lengths: be.upload_ids(&vec![0; batch])?,
             targets: be.upload_ids(&vec![0; rows])?,
@@ -430,7 +419,6 @@ impl<B: Backend> BigsModel<B> {
             dsmall1: buf(batch * d.max(classes))?,
             dsmall2: buf(batch * d.max(classes))?,
             host_pos: vec![0; rows],
-            host_ngram: vec![0; rows],
         })
     }
 
@@ -471,14 +459,7 @@ impl<B: Backend> BigsModel<B> {
         }
         be.write_ids(&mut ws.ids, &batch.ids)?;
         be.write_ids(&mut ws.pos, &ws.host_pos[..rows])?;
-        let ngram = self.config.ngram;
-        for (buf, n) in ws.ngram_ids.iter_mut().zip(ngram.each_order()) {
-            for (i, row) in ws.host_ngram[..rows].iter_mut().enumerate() {
-                let text = &batch.ids[i / seq * seq..];
-                *row = ngram.bucket(n, i % seq, |j| text[j]);
-            }
-            be.write_ids(buf, &ws.host_ngram[..rows])?;
-        }
+        ws.ngram.write(be, &batch.ids, seq)?;
         be.write_ids(&mut ws.lengths, &batch.lengths)?;
         let real: Vec<f32> = (0..rows)
             .map(|i| ((i % seq) < batch.lengths[i / seq] as usize) as u8 as f32)
@@ -599,9 +580,7 @@ impl<B: Backend> BigsModel<B> {
         let rows = nb * seq;
         let eps = c.norm_eps;
         be.embedding_forward(&mut ws.emb, &p[ix.tok], &ws.ids, rows, d, false);
-        for (&table, ids) in ix.ngram.iter().zip(&ws.ngram_ids) {
-            be.embedding_forward(&mut ws.emb, &p[table], ids, rows, d, true);
-        }
+        ws.ngram.forward(be, p, &mut ws.emb, rows, d);
         be.embedding_forward(&mut ws.emb, &p[ix.pos], &ws.pos, rows, d, true);
         be.layernorm_forward(
             &mut ws.res[0],
@@ -941,9 +920,7 @@ impl<B: Backend> BigsModel<B> {
             d,
         );
         be.embedding_backward(&mut g[ix.tok], &ws.dd1, &ws.ids, rows, d);
-        for (&table, ids) in ix.ngram.iter().zip(&ws.ngram_ids) {
-            be.embedding_backward(&mut g[table], &ws.dd1, ids, rows, d);
-        }
+        ws.ngram.backward(be, g, &ws.dd1, rows, d);
         be.embedding_backward(&mut g[ix.pos], &ws.dd1, &ws.pos, rows, d);
     }
 }

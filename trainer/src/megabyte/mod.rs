@@ -16,9 +16,9 @@
 pub mod transformer;
 
 use crate::backend::{Attention, Backend, CrossEntropy, Linear};
+use crate::ngram::NgramRows;
 use crate::params::{download_params, find_param as find, ParamMeta, ParamSet};
 use anyhow::{bail, ensure, Result};
-use kilobyte_format::schema::ngram_table_name;
 use kilobyte_format::{MegabyteConfig, ModelConfig};
 use transformer::{BlockParams, TransformerActs, TransformerParams};
 
@@ -41,8 +41,6 @@ pub fn train_flops_per_byte(c: &MegabyteConfig, seq: usize) -> f64 {
 #[derive(Clone, Debug)]
 struct Indices {
     global_tok: usize,
-    /// The n-gram tables of E_G, one per order (ascending).
-    global_ngram: Vec<usize>,
     global_pos: usize,
     global_pad: usize,
     global: TransformerParams,
@@ -66,8 +64,9 @@ pub struct Workspace<B: Backend> {
     pub batch: usize,
     pub seq: usize,
     ids: B::Ids,
-    /// The n-gram table rows of every byte, one buffer per order.
-    ngram_ids: Vec<B::Ids>,
+    /// The n-grams of E_G and of E_L.
+    global_ngram: NgramRows<B>,
+    local_ngram: NgramRows<B>,
     pos: B::Ids,
     emb: B::Buf,
     global: TransformerActs<B>,
@@ -82,7 +81,6 @@ pub struct Workspace<B: Backend> {
     d_global_out: B::Buf,
     d_emb: B::Buf,
     host_ids: Vec<u32>,
-    host_ngram: Vec<u32>,
 }
 
 fn transformer_params(meta: &[ParamMeta], prefix: &str, layers: u32) -> Result<TransformerParams> {
@@ -119,11 +117,6 @@ impl<B: Backend> MegabyteModel<B> {
         let meta = up.meta;
         let ix = Indices {
             global_tok: find(&meta, "global.tok_emb")?,
-            global_ngram: config
-                .ngram
-                .each_order()
-                .map(|n| find(&meta, ngram_table_name("global", n).as_str()))
-                .collect::<Result<_>>()?,
             global_pos: find(&meta, "global.pos_emb")?,
             global_pad: find(&meta, "global.pad")?,
             global: transformer_params(&meta, "global", config.layers_global)?,
@@ -177,9 +170,8 @@ impl<B: Backend> MegabyteModel<B> {
             batch,
             seq,
             ids: be.upload_ids(&vec![0; rows])?,
-            ngram_ids: (0..c.ngram.tables())
-                .map(|_| be.upload_ids(&vec![0; rows]))
-                .collect::<Result<_>>()?,
+            global_ngram: NgramRows::new(be, &self.meta, "global", c.ngram, rows)?,
+            local_ngram: NgramRows::new(be, &self.meta, "local", c.local_ngram, rows)?,
             pos: be.upload_ids(&pos)?,
             emb: be.alloc(rows * dg)?,
             global: TransformerActs::new(be, global, c.layers_global as usize)?,
@@ -194,7 +186,6 @@ impl<B: Backend> MegabyteModel<B> {
             d_global_out: be.alloc(rows * dg)?,
             d_emb: be.alloc(rows * dg)?,
             host_ids: vec![0; rows],
-            host_ngram: vec![0; rows],
         })
     }
 
@@ -219,15 +210,8 @@ impl<B: Backend> MegabyteModel<B> {
             *h = b as u32;
         }
         be.write_ids(&mut ws.ids, &ws.host_ids)?;
-        // Each window starts its n-grams afresh, as the runtime's does.
-        let (ngram, seq) = (self.config.ngram, ws.seq);
-        for (buf, n) in ws.ngram_ids.iter_mut().zip(ngram.each_order()) {
-            for (i, row) in ws.host_ngram.iter_mut().enumerate() {
-                let window = &bytes[i / seq * seq..];
-                *row = ngram.bucket(n, i % seq, |j| window[j] as u32);
-            }
-            be.write_ids(buf, &ws.host_ngram)?;
-        }
+        ws.global_ngram.write(be, &ws.host_ids, ws.seq)?;
+        ws.local_ngram.write(be, &ws.host_ids, ws.seq)?;
         self.forward(be, ws);
         let ce = be.cross_entropy(
             &ws.logits,
@@ -261,9 +245,7 @@ impl<B: Backend> MegabyteModel<B> {
         let k = ws.seq / pp;
         let eps = c.norm_eps;
         be.embedding_forward(&mut ws.emb, &p[ix.global_tok], &ws.ids, rows, dg, false);
-        for (&table, ids) in ix.global_ngram.iter().zip(&ws.ngram_ids) {
-            be.embedding_forward(&mut ws.emb, &p[table], ids, rows, dg, true);
-        }
+        ws.global_ngram.forward(be, p, &mut ws.emb, rows, dg);
         be.embedding_forward(&mut ws.emb, &p[ix.global_pos], &ws.pos, rows, dg, true);
         be.shift_forward(
             &mut ws.global.res[0],
@@ -294,6 +276,7 @@ impl<B: Backend> MegabyteModel<B> {
             dl,
             false,
         );
+        ws.local_ngram.forward(be, p, &mut ws.local_emb, rows, dl);
         be.shift_forward(
             &mut ws.local_shift,
             &ws.local_emb,
@@ -357,6 +340,7 @@ impl<B: Backend> MegabyteModel<B> {
             dl,
         );
         be.embedding_backward(&mut g[ix.local_tok], &ws.d_local_emb, &ws.ids, rows, dl);
+        ws.local_ngram.backward(be, g, &ws.d_local_emb, rows, dl);
         be.zero(&mut ws.d_global_out);
         let gl = Linear {
             rows,
@@ -383,9 +367,7 @@ impl<B: Backend> MegabyteModel<B> {
             pp * dg,
         );
         be.embedding_backward(&mut g[ix.global_tok], &ws.d_emb, &ws.ids, rows, dg);
-        for (&table, ids) in ix.global_ngram.iter().zip(&ws.ngram_ids) {
-            be.embedding_backward(&mut g[table], &ws.d_emb, ids, rows, dg);
-        }
+        ws.global_ngram.backward(be, g, &ws.d_emb, rows, dg);
         be.embedding_backward(&mut g[ix.global_pos], &ws.d_emb, &ws.pos, rows, dg);
     }
 }

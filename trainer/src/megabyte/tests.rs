@@ -4,10 +4,15 @@ use kilobyte_format::config::NgramConfig;
 use kilobyte_format::{AlignedBytes, DType, ModelFile};
 use kilobyte_runtime::{ArenaSpec, Megabyte};
 
-/// With n-grams of orders 2..=4 in 5 rows each, so rows repeat within a
-/// batch and their gradients add up.
+/// With n-grams (global: orders 2..=4, local: 3 and 5) in a few rows each,
+/// so rows repeat within a batch and their gradients add up.
 fn tiny() -> MegabyteConfig {
-    MegabyteConfig::preset(4, 8, 2, 2, 16, 2, 2, 16).with_ngram(NgramConfig::orders(2, 4, 5))
+    MegabyteConfig::preset(4, 8, 2, 2, 16, 2, 2, 16)
+        .with_ngram(NgramConfig::orders(2, 4, 5))
+        .with_local_ngram(NgramConfig {
+            orders: 1 << 3 | 1 << 5,
+            buckets: 7,
+        })
 }
 
 fn bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -77,8 +82,9 @@ fn whole_model_gradients_match_finite_differences() {
 /// at every position.
 #[test]
 fn trainer_and_runtime_logits_agree_on_the_export() {
-    let config =
-        MegabyteConfig::preset(4, 16, 2, 2, 32, 2, 4, 32).with_ngram(NgramConfig::orders(3, 6, 11));
+    let config = MegabyteConfig::preset(4, 16, 2, 2, 32, 2, 4, 32)
+        .with_ngram(NgramConfig::orders(3, 6, 11))
+        .with_local_ngram(NgramConfig::orders(2, 4, 13));
     let set = ParamSet::init(ModelConfig::Megabyte(config), 7).unwrap();
     let be = CpuBackend::<f32>::new();
     let mut model = MegabyteModel::new(&be, &set).unwrap();
@@ -116,4 +122,16 @@ fn trainer_and_runtime_logits_agree_on_the_export() {
         }
     }
     assert!(worst <= 1e-4, "max abs diff {worst}");
+    // A prompt prefilled patch-parallel ends with the same logits.
+    let mut arena2 = vec![0u8; spec.arena_bytes(&config)];
+    let mut prefilled = rt.session(&mut arena2, spec).unwrap();
+    prefilled.prefill(&data[..seq - 1]).unwrap();
+    let want = &trainer_logits[(seq - 1) * 256..];
+    let d = prefilled
+        .logits()
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(d <= 1e-4, "prefill: max abs diff {d}");
 }

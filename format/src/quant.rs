@@ -137,6 +137,35 @@ fn dequantize_q4_block(block: &[u8], out: &mut [f32]) {
     }
 }
 
+/// The first element of encoded `data` that decodes to NaN or an infinity
+/// (in a q8/q4 block, a non-finite scale makes the whole block so; the index
+/// is the block's first element). Without a copy, so a writer can check
+/// bytes it is handed as they are.
+pub fn first_non_finite(dtype: DType, data: &[u8]) -> Option<usize> {
+    match dtype {
+        DType::F32 => data
+            .chunks_exact(4)
+            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+        DType::F16 => data
+            .chunks_exact(2)
+            .position(|b| !f16::from_le_bytes([b[0], b[1]]).is_finite()),
+        DType::BF16 => data
+            .chunks_exact(2)
+            .position(|b| !bf16::from_le_bytes([b[0], b[1]]).is_finite()),
+        DType::Q8 | DType::Q4 => {
+            let block = if dtype == DType::Q8 {
+                Q8_BLOCK_BYTES
+            } else {
+                Q4_BLOCK_BYTES
+            };
+            data.chunks_exact(block)
+                .position(|b| !block_scale(b).is_finite())
+                .map(|i| i * QK)
+        }
+        DType::U8 => None,
+    }
+}
+
 /// Encodes `x` as `dtype` into `out`, which must be exactly
 /// `dtype.byte_len(x.len())` bytes.
 pub fn encode(dtype: DType, x: &[f32], out: &mut [u8]) -> Result<(), CodecError> {
@@ -151,6 +180,9 @@ pub fn encode(dtype: DType, x: &[f32], out: &mut [u8]) -> Result<(), CodecError>
     }
     match dtype {
         DType::F32 => {
+            // A non-finite weight is a diverged model, never a valid one:
+            // refused here so that no writer can store it in any dtype.
+            check_finite(x, 0)?;
             for (o, v) in out.chunks_exact_mut(4).zip(x) {
                 o.copy_from_slice(&v.to_le_bytes());
             }
@@ -357,6 +389,31 @@ mod tests {
             encode(DType::Q8, &x, &mut buf),
             Err(CodecError::NonFinite { index: 7 })
         );
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q4] {
+            let len = dtype.byte_len(QK as u64).unwrap() as usize;
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                x[7] = bad;
+                assert_eq!(
+                    encode(dtype, &x, &mut [0u8; 4 * QK][..len]),
+                    Err(CodecError::NonFinite { index: 7 }),
+                    "{dtype} {bad}"
+                );
+            }
+        }
+        // Bytes handed over already encoded are checked the same way.
+        let mut raw = [0u8; 4 * QK];
+        raw[8..12].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        assert_eq!(first_non_finite(DType::F32, &raw), Some(2));
+        raw[..2].copy_from_slice(&f16::NAN.to_le_bytes());
+        assert_eq!(first_non_finite(DType::F16, &raw), Some(0));
+        assert_eq!(first_non_finite(DType::Q8, &raw[Q8_BLOCK_BYTES..]), None);
+        raw[..2].fill(0);
+        raw[Q8_BLOCK_BYTES..Q8_BLOCK_BYTES + 2].copy_from_slice(&f16::INFINITY.to_le_bytes());
+        assert_eq!(
+            first_non_finite(DType::Q8, &raw[..2 * Q8_BLOCK_BYTES]),
+            Some(QK)
+        );
+        assert_eq!(first_non_finite(DType::U8, &raw), None);
         x[7] = 1e30;
         assert_eq!(
             encode(DType::Q8, &x, &mut buf),

@@ -70,6 +70,13 @@ impl KbmWriter {
                 byte_len: data.len() as u64,
             });
         }
+        // A diverged model is never written, whatever dtype it is stored in.
+        if let Some(index) = crate::quant::first_non_finite(dtype, &data) {
+            return Err(FormatError::Codec {
+                name: tensor_name(name),
+                error: crate::quant::CodecError::NonFinite { index },
+            });
+        }
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(FormatError::DuplicateTensor {
                 name: tensor_name(name),

@@ -231,6 +231,21 @@ impl ParamSet {
         self.params.iter().find(|p| p.name == name)
     }
 
+    /// Refuses a set holding NaN or an infinity: a diverged model is never
+    /// saved or exported (the error names the first such parameter).
+    pub fn check_finite(&self) -> Result<()> {
+        for p in &self.params {
+            if let Some(i) = p.data.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "parameter {} holds {} at element {i}: the weights are not finite (the model diverged)",
+                    p.name,
+                    p.data[i]
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn numel(&self) -> usize {
         self.params.iter().map(|p| p.data.len()).sum()
     }

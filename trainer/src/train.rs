@@ -137,8 +137,32 @@ impl TrainOptions {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr {}: must be a positive number", self.lr);
         }
+        // NaN passes every comparison but `is_finite`, so each check starts there.
+        let w = self.weight_decay;
+        if !(w.is_finite() && w >= 0.0) {
+            bail!("--weight-decay {w}: must be a finite number >= 0");
+        }
+        let g = self.grad_clip;
+        if !(g.is_finite() && g >= 0.0) {
+            bail!("--grad-clip {g}: must be a finite number >= 0 (0 turns clipping off)");
+        }
+        if let Some(t) = self.time_limit_s {
+            check_seconds("--time-limit", t)?;
+        }
+        let v = self.val_fraction;
+        if !(0.0..1.0).contains(&v) {
+            bail!("--val-fraction {v}: must be in [0, 1)");
+        }
         Ok(())
     }
+}
+
+/// A duration flag: a finite number of seconds above 0.
+pub(crate) fn check_seconds(flag: &str, s: f64) -> Result<()> {
+    if !(s.is_finite() && s > 0.0) {
+        bail!("{flag} {s}: must be a finite number of seconds above 0");
+    }
+    Ok(())
 }
 
 /// Where the training bytes come from.
@@ -231,6 +255,13 @@ pub(crate) fn stored_data(run: &RunDir) -> Result<DataSource> {
 pub fn resume(dir: &Path, quiet: bool, device: Device) -> Result<TrainReport> {
     let (run, ckpt) = RunDir::resume(dir)?;
     let opts = TrainOptions::read(run.config())?;
+    // config.txt is a file anyone can edit: its values pass the same checks
+    // as the flags they came from.
+    let checked = match &ckpt.params.config {
+        ModelConfig::Megabyte(c) => opts.check(c),
+        ModelConfig::Bigs(_) => opts.check_common(),
+    };
+    checked.with_context(|| format!("{}", dir.join(crate::checkpoint::CONFIG_FILE).display()))?;
     with_backend!(device, |be| {
         let mut opt = optimizer(be, &opts, &ckpt.params)?;
         opt.load_state(be, &ckpt.optimizer)?;
@@ -641,6 +672,16 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
             }
             break;
         }
+    }
+    if let Some(v) = final_val.filter(|v| !v.loss.is_finite()) {
+        // The checkpoint above holds the last finite weights (a save refuses
+        // any other): the run can be resumed or its best exported.
+        bail!(
+            "the final validation loss is {}: training diverged (the last checkpoint is step {} in {})",
+            v.loss,
+            state.step,
+            run.path().display()
+        );
     }
     Ok(TrainReport {
         steps: state.step,

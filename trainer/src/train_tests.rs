@@ -7,11 +7,15 @@ use crate::backend::CpuBackend;
 use crate::testutil::TempDir;
 use std::ops::Range;
 
-/// A job whose loss is NaN on the steps (1-based calls) in `bad`.
+/// A job whose loss is NaN on the steps (1-based calls) in `bad`; it can
+/// also report NaN validation losses, or hand out NaN weights from call
+/// `nan_weights_from` on.
 struct Spiky<J> {
     inner: J,
     bad: Range<u64>,
     calls: u64,
+    nan_eval: bool,
+    nan_weights_from: u64,
 }
 
 impl<B: Backend, J: Job<B>> Job<B> for Spiky<J> {
@@ -29,10 +33,18 @@ impl<B: Backend, J: Job<B>> Job<B> for Spiky<J> {
         self.inner.params_and_grads()
     }
     fn evaluate(&mut self, be: &B) -> Result<Eval> {
-        self.inner.evaluate(be)
+        let mut e = self.inner.evaluate(be)?;
+        if self.nan_eval {
+            e.loss = f64::NAN;
+        }
+        Ok(e)
     }
     fn to_param_set(&self, be: &B) -> Result<ParamSet> {
-        self.inner.to_param_set(be)
+        let mut set = self.inner.to_param_set(be)?;
+        if self.calls >= self.nan_weights_from {
+            set.params[1].data[3] = f32::NAN;
+        }
+        Ok(set)
     }
     fn save_state(&self, state: &mut TrainState) {
         self.inner.save_state(state)
@@ -54,6 +66,16 @@ fn run_with_spikes(dir: &Path, bad: Range<u64>, steps: u64) -> Result<TrainRepor
 }
 
 fn run_tiny(dir: &Path, bad: Range<u64>, opts: TrainOptions) -> Result<TrainReport> {
+    run_faulty(dir, bad, opts, false, u64::MAX)
+}
+
+fn run_faulty(
+    dir: &Path,
+    bad: Range<u64>,
+    opts: TrainOptions,
+    nan_eval: bool,
+    nan_weights_from: u64,
+) -> Result<TrainReport> {
     let config = MegabyteConfig::preset(2, 16, 1, 2, 16, 1, 2, 16);
     let bytes: Vec<u8> = (0..4000u32)
         .map(|i| b"the quick brown fox "[i as usize % 20])
@@ -70,6 +92,8 @@ fn run_tiny(dir: &Path, bad: Range<u64>, opts: TrainOptions) -> Result<TrainRepo
         inner,
         bad,
         calls: 0,
+        nan_eval,
+        nan_weights_from,
     };
     let opt = optimizer(&be, &opts, &params)?;
     train_loop(&be, run, job, opt, TrainState::default(), opts, true)
@@ -172,4 +196,115 @@ fn non_finite_steps_are_skipped_then_rolled_back_with_a_lower_rate() {
         format!("{err:#}").contains("before the first checkpoint"),
         "{err:#}"
     );
+}
+
+fn tiny_opts() -> TrainOptions {
+    TrainOptions {
+        steps: 12,
+        batch: 2,
+        seq: 16,
+        checkpoint_every: 4,
+        eval_every: 4,
+        eval_windows: 2,
+        log_every: 1,
+        ..TrainOptions::default()
+    }
+}
+
+#[test]
+fn a_non_finite_final_validation_is_an_error_after_the_last_checkpoint() {
+    let t = TempDir::new("naneval");
+    let err = run_faulty(&t.0, 0..0, tiny_opts(), true, u64::MAX).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("final validation loss is NaN"),
+        "{err:#}"
+    );
+    // Finite weights were still checkpointed, and no NaN score became "best".
+    assert_eq!(Checkpoint::load(&t.0).unwrap().state.step, 12);
+    assert!(!t.0.join(crate::checkpoint::BEST_FILE).exists());
+}
+
+#[test]
+fn non_finite_weights_are_never_checkpointed() {
+    let t = TempDir::new("nanweights");
+    let err = run_faulty(&t.0, 0..0, tiny_opts(), false, 6).unwrap_err();
+    assert!(format!("{err:#}").contains("not finite"), "{err:#}");
+    // The step-4 checkpoint stays the committed one; nothing NaN was written.
+    let ckpt = Checkpoint::load(&t.0).unwrap();
+    assert_eq!(ckpt.state.step, 4);
+    ckpt.params.check_finite().unwrap();
+    let (best, _) = crate::checkpoint::load_best(&t.0).unwrap();
+    best.check_finite().unwrap();
+}
+
+#[test]
+fn float_options_must_be_finite_and_in_range() {
+    let config = MegabyteConfig::preset(2, 16, 1, 2, 16, 1, 2, 16);
+    let ok = TrainOptions {
+        seq: 16,
+        ..TrainOptions::default()
+    };
+    ok.check(&config).unwrap();
+    let bad = [
+        (
+            "--weight-decay",
+            TrainOptions {
+                weight_decay: f32::NAN,
+                ..ok.clone()
+            },
+        ),
+        (
+            "--weight-decay",
+            TrainOptions {
+                weight_decay: -0.1,
+                ..ok.clone()
+            },
+        ),
+        (
+            "--grad-clip",
+            TrainOptions {
+                grad_clip: f32::NAN,
+                ..ok.clone()
+            },
+        ),
+        (
+            "--grad-clip",
+            TrainOptions {
+                grad_clip: f32::INFINITY,
+                ..ok.clone()
+            },
+        ),
+        (
+            "--time-limit",
+            TrainOptions {
+                time_limit_s: Some(f64::NAN),
+                ..ok.clone()
+            },
+        ),
+        (
+            "--time-limit",
+            TrainOptions {
+                time_limit_s: Some(-5.0),
+                ..ok.clone()
+            },
+        ),
+        (
+            "--val-fraction",
+            TrainOptions {
+                val_fraction: f64::NAN,
+                ..ok.clone()
+            },
+        ),
+        (
+            "--lr",
+            TrainOptions {
+                lr: f64::NAN,
+                ..ok.clone()
+            },
+        ),
+    ];
+    for (flag, opts) in bad {
+        let err = opts.check(&config).unwrap_err().to_string();
+        assert!(err.starts_with(flag), "{flag}: {err}");
+    }
 }

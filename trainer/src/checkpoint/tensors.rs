@@ -162,6 +162,9 @@ pub fn read_tensors(path: &Path) -> Result<TensorFile> {
 /// metadata, labels as the `meta.labels` u8 tensor: the same layout as a
 /// `kilobyte convert` export, so the file converts back to a `.kbm` as is.
 pub fn save_params(path: &Path, params: &ParamSet, extra: &HashMap<String, String>) -> Result<()> {
+    params
+        .check_finite()
+        .with_context(|| format!("{}: not written", path.display()))?;
     let mut metadata = config_metadata(&params.config);
     metadata.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut entries: Vec<(String, Entry<'_>)> = params

@@ -548,6 +548,7 @@ pub struct DemoArgs {
 /// Trains the micro preset on CPU for a fixed time, exports q8, scores it
 /// through the runtime and prints a sample.
 pub fn run_demo(a: DemoArgs) -> Result<()> {
+    train::check_seconds("--time", a.time)?;
     let run = match &a.run {
         Some(dir) => dir.clone(),
         // Created exclusively under a random name: a name planted in the

@@ -123,6 +123,28 @@ impl NgramArgs {
     }
 }
 
+/// MEGABYTE's n-gram flags for the local model (as `NgramArgs`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LocalNgramArgs {
+    /// MEGABYTE: hashed n-gram embeddings of the local model's byte input,
+    /// as --ngram-orders (default: the preset's)
+    #[arg(long, value_parser = parse_ngram_orders)]
+    pub local_ngram_orders: Option<u32>,
+    /// MEGABYTE: rows of each local n-gram table; 0 turns them off
+    #[arg(long)]
+    pub local_ngram_buckets: Option<u32>,
+}
+
+impl LocalNgramArgs {
+    pub fn apply(&self, c: &mut kilobyte_format::config::NgramConfig) {
+        NgramArgs {
+            ngram_orders: self.local_ngram_orders,
+            ngram_buckets: self.local_ngram_buckets,
+        }
+        .apply(c)
+    }
+}
+
 /// Parses `--ngram-orders`: "3-6", "3,5,7" or "none" into a bit set.
 fn parse_ngram_orders(s: &str) -> std::result::Result<u32, String> {
     use kilobyte_format::config::{NGRAM_MAX_ORDER, NGRAM_MIN_ORDER};

@@ -78,6 +78,8 @@ pub struct TrainArgs {
     pub max_seq: Option<u32>,
     #[command(flatten)]
     pub ngram: super::NgramArgs,
+    #[command(flatten)]
+    pub local_ngram: super::LocalNgramArgs,
     /// Training files or directories (the last --val-fraction of the bytes validate).
     #[arg(long, num_args = 1..)]
     pub data: Vec<PathBuf>,
@@ -188,6 +190,7 @@ fn megabyte_config(a: &TrainArgs) -> Result<MegabyteConfig> {
     set(&mut c.heads_local, a.heads_local);
     set(&mut c.max_seq, a.max_seq);
     a.ngram.apply(&mut c.ngram);
+    a.local_ngram.apply(&mut c.local_ngram);
     c.validate()?;
     Ok(c)
 }

@@ -49,6 +49,9 @@ pub struct TrainOptions {
     pub val_fraction: f64,
     /// Stop (with a checkpoint) once training has run this many seconds.
     pub time_limit_s: Option<f64>,
+    /// Pace the learning-rate schedule by steps alone even with a time limit
+    /// (as before time budgets: for comparisons).
+    pub step_schedule: bool,
 }
 
 impl Default for TrainOptions {
@@ -69,6 +72,7 @@ impl Default for TrainOptions {
             seed: 0,
             val_fraction: DEFAULT_VAL_FRACTION,
             time_limit_s: None,
+            step_schedule: false,
         }
     }
 }
@@ -90,9 +94,14 @@ impl TrainOptions {
             .with("log_every", self.log_every)
             .with("seed", self.seed)
             .with("val_fraction", self.val_fraction);
-        match self.time_limit_s {
+        let c = match self.time_limit_s {
             Some(t) => c.with("time_limit_s", t),
             None => c,
+        };
+        if self.step_schedule {
+            c.with("step_schedule", 1)
+        } else {
+            c
         }
     }
 
@@ -114,6 +123,7 @@ impl TrainOptions {
             seed: c.get("seed")?.unwrap_or(d.seed),
             val_fraction: c.get("val_fraction")?.unwrap_or(d.val_fraction),
             time_limit_s: c.get("time_limit_s")?,
+            step_schedule: c.get::<u32>("step_schedule")?.unwrap_or(0) != 0,
         })
     }
 
@@ -300,7 +310,11 @@ pub(crate) fn optimizer<B: Backend>(
     AdamW::for_param_set(
         be,
         adamw,
-        LrSchedule::new(opts.lr, opts.warmup, opts.steps).with_time_limit(opts.time_limit_s),
+        LrSchedule::new(opts.lr, opts.warmup, opts.steps).with_time_limit(if opts.step_schedule {
+            None
+        } else {
+            opts.time_limit_s
+        }),
         params,
     )
 }

@@ -124,6 +124,10 @@ pub struct TrainArgs {
     /// Stop with a checkpoint after this many seconds of training.
     #[arg(long)]
     pub time_limit: Option<f64>,
+    /// With --time-limit, pace the learning-rate schedule by --steps alone
+    /// (the schedule then stops part-way at the deadline; for comparisons)
+    #[arg(long)]
+    pub step_schedule: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
     /// GPU matrix products: bf16 (bf16 operands, fp32 accumulation; the
@@ -254,6 +258,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             seed: a.seed,
             val_fraction: a.val_fraction,
             time_limit_s: a.time_limit,
+            step_schedule: a.step_schedule,
         };
         if a.model == "bigs" {
             let objective = match a.objective.as_str() {

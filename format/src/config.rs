@@ -114,26 +114,35 @@ impl NgramConfig {
     }
 
     pub fn validate(&self) -> Result<(), FormatError> {
+        self.validate_as("ngram_orders", "ngram_buckets")
+    }
+
+    /// [`NgramConfig::validate`], naming the header words as given.
+    pub fn validate_as(
+        &self,
+        orders_field: &'static str,
+        buckets_field: &'static str,
+    ) -> Result<(), FormatError> {
         let allowed = Self::orders(NGRAM_MIN_ORDER, NGRAM_MAX_ORDER, 0).orders;
         if self.orders & !allowed != 0 {
             return Err(bad_config(
-                "ngram_orders",
+                orders_field,
                 self.orders,
                 "may only set bits 2..=8 (the n-gram orders)",
             ));
         }
         if self.buckets > NGRAM_MAX_BUCKETS {
             return Err(bad_config(
-                "ngram_buckets",
+                buckets_field,
                 self.buckets,
                 "exceeds the limit of 65535",
             ));
         }
         if (self.buckets == 0) != (self.orders == 0) {
             return Err(bad_config(
-                "ngram_orders",
+                orders_field,
                 self.orders,
-                "must be 0 exactly when ngram_buckets is 0",
+                "must be 0 exactly when the matching buckets word is 0",
             ));
         }
         Ok(())
@@ -289,7 +298,8 @@ impl MegabyteConfig {
             ));
         }
         self.ngram.validate()?;
-        self.local_ngram.validate()?;
+        self.local_ngram
+            .validate_as("local_ngram_orders", "local_ngram_buckets")?;
         check_eps(self.norm_eps)
     }
 

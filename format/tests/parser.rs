@@ -207,9 +207,14 @@ fn structural_errors_are_named() {
             patch(&good, 64, &3u32.to_le_bytes()),
             "must be a multiple of patch_size",
         ),
+        // Words 9..13 are MEGABYTE's n-gram configs; 13.. are reserved.
+        (
+            patch(&good, 64 + 4 * 13, &1u32.to_le_bytes()),
+            "reserved header bytes at offset 116",
+        ),
         (
             patch(&good, 64 + 4 * 12, &1u32.to_le_bytes()),
-            "reserved header bytes at offset 112",
+            "local_ngram_orders = 0 must be 0 exactly when the matching buckets word is 0",
         ),
         (patch(&good, entry(0) + 2, &[9]), "unknown dtype code 9"),
         (patch(&good, entry(0) + 3, &[0]), "rank 0"),

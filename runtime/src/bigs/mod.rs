@@ -382,6 +382,24 @@ fn cexp(re: f64, im: f64) -> (f64, f64) {
     (tre, tim)
 }
 
+/// `(re + i im)^n` by binary exponentiation.
+fn cpow(re: f64, im: f64, mut n: usize) -> (f64, f64) {
+    let (mut rre, mut rim) = (1.0, 0.0);
+    let (mut bre, mut bim) = (re, im);
+    while n > 0 {
+        if n & 1 == 1 {
+            let t = rre * bre - rim * bim;
+            rim = rre * bim + rim * bre;
+            rre = t;
+        }
+        let t = bre * bre - bim * bim;
+        bim *= 2.0 * bre;
+        bre = t;
+        n >>= 1;
+    }
+    (rre, rim)
+}
+
 /// `K[l] = Re(sum_n C_n Bbar_n Abar_n^l)` in f64, as the trainer computes it.
 fn ssm_kernel(s: &Ssm<'_>, kernel: usize, modes: usize, out: &mut [f32]) {
     let dt = cexp(s.log_dt[kernel] as f64, 0.0).0;
@@ -405,13 +423,12 @@ fn ssm_kernel(s: &Ssm<'_>, kernel: usize, modes: usize, out: &mut [f32]) {
             let den = are * are + aim * aim;
             let (bbre, bbim) = ((nre * are + nim * aim) / den, (nim * are - nre * aim) / den);
             let (cre, cim) = (s.c[2 * i] as f64, s.c[2 * i + 1] as f64);
-            // z = C Bbar Abar^start.
-            let (mut zre, mut zim) = (cre * bbre - cim * bbim, cre * bbim + cim * bbre);
-            for _ in 0..start {
-                let t = zre * abre - zim * abim;
-                zim = zre * abim + zim * abre;
-                zre = t;
-            }
+            // z = C Bbar Abar^start, the power by squaring: a chunk costs
+            // O(log start) to enter, so the whole kernel stays linear in
+            // its length (stepping from 0 made it quadratic).
+            let (pre, pim) = cpow(abre, abim, start);
+            let (zre0, zim0) = (cre * bbre - cim * bbim, cre * bbim + cim * bbre);
+            let (mut zre, mut zim) = (zre0 * pre - zim0 * pim, zre0 * pim + zim0 * pre);
             for a in acc[..chunk].iter_mut() {
                 *a += zre;
                 let t = zre * abre - zim * abim;

@@ -182,21 +182,30 @@ pub struct ModelFile<'a> {
     checksum_verified: bool,
 }
 
-impl<'a> ModelFile<'a> {
-    /// Parses and fully validates `bytes`, including the CRC-32.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
-        Self::parse_with(bytes, Checksum::Verify)
-    }
+/// What the fixed 128-byte header says about the file's layout, checked on
+/// its own: a reader can check the first 128 bytes of a file, then read
+/// exactly `file_bytes`, never more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub family: ModelFamily,
+    pub tensor_count: u32,
+    pub data_offset: u64,
+    /// The whole file's length.
+    pub file_bytes: u64,
+}
 
-    pub fn parse_with(bytes: &'a [u8], checksum: Checksum) -> Result<Self, FormatError> {
-        let len = bytes.len() as u64;
-        if bytes.len() < HEADER_BYTES {
+impl Header {
+    /// Checks magic, version, header size, family, reserved bytes and the
+    /// layout fields of the first 128 bytes of `h` (the config words are
+    /// checked by [`ModelFile::parse`]).
+    pub fn parse(h: &[u8]) -> Result<Header, FormatError> {
+        if h.len() < HEADER_BYTES {
             return Err(FormatError::Truncated {
-                len,
+                len: h.len() as u64,
                 needed: HEADER_BYTES as u64,
             });
         }
-        let h = &bytes[..HEADER_BYTES];
+        let h = &h[..HEADER_BYTES];
         let mut magic = [0u8; 8];
         magic.copy_from_slice(&h[hdr::MAGIC..hdr::MAGIC + 8]);
         if magic != MAGIC {
@@ -259,6 +268,31 @@ impl<'a> ModelFile<'a> {
                 expected: min_file,
             });
         }
+        Ok(Header {
+            family,
+            tensor_count,
+            data_offset,
+            file_bytes,
+        })
+    }
+}
+
+impl<'a> ModelFile<'a> {
+    /// Parses and fully validates `bytes`, including the CRC-32.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
+        Self::parse_with(bytes, Checksum::Verify)
+    }
+
+    pub fn parse_with(bytes: &'a [u8], checksum: Checksum) -> Result<Self, FormatError> {
+        let len = bytes.len() as u64;
+        let Header {
+            family,
+            tensor_count,
+            data_offset,
+            file_bytes,
+        } = Header::parse(bytes)?;
+        let h = &bytes[..HEADER_BYTES];
+        let dir_end = HEADER_BYTES as u64 + tensor_count as u64 * ENTRY_BYTES as u64;
         if len < file_bytes {
             return Err(FormatError::Truncated {
                 len,

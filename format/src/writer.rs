@@ -240,6 +240,60 @@ impl AlignedBytes {
         let bytes = std::fs::read(path)?;
         Ok(Self::from_slice(&bytes))
     }
+
+    /// Reads a .kbm file: a regular file only, its 128-byte header checked
+    /// first, then exactly the `file_bytes` it names, straight into aligned
+    /// memory allocated fallibly. Junk, a device or a file whose size
+    /// disagrees with its header costs 128 bytes, not its length. The result
+    /// still needs [`crate::ModelFile::parse`].
+    pub fn read_model(path: &Path) -> io::Result<Self> {
+        use io::Read;
+        let invalid = |e: FormatError| io::Error::new(io::ErrorKind::InvalidData, e);
+        let mut f = std::fs::File::open(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (a device, pipe or directory is not a model)",
+            ));
+        }
+        let len = meta.len();
+        let mut h = Vec::with_capacity(HEADER_BYTES);
+        f.by_ref().take(HEADER_BYTES as u64).read_to_end(&mut h)?;
+        let header = crate::file::Header::parse(&h).map_err(invalid)?;
+        if len < header.file_bytes {
+            return Err(invalid(FormatError::Truncated {
+                len,
+                needed: header.file_bytes,
+            }));
+        }
+        if len > header.file_bytes {
+            return Err(invalid(FormatError::TrailingBytes {
+                expected: header.file_bytes,
+                actual: len,
+            }));
+        }
+        let n = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let mut blocks: Vec<crate::align::Aligned64<[u8; 64]>> = Vec::new();
+        blocks.try_reserve_exact(n.div_ceil(64)).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("cannot allocate {n} bytes for the model"),
+            )
+        })?;
+        blocks.extend((0..n.div_ceil(64)).map(|_| crate::align::Aligned64([0u8; 64])));
+        let mut out = AlignedBytes { blocks, len: n };
+        out.as_mut_slice()[..HEADER_BYTES].copy_from_slice(&h);
+        // The file may have changed since its length was read: exactly the
+        // rest, or an error.
+        f.read_exact(&mut out.as_mut_slice()[HEADER_BYTES..])?;
+        Ok(out)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; the borrow of `self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr() as *mut u8, self.len) }
+    }
 }
 
 impl std::ops::Deref for AlignedBytes {

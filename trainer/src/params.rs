@@ -291,8 +291,8 @@ fn init_ssm(name: &str, shape: Shape, data: &mut [f32], rng: &mut Rng) {
 
 /// Reads a .kbm file into aligned memory with a one-line error naming it.
 pub fn read_kbm(path: &std::path::Path) -> Result<kilobyte_format::AlignedBytes> {
-    let bytes =
-        kilobyte_format::AlignedBytes::read(path).with_context(|| format!("{}", path.display()))?;
+    let bytes = kilobyte_format::AlignedBytes::read_model(path)
+        .with_context(|| format!("{}", path.display()))?;
     Ok(bytes)
 }
 

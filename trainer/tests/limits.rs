@@ -124,3 +124,132 @@ fn non_finite_weights_are_never_exported() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Writes a randomly initialised model (f32 unless said otherwise).
+fn write_model(path: &Path, config: kilobyte_format::ModelConfig, labels: &[&str]) {
+    let mut params = kilobyte_trainer::params::ParamSet::init(config, 1).unwrap();
+    if !labels.is_empty() {
+        params.labels = labels.iter().map(|l| l.to_string()).collect();
+    }
+    let dtype = kilobyte_format::DType::Q8;
+    params.to_writer(dtype, dtype).unwrap().write(path).unwrap();
+}
+
+fn long_bigs(max_seq: u32) -> kilobyte_format::ModelConfig {
+    use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
+    let mut c = kilobyte_format::BigsConfig::MICRO;
+    c.max_seq = max_seq;
+    c.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
+    c.n_classes = 2;
+    kilobyte_format::ModelConfig::Bigs(c)
+}
+
+/// A small file with a long T_max costs what its input needs: the encoder
+/// (arena and SSM kernels) is sized to the text, the kernels are generated
+/// in linear time, and a stream's encoder grows only to its longest line.
+#[test]
+fn a_long_t_max_costs_what_the_input_needs() {
+    let dir = temp_dir("long-tmax");
+    write_model(&dir.join("b.kbm"), long_bigs(131_072), &["neg", "pos"]);
+    let t = std::time::Instant::now();
+    let out = ok(&["classify", "b.kbm", "hi"], &dir);
+    assert!(
+        out.starts_with("neg\t") || out.starts_with("pos\t"),
+        "{out}"
+    );
+    // Before: a 131,072-byte encoder, about 14 minutes.
+    assert!(t.elapsed().as_secs_f64() < 20.0, "{:?}", t.elapsed());
+    assert!(common::kilobyte(&["fill", "b.kbm", "h_"], &dir)
+        .status
+        .success());
+    // Same labels whatever size the encoder has: a stream whose long line
+    // grows it midway gives what one line at a time gives.
+    let lines = ["short one", &"x".repeat(700), "short one"];
+    std::fs::write(dir.join("in.txt"), lines.join("\n")).unwrap();
+    let streamed = ok(&["classify", "b.kbm", "--file", "in.txt"], &dir);
+    let single: String = lines
+        .iter()
+        .map(|l| ok(&["classify", "b.kbm", l], &dir))
+        .collect();
+    assert_eq!(streamed, single);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn generate_sizes_its_arena_to_the_prompt_and_the_bytes() {
+    let dir = temp_dir("gen-arena");
+    let mut c = kilobyte_format::MegabyteConfig::MICRO;
+    c.max_seq = 65_536;
+    write_model(
+        &dir.join("m.kbm"),
+        kilobyte_format::ModelConfig::Megabyte(c),
+        &[],
+    );
+    let out = common::kilobyte(
+        &[
+            "generate", "m.kbm", "--prompt", "ab", "--bytes", "4", "--stats",
+        ],
+        &dir,
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    let arena: u64 = err
+        .split("arena ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    // A 65,536-byte window needs tens of megabytes; six bytes, kilobytes.
+    assert!(arena < 1 << 20, "arena {arena} bytes");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Nothing is read whole before it is checked: a device, a file of junk and
+/// endless lines all end in one line of error, at once.
+#[test]
+fn inputs_are_checked_before_they_are_read_whole() {
+    let dir = temp_dir("read-whole");
+    write_model(&dir.join("b.kbm"), long_bigs(256), &["neg", "pos"]);
+    write_model(
+        &dir.join("m.kbm"),
+        kilobyte_format::ModelConfig::Megabyte(kilobyte_format::MegabyteConfig::MICRO),
+        &[],
+    );
+    let t = std::time::Instant::now();
+    let e = fails(&["inspect", "/dev/zero"], &dir);
+    assert!(
+        e.contains("/dev/zero") && e.contains("not a regular file"),
+        "{e}"
+    );
+    let e = fails(&["generate", "m.kbm", "--prompt-file", "/dev/zero"], &dir);
+    assert!(e.contains("not a regular file"), "{e}");
+    let e = fails(&["eval", "b.kbm", "--dev", "/dev/zero"], &dir);
+    assert!(e.contains("not a regular file"), "{e}");
+    let e = fails(&["classify", "b.kbm", "--file", "/dev/zero"], &dir);
+    assert!(
+        e.contains("/dev/zero") && e.contains("not a regular file"),
+        "{e}"
+    );
+    // A 1 GiB file of junk (sparse: no disk) is refused by its magic, and
+    // as text it is one line too long, found after T_max bytes.
+    let junk = dir.join("junk.kbm");
+    std::fs::File::create(&junk)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let e = fails(&["inspect", "junk.kbm"], &dir);
+    assert!(e.contains("magic"), "{e}");
+    let e = fails(&["classify", "b.kbm", "--file", "junk.kbm"], &dir);
+    assert!(
+        e.contains("junk.kbm: line 1") && e.contains("T_max of 256"),
+        "{e}"
+    );
+    // A valid header on a file of the wrong length: refused by the length.
+    let mut m = std::fs::read(dir.join("m.kbm")).unwrap();
+    m.extend([0u8; 64]);
+    std::fs::write(dir.join("long.kbm"), &m).unwrap();
+    let e = fails(&["inspect", "long.kbm"], &dir);
+    assert!(e.contains("long.kbm"), "{e}");
+    assert!(t.elapsed().as_secs_f64() < 10.0, "{:?}", t.elapsed());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

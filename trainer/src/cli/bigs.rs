@@ -3,6 +3,7 @@
 //! Also the BiGS branch of `kilobyte eval` for `.kbm` files (accuracy on a
 //! labelled table).
 
+use super::input;
 use crate::data::tsv::{read_labeled, Column};
 use crate::params::{parse_kbm, read_kbm};
 use anyhow::{anyhow, bail, Context, Result};
@@ -33,22 +34,18 @@ pub struct FillArgs {
     pub gap: char,
 }
 
-/// The parsed model bytes and a loaded model, kept together.
-fn load(path: &Path) -> Result<kilobyte_format::AlignedBytes> {
-    read_kbm(path)
-}
+/// The first encoder size for a stream of lines: most texts are shorter,
+/// and a longer line grows the encoder (up to T_max) when it comes.
+const STREAM_CONTEXT: usize = 512;
 
 fn model<'m>(path: &Path, file: &ModelFile<'m>) -> Result<Bigs<'m>> {
     Bigs::from_file(file).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
-/// An encoder over the model's whole T_max in a heap arena.
-fn with_encoder<T>(
-    path: &Path,
-    need: &str,
-    f: impl FnOnce(&Bigs<'_>, &mut Encoder<'_, '_>) -> Result<T>,
-) -> Result<T> {
-    let bytes = load(path)?;
+/// Loads a BiGS model that has the `need` head ("classification" or
+/// "masked-byte").
+fn with_model<T>(path: &Path, need: &str, f: impl FnOnce(&Bigs<'_>) -> Result<T>) -> Result<T> {
+    let bytes = read_kbm(path)?;
     let file = parse_kbm(path, &bytes)?;
     let m = model(path, &file)?;
     let ok = match need {
@@ -66,10 +63,28 @@ fn with_encoder<T>(
             }
         );
     }
-    let max_len = m.config.max_seq as usize;
-    let mut arena = vec![0u8; Bigs::arena_bytes(&m.config, max_len)];
-    let mut enc = m.encoder(&mut arena, max_len).map_err(|e| anyhow!("{e}"))?;
-    f(&m, &mut enc)
+    f(&m)
+}
+
+/// An encoder for inputs of up to `len` bytes (1..=T_max) in a heap arena
+/// of that size: the arena and the kernels cost what the input needs, not
+/// what T_max allows. Kernel values do not depend on the size, so neither
+/// do the results.
+fn with_encoder<T>(
+    path: &Path,
+    m: &Bigs<'_>,
+    len: usize,
+    f: impl FnOnce(&mut Encoder<'_, '_>) -> Result<T>,
+) -> Result<T> {
+    let len = len.clamp(1, m.config.max_seq as usize);
+    let mut arena = input::arena(
+        Bigs::arena_bytes(&m.config, len),
+        &path.display().to_string(),
+    )?;
+    let mut enc = m
+        .encoder(&mut arena, len)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    f(&mut enc)
 }
 
 fn label_name(m: &Bigs<'_>, i: usize) -> String {
@@ -78,49 +93,95 @@ fn label_name(m: &Bigs<'_>, i: usize) -> String {
         .unwrap_or_else(|| i.to_string())
 }
 
+fn too_long(where_: &str, len: usize, max: usize) -> anyhow::Error {
+    anyhow!("{where_}: {len} bytes, longer than the model's T_max of {max} bytes")
+}
+
 pub fn run_classify(a: ClassifyArgs) -> Result<()> {
-    with_encoder(&a.model, "classification", |m, enc| {
-        let max = enc.max_len();
+    with_model(&a.model, "classification", |m| {
+        let max = m.config.max_seq as usize;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        let mut one = |text: &[u8], where_: &str| -> Result<()> {
+        let mut one = |enc: &mut Encoder<'_, '_>, text: &[u8], where_: &str| -> Result<()> {
             if text.is_empty() {
                 bail!("{where_}: empty input");
-            }
-            if text.len() > max {
-                bail!(
-                    "{where_}: {} bytes, longer than the model's T_max of {max} bytes",
-                    text.len()
-                );
             }
             let c = enc.classify(text).map_err(|e| anyhow!("{where_}: {e}"))?;
             writeln!(out, "{}\t{:.4}", label_name(m, c.class), c.probs[c.class])?;
             Ok(())
         };
         match (&a.text, &a.file) {
-            (Some(t), None) if t != "-" => one(t.as_bytes(), "input"),
+            (Some(t), None) if t != "-" => {
+                if t.len() > max {
+                    return Err(too_long("input", t.len(), max));
+                }
+                with_encoder(&a.model, m, t.len(), |enc| one(enc, t.as_bytes(), "input"))
+            }
             (_, file) => {
-                let (reader, name): (Box<dyn BufRead>, String) = match file {
+                let (mut reader, name): (Box<dyn BufRead>, String) = match file {
                     Some(f) => (
-                        Box::new(std::io::BufReader::new(
-                            std::fs::File::open(f)
-                                .with_context(|| format!("cannot read {}", f.display()))?,
-                        )),
+                        Box::new(std::io::BufReader::new(open_stream(f)?)),
                         f.display().to_string(),
                     ),
                     None => (Box::new(std::io::stdin().lock()), "stdin".into()),
                 };
-                for (i, line) in reader.split(b'\n').enumerate() {
-                    let mut line = line.with_context(|| format!("{name}: line {}", i + 1))?;
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
+                // Each pass classifies lines with an encoder of `cap` bytes
+                // until a longer line comes; that line starts the next pass
+                // with an encoder big enough for it.
+                let mut cap = STREAM_CONTEXT.min(max);
+                let mut line_no = 0;
+                let mut pending: Option<Vec<u8>> = None;
+                loop {
+                    let longer =
+                        with_encoder(&a.model, m, cap, |enc| -> Result<Option<Vec<u8>>> {
+                            let mut buf = Vec::new();
+                            if let Some(line) = pending.take() {
+                                one(enc, &line, &format!("{name}: line {line_no}"))?;
+                            }
+                            loop {
+                                let got = input::next_line(&mut reader, max, &mut buf)
+                                    .with_context(|| format!("{name}: line {}", line_no + 1))?;
+                                let at = || format!("{name}: line {}", line_no + 1);
+                                match got {
+                                    input::Line::End => return Ok(None),
+                                    input::Line::TooLong => {
+                                        bail!(
+                                            "{}: longer than the model's T_max of {max} bytes",
+                                            at()
+                                        )
+                                    }
+                                    input::Line::Text => {}
+                                }
+                                line_no += 1;
+                                if buf.len() > enc.max_len() {
+                                    return Ok(Some(buf));
+                                }
+                                one(enc, &buf, &format!("{name}: line {line_no}"))?;
+                            }
+                        })?;
+                    match longer {
+                        None => return Ok(()),
+                        Some(line) => {
+                            cap = line.len().next_power_of_two().min(max);
+                            pending = Some(line);
+                        }
                     }
-                    one(&line, &format!("{name}: line {}", i + 1))?;
                 }
-                Ok(())
             }
         }
     })
+}
+
+/// A file to stream line by line: a regular file or a pipe (`<(...)`),
+/// never a device or a directory.
+fn open_stream(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !(meta.is_file() || meta.file_type().is_fifo()) {
+        bail!("{}: not a regular file or a pipe", path.display());
+    }
+    std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 pub fn run_fill(a: FillArgs) -> Result<()> {
@@ -138,20 +199,19 @@ pub fn run_fill(a: FillArgs) -> Result<()> {
             a.gap
         );
     }
-    with_encoder(&a.model, "masked-byte", |_, enc| {
-        if text.len() > enc.max_len() {
-            bail!(
-                "the text is {} bytes, longer than the model's T_max of {} bytes",
-                text.len(),
-                enc.max_len()
-            );
+    with_model(&a.model, "masked-byte", |m| {
+        let max = m.config.max_seq as usize;
+        if text.len() > max {
+            return Err(too_long("the text", text.len(), max));
         }
-        let mut out = vec![0u8; text.len()];
-        enc.fill(text, &gaps, &mut out)
-            .map_err(|e| anyhow!("{e}"))?;
-        std::io::stdout().write_all(&out)?;
-        println!();
-        Ok(())
+        with_encoder(&a.model, m, text.len(), |enc| {
+            let mut out = vec![0u8; text.len()];
+            enc.fill(text, &gaps, &mut out)
+                .map_err(|e| anyhow!("{e}"))?;
+            std::io::stdout().write_all(&out)?;
+            println!();
+            Ok(())
+        })
     })
 }
 
@@ -159,43 +219,43 @@ pub fn run_fill(a: FillArgs) -> Result<()> {
 /// runtime. Label names in the table must be the model's.
 pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Result<(f64, usize)> {
     let set = read_labeled(dev, text, label)?;
-    with_encoder(path, "classification", |m, enc| {
+    with_model(path, "classification", |m| {
         let classes = m.config.n_classes as usize;
+        let max = m.config.max_seq as usize;
         let names: Vec<String> = (0..classes).map(|i| label_name(m, i)).collect();
-        let mut correct = 0;
-        for e in &set.examples {
-            let at = || format!("{}: line {}", dev.display(), e.line);
-            let want = names.iter().position(|n| *n == e.label).with_context(|| {
-                format!(
-                    "{}: label '{}' is not one of the model's ({})",
-                    at(),
-                    e.label,
-                    names.join(", ")
-                )
-            })?;
-            if e.text.len() > enc.max_len() {
-                bail!(
-                    "{}: {} bytes, longer than the model's T_max of {} bytes",
-                    at(),
-                    e.text.len(),
-                    enc.max_len()
-                );
-            }
-            let c = enc
-                .classify(&e.text)
-                .map_err(|err| anyhow!("{}: {err}", at()))?;
-            correct += (c.class == want) as usize;
+        let longest = set.examples.iter().map(|e| e.text.len()).max().unwrap_or(1);
+        if let Some(e) = set.examples.iter().find(|e| e.text.len() > max) {
+            let at = format!("{}: line {}", dev.display(), e.line);
+            return Err(too_long(&at, e.text.len(), max));
         }
-        Ok((
-            correct as f64 / set.examples.len() as f64,
-            set.examples.len(),
-        ))
+        with_encoder(path, m, longest, |enc| {
+            let mut correct = 0;
+            for e in &set.examples {
+                let at = || format!("{}: line {}", dev.display(), e.line);
+                let want = names.iter().position(|n| *n == e.label).with_context(|| {
+                    format!(
+                        "{}: label '{}' is not one of the model's ({})",
+                        at(),
+                        e.label,
+                        names.join(", ")
+                    )
+                })?;
+                let c = enc
+                    .classify(&e.text)
+                    .map_err(|err| anyhow!("{}: {err}", at()))?;
+                correct += (c.class == want) as usize;
+            }
+            Ok((
+                correct as f64 / set.examples.len() as f64,
+                set.examples.len(),
+            ))
+        })
     })
 }
 
 /// Whether a `.kbm` holds a BiGS model (for `kilobyte eval`'s dispatch).
 pub fn is_bigs_kbm(path: &Path) -> Result<bool> {
-    let bytes = load(path)?;
+    let bytes = read_kbm(path)?;
     let file = parse_kbm(path, &bytes)?;
     Ok(matches!(
         file.config(),

@@ -35,7 +35,8 @@ pub struct Args {
     /// Stop after this byte sequence (repeatable, up to 8; escapes as in --prompt).
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Context window in bytes (default: the model's T_max).
+    /// Context window in bytes (default: the prompt plus --bytes, rounded up
+    /// to whole patches, at most the model's T_max).
     #[arg(long)]
     pub context: Option<usize>,
     /// Keep the global key/value cache in int8 (a quarter of its memory).
@@ -87,12 +88,8 @@ pub fn run(args: Args) -> Result<()> {
     let model = Megabyte::from_file(&file).with_context(|| args.model.display().to_string())?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => unescape(p)?,
-        (None, Some(f)) if f.as_os_str() == "-" => {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).context("stdin")?;
-            v
-        }
-        (None, Some(f)) => std::fs::read(f).with_context(|| f.display().to_string())?,
+        (None, Some(f)) if f.as_os_str() == "-" => super::input::read_stdin()?,
+        (None, Some(f)) => super::input::read_regular(f)?,
         (None, None) => Vec::new(),
     };
     let mut stops = StopSequences::new();
@@ -111,7 +108,17 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
     };
     let mut sampler = Sampler::new(sampler_config).map_err(|e| anyhow!("{e}"))?;
-    let context = args.context.unwrap_or(model.config.max_seq as usize);
+    // By default the window holds the prompt and every byte asked for (so it
+    // never slides, and the output is the one a T_max window gives), and
+    // costs no more than that.
+    let p = model.config.patch_size as usize;
+    let context = args.context.unwrap_or_else(|| {
+        let wanted = prompt.len().saturating_add(args.bytes).max(1);
+        wanted
+            .div_ceil(p)
+            .saturating_mul(p)
+            .min(model.config.max_seq as usize)
+    });
     let spec = ArenaSpec::new(context);
     let spec = if args.i8_cache {
         spec.with_i8_cache()
@@ -119,7 +126,10 @@ pub fn run(args: Args) -> Result<()> {
         spec
     };
     let arena_len = spec.arena_bytes(&model.config);
-    let mut arena = vec![0u8; arena_len];
+    let mut arena = super::input::arena(
+        arena_len,
+        &format!("{} (--context {context})", args.model.display()),
+    )?;
     let mut session = model
         .session(&mut arena, spec)
         .map_err(|e| anyhow!("--context {context}: {e}"))?;

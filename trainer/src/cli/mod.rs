@@ -6,6 +6,7 @@ mod bigs;
 mod convert;
 mod generate;
 mod init;
+pub(crate) mod input;
 mod inspect;
 mod train;
 

@@ -379,7 +379,10 @@ pub fn eval_kbm(
     let bytes = read_kbm(path)?;
     let file = parse_kbm(path, &bytes)?;
     let model = Megabyte::from_file(&file).with_context(|| path.display().to_string())?;
-    let mut arena = vec![0u8; spec.arena_bytes(&model.config)];
+    let mut arena = super::input::arena(
+        spec.arena_bytes(&model.config),
+        &format!("{} (--seq {seq})", path.display()),
+    )?;
     let mut session = model
         .session(&mut arena, spec)
         .map_err(|e| anyhow!("--seq {seq}: {e}"))?;

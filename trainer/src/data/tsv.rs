@@ -76,7 +76,7 @@ impl LabeledSet {
 /// few fields, an empty or non-UTF-8 label, or an unterminated quote is an
 /// error naming the line.
 pub fn read_labeled(path: &Path, text: &Column, label: &Column) -> Result<LabeledSet> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::cli::input::read_regular(path)?;
     parse_labeled(path, &bytes, text, label)
 }
 

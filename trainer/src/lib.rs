@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod bigs;
+pub mod budget;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

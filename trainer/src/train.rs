@@ -271,7 +271,9 @@ pub fn resume(dir: &Path, quiet: bool, device: Device) -> Result<TrainReport> {
         ModelConfig::Megabyte(c) => opts.check(c),
         ModelConfig::Bigs(_) => opts.check_common(),
     };
-    checked.with_context(|| format!("{}", dir.join(crate::checkpoint::CONFIG_FILE).display()))?;
+    checked
+        .and_then(|()| crate::budget::check_here(&ckpt.params.config, opts.batch, opts.seq))
+        .with_context(|| format!("{}", dir.join(crate::checkpoint::CONFIG_FILE).display()))?;
     with_backend!(device, |be| {
         let mut opt = optimizer(be, &opts, &ckpt.params)?;
         opt.load_state(be, &ckpt.optimizer)?;

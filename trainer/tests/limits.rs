@@ -44,14 +44,15 @@ fn train_args<'a>(run: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         run,
         "--steps",
         "4",
-        "--batch",
-        "2",
         "--seq",
         "16",
         "--eval-windows",
         "2",
         "--quiet",
     ];
+    if !extra.contains(&"--batch") {
+        a.extend(["--batch", "2"]);
+    }
     a.extend(TINY);
     a.extend(extra);
     a
@@ -251,5 +252,40 @@ fn inputs_are_checked_before_they_are_read_whole() {
     let e = fails(&["inspect", "long.kbm"], &dir);
     assert!(e.contains("long.kbm"), "{e}");
     assert!(t.elapsed().as_secs_f64() < 10.0, "{:?}", t.elapsed());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Flags that cannot fit are refused with the estimate before anything is
+/// allocated, and so are the same values edited into a run's config.txt.
+#[test]
+fn training_flags_are_bounded_before_anything_is_allocated() {
+    let dir = temp_dir("train-bounds");
+    write_corpus(&dir);
+    let t = std::time::Instant::now();
+    let e = fails(&train_args("r", &["--batch", "100000000"]), &dir);
+    assert!(e.contains("needs about") && e.contains("GiB"), "{e}");
+    let e = fails(&train_args("r", &["--threads", "100000"]), &dir);
+    assert!(e.contains("--threads 100000"), "{e}");
+    assert!(t.elapsed().as_secs_f64() < 10.0, "{:?}", t.elapsed());
+    assert!(!dir.join("r").exists());
+    ok(&train_args("r", &[]), &dir);
+    let config = dir.join("r/config.txt");
+    let text = std::fs::read_to_string(&config).unwrap();
+    for (key, bad, flag) in [
+        ("weight_decay", "NaN", "--weight-decay"),
+        ("batch", "100000000", "needs about"),
+    ] {
+        let edited: String = text
+            .lines()
+            .map(|l| match l.split_once(" = ") {
+                Some((k, _)) if k.ends_with(&format!("train.{key}")) => format!("{k} = {bad}\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        assert_ne!(edited, text, "no train.{key} line in\n{text}");
+        std::fs::write(&config, edited).unwrap();
+        let e = fails(&["train", "--resume", "r", "--quiet"], &dir);
+        assert!(e.contains("config.txt") && e.contains(flag), "{key}: {e}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -145,6 +145,7 @@ pub struct TrainArgs {
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
+        crate::budget::check_threads(n)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
@@ -260,6 +261,12 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             time_limit_s: a.time_limit,
             step_schedule: a.step_schedule,
         };
+        let model = if a.model == "bigs" {
+            ModelConfig::Bigs(bigs_config(&a)?)
+        } else {
+            ModelConfig::Megabyte(megabyte_config(&a)?)
+        };
+        crate::budget::check_here(&model, opts.batch, opts.seq)?;
         if a.model == "bigs" {
             let objective = match a.objective.as_str() {
                 "mlm" => {

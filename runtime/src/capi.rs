@@ -61,7 +61,7 @@ const STORAGE_ALIGN: usize = 16;
 
 fn status(e: RuntimeError) -> KbStatus {
     match e {
-        RuntimeError::Format(_) => KB_ERR_FORMAT,
+        RuntimeError::Format(_) | RuntimeError::NotFinite { .. } => KB_ERR_FORMAT,
         RuntimeError::WrongFamily { .. } => KB_ERR_FAMILY,
         RuntimeError::ArenaTooSmall { .. } => KB_ERR_ARENA,
         RuntimeError::BadContext { .. } | RuntimeError::TooManyLayers { .. } => KB_ERR_INPUT,

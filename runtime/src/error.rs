@@ -25,6 +25,8 @@ pub enum RuntimeError {
     TooManyLayers { layers: u32, max: usize },
     /// Sampling parameters out of range.
     BadSampler { reason: &'static str },
+    /// The model computed NaN (its weights are not finite): no result.
+    NotFinite { what: &'static str },
     /// The model has no head of this kind (e.g. classifying with a
     /// masked-byte-only BiGS model).
     MissingHead { head: &'static str },
@@ -65,6 +67,9 @@ impl core::fmt::Display for RuntimeError {
             RuntimeError::BadSampler { reason } => write!(f, "sampler: {reason}"),
             RuntimeError::MissingHead { head } => {
                 write!(f, "this model has no {head} head")
+            }
+            RuntimeError::NotFinite { what } => {
+                write!(f, "the model's {what} are NaN: its weights are not finite")
             }
         }
     }

@@ -126,13 +126,21 @@ fn non_finite_weights_are_never_exported() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Writes a randomly initialised model (f32 unless said otherwise).
+/// Writes a randomly initialised q8 model.
 fn write_model(path: &Path, config: kilobyte_format::ModelConfig, labels: &[&str]) {
+    write_model_as(path, config, labels, kilobyte_format::DType::Q8)
+}
+
+fn write_model_as(
+    path: &Path,
+    config: kilobyte_format::ModelConfig,
+    labels: &[&str],
+    dtype: kilobyte_format::DType,
+) {
     let mut params = kilobyte_trainer::params::ParamSet::init(config, 1).unwrap();
     if !labels.is_empty() {
         params.labels = labels.iter().map(|l| l.to_string()).collect();
     }
-    let dtype = kilobyte_format::DType::Q8;
     params.to_writer(dtype, dtype).unwrap().write(path).unwrap();
 }
 
@@ -287,5 +295,65 @@ fn training_flags_are_bounded_before_anything_is_allocated() {
         let e = fails(&["train", "--resume", "r", "--quiet"], &dir);
         assert!(e.contains("config.txt") && e.contains(flag), "{key}: {e}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Sets element `index` of f32 tensor `name` in a .kbm file and re-seals
+/// its CRC-32: a format-valid file with a non-finite weight, which no
+/// kilobyte writer produces.
+fn set_weight(path: &Path, name: &str, index: usize, value: f32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = {
+        let aligned = kilobyte_format::AlignedBytes::from_slice(&bytes);
+        let file = kilobyte_format::ModelFile::parse(&aligned).unwrap();
+        let t = file.get(name).unwrap();
+        assert_eq!(t.dtype, kilobyte_format::DType::F32);
+        t.offset as usize + 4 * index
+    };
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    let end = bytes.len() - 4;
+    let crc = kilobyte_format::crc::crc32(&bytes[..end]);
+    bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn non_finite_outputs_are_errors_never_results() {
+    let dir = temp_dir("nan-outputs");
+    write_model(&dir.join("b.kbm"), long_bigs(64), &["neg", "pos"]);
+    std::fs::write(
+        dir.join("dev.tsv"),
+        "sentence\tlabel\nfine\tneg\ngood\tpos\n",
+    )
+    .unwrap();
+    // +inf on one class is that class for sure, not NaN.
+    set_weight(&dir.join("b.kbm"), "cls.out.bias", 1, f32::INFINITY);
+    assert_eq!(ok(&["classify", "b.kbm", "hi"], &dir), "pos\t1.0000\n");
+    set_weight(&dir.join("b.kbm"), "cls.out.bias", 0, f32::NAN);
+    let e = fails(&["classify", "b.kbm", "hi"], &dir);
+    assert!(e.contains("NaN"), "{e}");
+    // eval counts NaN predictions as wrong (it said 50% for a coin's worth).
+    let out = ok(&["eval", "b.kbm", "--dev", "dev.tsv"], &dir);
+    assert!(out.starts_with("accuracy 0.00%"), "{out}");
+
+    let mut c = kilobyte_format::MegabyteConfig::MICRO;
+    c.max_seq = 64;
+    // f32, whose products carry a NaN through (q8 activations round it away).
+    let f32 = kilobyte_format::DType::F32;
+    write_model_as(
+        &dir.join("m.kbm"),
+        kilobyte_format::ModelConfig::Megabyte(c),
+        &[],
+        f32,
+    );
+    set_weight(&dir.join("m.kbm"), "local.ln_f.weight", 0, f32::NAN);
+    let e = fails(&["generate", "m.kbm", "--bytes", "2"], &dir);
+    assert!(e.contains("NaN"), "{e}");
+    std::fs::write(dir.join("data.txt"), "x".repeat(4000)).unwrap();
+    let e = fails(
+        &["eval", "m.kbm", "--data", "data.txt", "--seq", "32"],
+        &dir,
+    );
+    assert!(e.contains("not finite"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -661,6 +661,11 @@ impl<'a, 'm> Encoder<'a, 'm> {
         let classes = self.class_logits(text)?.len();
         self.probs[..classes].copy_from_slice(&self.class_logits[..classes]);
         kernels::softmax(&mut self.probs[..classes]);
+        if self.probs[..classes].iter().any(|p| p.is_nan()) {
+            return Err(RuntimeError::NotFinite {
+                what: "class probabilities",
+            });
+        }
         let class = argmax(&self.probs[..classes]);
         Ok(Classification {
             class,

@@ -276,9 +276,19 @@ pub fn gelu_tanh(x: &mut [f32]) {
 }
 
 /// Softmax in place, with the maximum subtracted first so `exp` cannot
-/// overflow.
+/// overflow. Infinite inputs keep their limits instead of becoming NaN
+/// (`inf - inf`): the `+inf` entries share all the mass, and when every
+/// entry is `-inf` the mass is spread evenly. A NaN input gives NaN, for the
+/// caller to report.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if max.is_infinite() && !x.iter().any(|v| v.is_nan()) {
+        let top = x.iter().filter(|&&v| v == max).count() as f32;
+        for v in x.iter_mut() {
+            *v = if *v == max { 1.0 / top } else { 0.0 };
+        }
+        return;
+    }
     let mut sum = 0.0;
     for v in x.iter_mut() {
         *v = libm::expf(*v - max);

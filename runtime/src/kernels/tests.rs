@@ -570,6 +570,16 @@ fn norms_activations_and_softmax_follow_their_formulas() {
     let e = (-1.0f64).exp();
     assert_within("softmax", s[0], 1.0 / (2.0 + e), 1e-6);
     assert_within("softmax", s[2], e / (2.0 + e), 1e-6);
+    // Infinities keep their limits (inf - inf would make every entry NaN).
+    let mut s = [f32::INFINITY, 0.0, f32::INFINITY, f32::NEG_INFINITY];
+    softmax(&mut s);
+    assert_eq!(s, [0.5, 0.0, 0.5, 0.0]);
+    let mut s = [f32::NEG_INFINITY; 4];
+    softmax(&mut s);
+    assert_eq!(s, [0.25; 4]);
+    let mut s = [1.0, f32::NAN, f32::INFINITY];
+    softmax(&mut s);
+    assert!(s.iter().any(|v| v.is_nan()));
     let mut acc = [1.0f32, 2.0];
     add(&mut acc, &[0.5, 0.5]).unwrap();
     mul(&mut acc, &[2.0, 3.0]).unwrap();

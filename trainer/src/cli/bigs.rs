@@ -229,7 +229,7 @@ pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
             return Err(too_long(&at, e.text.len(), max));
         }
         with_encoder(path, m, longest, |enc| {
-            let mut correct = 0;
+            let (mut correct, mut not_finite) = (0, 0);
             for e in &set.examples {
                 let at = || format!("{}: line {}", dev.display(), e.line);
                 let want = names.iter().position(|n| *n == e.label).with_context(|| {
@@ -240,10 +240,19 @@ pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
                         names.join(", ")
                     )
                 })?;
-                let c = enc
-                    .classify(&e.text)
-                    .map_err(|err| anyhow!("{}: {err}", at()))?;
-                correct += (c.class == want) as usize;
+                match enc.classify(&e.text) {
+                    Ok(c) => correct += (c.class == want) as usize,
+                    // A NaN prediction is no prediction: it counts as wrong.
+                    Err(kilobyte_runtime::RuntimeError::NotFinite { .. }) => not_finite += 1,
+                    Err(err) => bail!("{}: {err}", at()),
+                }
+            }
+            if not_finite > 0 {
+                eprintln!(
+                    "warning: {}: {not_finite} of {} predictions are NaN (counted as wrong): the model's weights are not finite",
+                    path.display(),
+                    set.examples.len()
+                );
             }
             Ok((
                 correct as f64 / set.examples.len() as f64,

@@ -113,7 +113,8 @@ pub fn run(args: Args) -> Result<()> {
     // costs no more than that.
     let p = model.config.patch_size as usize;
     let context = args.context.unwrap_or_else(|| {
-        let wanted = prompt.len().saturating_add(args.bytes).max(1);
+        // At least the two patches a session needs.
+        let wanted = prompt.len().saturating_add(args.bytes).max(2 * p);
         wanted
             .div_ceil(p)
             .saturating_mul(p)
@@ -143,6 +144,12 @@ pub fn run(args: Args) -> Result<()> {
     let t1 = Instant::now();
     let mut produced = 0;
     while produced < args.bytes {
+        if session.logits().iter().any(|l| l.is_nan()) {
+            bail!(
+                "{}: the model's logits are NaN: its weights are not finite",
+                args.model.display()
+            );
+        }
         let b = sampler.sample(session.logits());
         produced += 1;
         match out.write_all(&[b]).and_then(|()| out.flush()) {

@@ -414,6 +414,12 @@ pub fn eval_kbm(
     if count == 0 {
         bail!("no full window of {seq} bytes to score");
     }
+    if !nats.is_finite() {
+        bail!(
+            "{}: the model's predictions are not finite ({nats} nats): its weights are not finite",
+            path.display()
+        );
+    }
     Ok(nats / count as f64 / std::f64::consts::LN_2)
 }
 

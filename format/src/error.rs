@@ -206,6 +206,11 @@ pub enum FormatError {
         expected: u32,
         found: u32,
     },
+    /// Label `index` of `meta.labels` holds a control character (ESC, tab,
+    /// CR, NUL...): labels reach terminals and `label<TAB>p` lines as they are.
+    LabelControl {
+        index: u32,
+    },
     /// An accessor needed a different dtype (e.g. `as_f32` on a q8 tensor).
     DtypeMismatch {
         name: TensorName,
@@ -338,6 +343,10 @@ impl core::fmt::Display for FormatError {
                     "meta.labels lists {found} label names, the classifier has {expected} classes"
                 )
             }
+            LabelControl { index } => write!(
+                f,
+                "meta.labels: label {index} holds a control character (not allowed in label names)"
+            ),
             DtypeMismatch {
                 name,
                 expected,

@@ -182,6 +182,21 @@ pub struct ModelFile<'a> {
     checksum_verified: bool,
 }
 
+/// Refuses a label name with a control character (C0, DEL or C1): names are
+/// printed as they are, so an escape sequence in one would reach the
+/// terminal, and a tab or newline would break `label<TAB>p` lines.
+pub fn check_labels<'s>(labels: impl Iterator<Item = &'s str>) -> Result<(), FormatError> {
+    match labels
+        .enumerate()
+        .find(|(_, l)| l.chars().any(char::is_control))
+    {
+        Some((index, _)) => Err(FormatError::LabelControl {
+            index: index as u32,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// What the fixed 128-byte header says about the file's layout, checked on
 /// its own: a reader can check the first 128 bytes of a file, then read
 /// exactly `file_bytes`, never more.
@@ -482,6 +497,7 @@ impl<'a> ModelFile<'a> {
                         found,
                     });
                 }
+                check_labels(self.labels().into_iter().flatten())?;
             }
         }
         Ok(())

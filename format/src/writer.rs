@@ -137,6 +137,7 @@ impl KbmWriter {
         if bad || found != expected {
             return Err(FormatError::BadLabels { expected, found });
         }
+        crate::file::check_labels(labels.iter().map(|l| l.as_ref()))?;
         let text = labels
             .iter()
             .map(|l| l.as_ref())

@@ -412,3 +412,33 @@ fn write_fuzz_seeds() {
         std::fs::write(std::path::Path::new(&dir).join(name), bytes).unwrap();
     }
 }
+
+/// Label names reach terminals as they are: the writer and the parser both
+/// refuse one with a control character.
+#[test]
+fn labels_with_control_characters_are_refused() {
+    let c = tiny_bigs();
+    for bad in ["\x1b[2Jpos", "a\tb", "cr\r", "nul\0", "del\x7f", "c1\u{9b}"] {
+        let mut w = KbmWriter::new(c);
+        assert_eq!(
+            w.add_labels(&["neg", bad, "pos"]),
+            Err(FormatError::LabelControl { index: 1 }),
+            "{bad:?}"
+        );
+    }
+    // A file whose label bytes were changed after writing, CRC resealed.
+    let mut bytes = build(c, DType::F32);
+    let at = {
+        let a = aligned(&bytes);
+        let file = ModelFile::parse(&a).unwrap();
+        file.get(schema::LABELS_TENSOR).unwrap().offset as usize
+    };
+    assert_eq!(&bytes[at..at + 4], b"neg\n");
+    bytes[at + 1] = 0x1b;
+    let end = bytes.len() - 4;
+    let crc = crc::crc32(&bytes[..end]);
+    bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    let err = ModelFile::parse(&aligned(&bytes)).unwrap_err();
+    assert_eq!(err, FormatError::LabelControl { index: 0 });
+    assert!(err.to_string().contains("control character"), "{err}");
+}

@@ -5,11 +5,14 @@
 /// The learning rate of every update. `lr(step)` takes the 0-based index of
 /// the update about to be made.
 ///
-/// With a time budget (`time_limit_s`), progress is the larger of the
-/// fraction of updates made and the fraction of the budget spent
-/// (`elapsed_s`, which the training loop keeps current): the warm-up takes
-/// the first `warmup_steps / total_steps` of that progress and the cosine
-/// the rest, so a run stopped by its deadline ends fully annealed.
+/// With a time budget (`time_limit_s`), the cosine's progress is the larger
+/// of the fraction of post-warm-up updates made and the fraction of the
+/// budget spent (`elapsed_s`, which the training loop keeps current), so a
+/// run stopped by its deadline ends fully annealed. The warm-up stays a
+/// count of updates: it is there for the optimizer's early statistics,
+/// which a slower machine does not make any less noisy (as a fraction of
+/// the time, a run on a loaded machine warmed up in a third of the updates
+/// and lost 0.26 bpb on tinyshakespeare).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LrSchedule {
     /// Peak learning rate, reached at the end of the warm-up.
@@ -60,31 +63,16 @@ impl LrSchedule {
 
     pub fn lr(&self, step: u64) -> f64 {
         let floor = self.peak * self.final_fraction;
-        if let Some(limit) = self.time_limit_s {
-            let total = self.total_steps.max(1) as f64;
-            let progress = ((step + 1) as f64 / total)
-                .max(self.elapsed_s / limit)
-                .min(1.0);
-            let warm = (self.warmup_steps as f64 / total).min(1.0);
-            if progress < warm {
-                return self.peak * progress / warm;
-            }
-            let rest = if warm < 1.0 {
-                (progress - warm) / (1.0 - warm)
-            } else {
-                1.0
-            };
-            let cosine = 0.5 * (1.0 + (std::f64::consts::PI * rest).cos());
-            return floor + cosine * (self.peak - floor);
-        }
         if step < self.warmup_steps {
             return self.peak * (step + 1) as f64 / self.warmup_steps as f64;
         }
-        if step >= self.total_steps {
-            return floor;
-        }
-        let span = (self.total_steps - self.warmup_steps) as f64;
-        let progress = (step - self.warmup_steps) as f64 / span;
+        let by_steps = if step >= self.total_steps {
+            1.0
+        } else {
+            (step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64
+        };
+        let by_time = self.time_limit_s.map_or(0.0, |t| self.elapsed_s / t);
+        let progress = by_steps.max(by_time).min(1.0);
         let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
         floor + cosine * (self.peak - floor)
     }
@@ -95,23 +83,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_time_budget_paces_warmup_and_decay_by_elapsed_time() {
-        // 10% warm-up; far more updates allowed than the budget's time fits.
+    fn a_time_budget_paces_the_decay_by_elapsed_time() {
+        // 100 updates of warm-up; far more updates allowed than the budget's
+        // time fits.
         let mut s = LrSchedule::new(1e-3, 100, 1000).with_time_limit(Some(200.0));
         let at = |s: &mut LrSchedule, step: u64, t: f64| {
             s.elapsed_s = t;
             s.lr(step)
         };
-        // 10 s of 200 is 5%: half-way through the warm-up, whatever the step.
-        assert!((at(&mut s, 3, 10.0) - 5e-4).abs() < 1e-12);
-        // 20 s: the warm-up ends.
-        assert!((at(&mut s, 5, 20.0) - 1e-3).abs() < 1e-12);
-        // Half of the cosine at 110 s, the floor at the deadline and after.
-        assert!((at(&mut s, 50, 110.0) - (1e-4 + 0.5 * 9e-4)).abs() < 1e-12);
-        assert!((at(&mut s, 60, 200.0) - 1e-4).abs() < 1e-15);
-        assert!((at(&mut s, 61, 250.0) - 1e-4).abs() < 1e-15);
+        // The warm-up counts updates, whatever the clock says.
+        assert!((at(&mut s, 3, 150.0) - 4e-5).abs() < 1e-15);
+        assert!((at(&mut s, 99, 1.0) - 1e-3).abs() < 1e-15);
+        // After it: half of the cosine at 100 s, the floor at the deadline.
+        assert!((at(&mut s, 150, 100.0) - (1e-4 + 0.5 * 9e-4)).abs() < 1e-12);
+        assert!((at(&mut s, 160, 200.0) - 1e-4).abs() < 1e-15);
+        assert!((at(&mut s, 161, 250.0) - 1e-4).abs() < 1e-15);
         // Updates that outrun the clock lead: the step fraction counts too.
-        assert!((at(&mut s, 999, 1.0) - 1e-4).abs() < 1e-15);
+        assert!((at(&mut s, 550, 1.0) - (1e-4 + 0.5 * 9e-4)).abs() < 1e-12);
+        assert!(
+            (at(&mut s, 999, 1.0) - at(&mut LrSchedule::new(1e-3, 100, 1000), 999, 0.0)).abs()
+                < 1e-18
+        );
         // No budget, or a bad one: the step schedule.
         let plain = LrSchedule::new(1e-3, 100, 1000);
         for limit in [None, Some(0.0), Some(f64::NAN)] {

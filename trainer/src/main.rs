@@ -12,7 +12,12 @@ fn main() -> ExitCode {
         let _ = kilobyte_runtime::kernels::set_isa(kilobyte_runtime::kernels::Isa::Scalar);
     }
     match kilobyte_trainer::cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        // A run stopped by a signal saved its checkpoint and returned; the
+        // status still says it was stopped (130 SIGINT, 143 SIGTERM).
+        Ok(()) => match kilobyte_trainer::checkpoint::interrupt_status() {
+            Some(status) => ExitCode::from(status),
+            None => ExitCode::SUCCESS,
+        },
         Err(e) => {
             // `{:#}` joins the context chain on one line: "file.kbm: truncated at byte N ...".
             eprintln!("kilobyte: error: {e:#}");

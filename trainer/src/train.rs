@@ -196,6 +196,24 @@ impl DataSource {
         }
     }
 
+    /// The same source with every path made absolute, as a run records
+    /// it: a resume from another directory reads the same files.
+    pub(crate) fn absolute(&self) -> Result<DataSource> {
+        Ok(match self {
+            DataSource::Paths(p) => DataSource::Paths(
+                p.iter()
+                    .map(|p| std::path::absolute(p).with_context(|| format!("{}", p.display())))
+                    .collect::<Result<_>>()?,
+            ),
+            DataSource::Bytes(..) => self.clone(),
+        })
+    }
+
+    /// The `train.data` entry of config.txt.
+    pub(crate) fn to_entry(&self) -> String {
+        self.describe().replace('\n', "|")
+    }
+
     pub(crate) fn split(&self, val_fraction: f64) -> Result<Split> {
         let corpus = match self {
             DataSource::Paths(p) => Corpus::open(p)?,
@@ -229,10 +247,12 @@ pub fn start(
 ) -> Result<TrainReport> {
     opts.check(&config)?;
     ensure_new(dir)?;
+    let data = data.absolute()?;
     let split = data.split(opts.val_fraction)?;
     let run_config = opts
         .write(RunConfig::new(ModelConfig::Megabyte(config)))
-        .with("data", data.describe().replace('\n', "|"));
+        .with("data", data.to_entry())
+        .with(DATA_FINGERPRINT, split.fingerprint());
     let run = RunDir::create(dir, run_config)?;
     let params = ParamSet::init(ModelConfig::Megabyte(config), opts.seed)?;
     with_backend!(device, |be| {
@@ -258,6 +278,36 @@ pub(crate) fn stored_data(run: &RunDir) -> Result<DataSource> {
         Some(name) => DataSource::Bytes(name.to_string(), crate::data::builtin_corpus()),
         None => DataSource::Paths(data.split('|').map(PathBuf::from).collect()),
     })
+}
+
+/// The config.txt entry holding [`crate::data::Corpus::fingerprint`] of
+/// the training data (BiGS classification: of each table, by file key).
+pub(crate) const DATA_FINGERPRINT: &str = "data_fingerprint";
+
+/// Refuses to resume on data that is not what the run started on. Runs
+/// from before fingerprints were kept have none to compare.
+pub(crate) fn check_fingerprint(run: &RunDir, key: &str, what: &str, found: &str) -> Result<()> {
+    match run.config().get::<String>(key)? {
+        Some(recorded) if recorded != found => bail!(
+            "{}: the training data changed since the run started ({what} now has {found}; the run recorded {recorded}): restore it, or start a new run",
+            run.path().display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The split of the data a run's config.txt names, checked against the
+/// fingerprint it recorded.
+pub(crate) fn stored_split(run: &RunDir, val_fraction: f64) -> Result<Split> {
+    let data = stored_data(run)?;
+    let split = data.split(val_fraction)?;
+    check_fingerprint(
+        run,
+        DATA_FINGERPRINT,
+        &data.describe().replace('\n', " "),
+        &split.fingerprint(),
+    )?;
+    Ok(split)
 }
 
 /// Continues the run in `dir` from its last checkpoint (either family, on
@@ -287,7 +337,7 @@ pub fn resume(dir: &Path, quiet: bool, device: Device) -> Result<TrainReport> {
         }
         match ckpt.params.config {
             ModelConfig::Megabyte(_) => {
-                let split = stored_data(&run)?.split(opts.val_fraction)?;
+                let split = stored_split(&run, opts.val_fraction)?;
                 let job = MegabyteJob::new(be, &ckpt.params, &opts, split, &ckpt.state)?;
                 train_loop(be, run, job, opt, ckpt.state, opts, quiet)
             }
@@ -497,7 +547,7 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
     opts: TrainOptions,
     quiet: bool,
 ) -> Result<TrainReport> {
-    let _ = crate::checkpoint::interrupt_flag();
+    let _ = crate::checkpoint::install_interrupt_handler();
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
     let mut window_start = Instant::now();

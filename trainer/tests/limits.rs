@@ -1,7 +1,9 @@
 //! The command-line tool's limits (issue 14): float flags that must be
 //! finite, non-finite weights that are never exported, bounded cost for
-//! small valid files, inputs checked before they are read whole, and what a
-//! non-finite result does to the exit status.
+//! small valid files, inputs checked before they are read whole, what a
+//! non-finite result does to the exit status, and what runs promise: a
+//! corrupt best is an error, signals stop with their status, resume reads
+//! the data it started on.
 
 mod common;
 
@@ -355,5 +357,148 @@ fn non_finite_outputs_are_errors_never_results() {
         &dir,
     );
     assert!(e.contains("not finite"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Trains a tiny run in `dir/run` that has a best.safetensors.
+fn tiny_run(dir: &Path, run: &str) {
+    ok(&train_args(run, &["--eval-every", "2"]), dir);
+    assert!(dir.join(run).join("best.safetensors").is_file());
+}
+
+#[test]
+fn a_corrupt_best_is_an_error_and_only_a_missing_one_falls_back() {
+    let dir = temp_dir("corrupt-best");
+    write_corpus(&dir);
+    tiny_run(&dir, "r");
+    let best = dir.join("r/best.safetensors");
+    std::fs::write(&best, b"not a safetensors file").unwrap();
+    let e = fails(&["export", "r", "--dtype", "f32", "-o", "m.kbm"], &dir);
+    assert!(e.contains("best.safetensors"), "{e}");
+    assert!(!dir.join("m.kbm").exists());
+    let e = fails(&["eval", "r", "--data", "data.txt"], &dir);
+    assert!(e.contains("best.safetensors"), "{e}");
+    // --last never reads it; without the file, the last checkpoint is used.
+    ok(
+        &["export", "r", "--last", "--dtype", "f32", "-o", "m.kbm"],
+        &dir,
+    );
+    std::fs::remove_file(&best).unwrap();
+    let out = common::kilobyte(&["export", "r", "--dtype", "f32", "-o", "m2.kbm"], &dir);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last-checkpoint"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn eval_checks_its_directory_and_its_val_fraction() {
+    let dir = temp_dir("eval-args");
+    write_corpus(&dir);
+    std::fs::create_dir(dir.join("not-a-run")).unwrap();
+    let e = fails(&["eval", "not-a-run", "--data", "data.txt"], &dir);
+    assert!(e.contains("not-a-run: not a kilobyte run directory"), "{e}");
+    let e = fails(&["export", "not-a-run", "-o", "m.kbm"], &dir);
+    assert!(e.contains("not a kilobyte run directory"), "{e}");
+
+    tiny_run(&dir, "r");
+    let all = ok(
+        &["eval", "r", "--data", "data.txt", "--val-fraction", "1"],
+        &dir,
+    );
+    let size = std::fs::metadata(dir.join("data.txt")).unwrap().len();
+    assert!(all.contains(&format!("on {size} bytes")), "{all}");
+    for bad in ["5", "0", "1.5", "nan"] {
+        let e = fails(
+            &["eval", "r", "--data", "data.txt", "--val-fraction", bad],
+            &dir,
+        );
+        let shown = if bad == "nan" { "NaN" } else { bad };
+        assert!(e.contains(&format!("--val-fraction {shown}:")), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_stopping_signal_saves_then_exits_with_its_status() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("signals");
+    write_corpus(&dir);
+    for (signal, status) in [("TERM", 143), ("INT", 130)] {
+        let run = format!("run-{signal}");
+        let mut args = train_args(&run, &["--checkpoint-every", "3"]);
+        let steps = args.iter().position(|&a| a == "--steps").unwrap();
+        args[steps + 1] = "100000000";
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kilobyte"))
+            .args(&args)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while common::state_step(&dir.join(&run)).is_none() {
+            assert!(child.try_wait().unwrap().is_none(), "training ended early");
+            assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let before = common::state_step(&dir.join(&run)).unwrap();
+        Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "SIG{signal}: {err}");
+        assert!(err.contains("saving a checkpoint"), "{err}");
+        // The checkpoint is the step it stopped at, taken after the signal.
+        let after = common::state_step(&dir.join(&run)).unwrap();
+        assert!(after >= before, "{before} -> {after}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn resume_reads_the_same_data_from_anywhere_and_refuses_changed_data() {
+    let dir = temp_dir("resume-data");
+    std::fs::create_dir(dir.join("corpus")).unwrap();
+    write_corpus(&dir.join("corpus"));
+    // The run sits inside the data directory: it must never become data.
+    let mut args = train_args("corpus/r", &["--checkpoint-every", "2"]);
+    args[2] = "corpus";
+    ok(&args, &dir);
+    let config = std::fs::read_to_string(dir.join("corpus/r/config.txt")).unwrap();
+    let data = config
+        .lines()
+        .find_map(|l| l.strip_prefix("train.data = "))
+        .unwrap();
+    assert!(Path::new(data).is_absolute(), "{config}");
+    assert!(
+        config.contains("train.data_fingerprint = 1 files, "),
+        "{config}"
+    );
+    // From another directory, with the run's metrics and checkpoints now
+    // inside the data directory: same data, same fingerprint.
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    ok(&["train", "--resume", "../corpus/r", "--quiet"], &elsewhere);
+    // The same length, other bytes: refused, the run untouched.
+    let path = dir.join("corpus/data.txt");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let step = common::state_step(&dir.join("corpus/r"));
+    let e = fails(&["train", "--resume", "corpus/r", "--quiet"], &dir);
+    assert!(e.contains("the training data changed"), "{e}");
+    assert_eq!(common::state_step(&dir.join("corpus/r")), step);
+    // Naming a run directory as data is refused.
+    let mut args = train_args("r2", &[]);
+    args[2] = "corpus/r";
+    let e = fails(&args, &dir);
+    assert!(
+        e.contains("a kilobyte run directory, not training data"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -109,10 +109,15 @@ pub fn start(
             if let Some(init) = init {
                 copy_encoder(&mut params, &init_params(init)?)?;
             }
+            let data = data.absolute()?;
             let rc = opts
                 .write(RunConfig::new(ModelConfig::Bigs(config)))
                 .with("objective", "mlm")
-                .with("data", data.describe().replace('\n', "|"));
+                .with("data", data.to_entry())
+                .with(
+                    train::DATA_FINGERPRINT,
+                    data.split(opts.val_fraction)?.fingerprint(),
+                );
             (params, rc)
         }
         Objective::Classify(files) => {
@@ -154,8 +159,13 @@ pub fn start(
             let mut rc = opts
                 .write(RunConfig::new(ModelConfig::Bigs(config)))
                 .with("objective", "classify")
-                .with("train_file", files.train.display())
-                .with("dev_file", files.dev.display())
+                .with("train_file", absolute(&files.train)?.display())
+                .with("dev_file", absolute(&files.dev)?.display())
+                .with(
+                    &fingerprint_key("train_file"),
+                    table_fingerprint(&files.train)?,
+                )
+                .with(&fingerprint_key("dev_file"), table_fingerprint(&files.dev)?)
                 .with("text_column", column_text(&files.text_column))
                 .with("label_column", column_text(&files.label_column));
             if let Some(init) = init {
@@ -170,6 +180,20 @@ pub fn start(
         let opt = train::optimizer(be, &opts, &params)?;
         train::train_loop(be, run, job, opt, TrainState::default(), opts, quiet)
     })
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("{}", path.display()))
+}
+
+/// The config.txt entry holding a table's fingerprint.
+fn fingerprint_key(file_key: &str) -> String {
+    format!("{file_key}_fingerprint")
+}
+
+/// [`crate::data::Corpus::fingerprint`] of one table file.
+fn table_fingerprint(path: &Path) -> Result<String> {
+    Ok(crate::data::Corpus::open(&[path])?.fingerprint())
 }
 
 fn column_text(c: &Column) -> String {
@@ -322,7 +346,11 @@ impl<B: Backend> BigsJob<B> {
     ) -> Result<Self> {
         let c = run.config();
         let objective = match c.get::<String>("objective")?.as_deref() {
-            Some("mlm") => Objective::Mlm(train::stored_data(run)?),
+            Some("mlm") => {
+                // Opens the data once here for the check, once for the job.
+                train::stored_split(run, opts.val_fraction)?;
+                Objective::Mlm(train::stored_data(run)?)
+            }
             Some("classify") => {
                 let path = |k: &str| -> Result<PathBuf> {
                     c.get::<String>(k)?
@@ -335,6 +363,15 @@ impl<B: Backend> BigsJob<B> {
                         .parse()
                         .expect("infallible"))
                 };
+                for key in ["train_file", "dev_file"] {
+                    let file = path(key)?;
+                    train::check_fingerprint(
+                        run,
+                        &fingerprint_key(key),
+                        &file.display().to_string(),
+                        &table_fingerprint(&file)?,
+                    )?;
+                }
                 Objective::Classify(LabelledFiles {
                     train: path("train_file")?,
                     dev: path("dev_file")?,

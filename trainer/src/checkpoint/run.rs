@@ -373,6 +373,11 @@ fn read_best(dir: &Path) -> Result<Option<Best>> {
     }
 }
 
+/// Whether `dir` is a kilobyte run: our own config.txt is the proof.
+pub fn is_run(dir: &Path) -> bool {
+    load_config(dir).is_ok()
+}
+
 /// The weights with the best validation loss, for export.
 pub fn load_best(dir: &Path) -> Result<(ParamSet, Best)> {
     let path = dir.join(BEST_FILE);
@@ -409,8 +414,7 @@ impl RunDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             r => r.with_context(|| format!("{}", dir.display()))?,
         };
-        // Our own config.txt is the proof that the directory is a run.
-        if load_config(dir).is_ok() {
+        if is_run(dir) {
             return Ok(true);
         }
         for e in entries {

@@ -2,7 +2,7 @@
 
 use crate::backend::{self, CpuBackend};
 use crate::bigs::jobs::{LabelledFiles, Objective};
-use crate::checkpoint::{load_best, load_params, MODEL_FILE};
+use crate::checkpoint::{load_best, load_params, BEST_FILE, CONFIG_FILE, MODEL_FILE};
 use crate::data::{Corpus, Split, ValBatches};
 use crate::megabyte::MegabyteModel;
 use crate::params::{parse_kbm, read_kbm, ParamSet};
@@ -447,11 +447,15 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             a.model.display()
         );
     }
-    let split = Split::by_fraction(Corpus::open(&a.data)?, a.val_fraction.min(1.0))?;
-    let val = if a.val_fraction >= 1.0 {
-        split.train.clone()
+    let v = a.val_fraction;
+    // `!(..)` so that NaN is refused too.
+    if !(v > 0.0 && v <= 1.0) {
+        bail!("--val-fraction {v}: must be in (0, 1] (1 scores all of the data)");
+    }
+    let val = if v == 1.0 {
+        Split::by_fraction(Corpus::open(&a.data)?, 0.0)?.train
     } else {
-        split.val.clone()
+        Split::by_fraction(Corpus::open(&a.data)?, v)?.val
     };
     let bpb = if a.model.is_dir() {
         let (params, what) = run_weights(&a.model, false)?;
@@ -488,12 +492,19 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The best-validation weights of a run (or the last checkpoint's with `last`).
+/// The best-validation weights of a run (or the last checkpoint's with
+/// `last`). A `best.safetensors` that is there but unreadable is an error:
+/// falling back would pass other weights off as the best.
 fn run_weights(dir: &Path, last: bool) -> Result<(ParamSet, &'static str)> {
-    if !last {
-        if let Ok((params, _)) = load_best(dir) {
-            return Ok((params, "best-validation"));
-        }
+    if !dir.join(CONFIG_FILE).is_file() {
+        bail!(
+            "{}: not a kilobyte run directory (no {CONFIG_FILE}); give a run made by `kilobyte train` or a .kbm file",
+            dir.display()
+        );
+    }
+    if !last && std::fs::symlink_metadata(dir.join(BEST_FILE)).is_ok() {
+        let (params, _) = load_best(dir)?;
+        return Ok((params, "best-validation"));
     }
     let (params, _) =
         load_params(&dir.join(MODEL_FILE)).with_context(|| dir.display().to_string())?;

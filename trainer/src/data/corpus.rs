@@ -75,6 +75,12 @@ impl Corpus {
             let path = path.as_ref();
             let meta = fs::metadata(path).with_context(|| format!("{}", path.display()))?;
             if meta.is_dir() {
+                if crate::checkpoint::is_run(path) {
+                    bail!(
+                        "{}: a kilobyte run directory, not training data",
+                        path.display()
+                    );
+                }
                 corpus.walk(path)?;
             } else if meta.is_file() {
                 let file = File::open(path).with_context(|| format!("{}", path.display()))?;
@@ -137,6 +143,28 @@ impl Corpus {
             [only] => only.path.display().to_string(),
             [first, rest @ ..] => format!("{} and {} more files", first.path.display(), rest.len()),
         }
+    }
+
+    /// A cheap record of the bytes, to notice a corpus that changed under a
+    /// run: the number of files and bytes, and one CRC-32 over each file's
+    /// length and its first and last 64 KiB. An edit in the middle of a
+    /// large file that keeps its length goes unnoticed; reading whole
+    /// corpora on every resume would cost more than that risk.
+    pub fn fingerprint(&self) -> String {
+        const EDGE: usize = 64 << 10;
+        let mut crc = kilobyte_format::crc::Crc32::new();
+        for (f, source) in self.files.iter().zip(&self.sources) {
+            let bytes = source.bytes();
+            crc.update(&f.len.to_le_bytes());
+            crc.update(&bytes[..bytes.len().min(EDGE)]);
+            crc.update(&bytes[bytes.len().saturating_sub(EDGE)..]);
+        }
+        format!(
+            "{} files, {} bytes, edge crc32 {:08x}",
+            self.files.len(),
+            self.len,
+            crc.finish()
+        )
     }
 
     /// Copies `out.len()` bytes starting at `offset`, across file boundaries.
@@ -202,6 +230,10 @@ impl Corpus {
                 if matches!(link, Ok(true)) {
                     self.warnings
                         .push(format!("{}: skipped: symlinked directory", path.display()));
+                } else if crate::checkpoint::is_run(&path) {
+                    // `--data . --run run`: the run's own checkpoints and
+                    // metrics are not data, and they change as it trains.
+                    // Skipped quietly: the fingerprint says what was read.
                 } else {
                     self.walk(&path)?;
                 }
@@ -319,6 +351,11 @@ impl Split {
     /// The last `val_fraction` of the bytes (rounded down) validate, the rest
     /// trains. The cut ignores file boundaries; it depends only on the
     /// corpus, so every run on the same files validates on the same bytes.
+    /// [`Corpus::fingerprint`] of the whole corpus.
+    pub fn fingerprint(&self) -> String {
+        self.train.corpus.fingerprint()
+    }
+
     pub fn by_fraction(corpus: Corpus, val_fraction: f64) -> Result<Split> {
         if !(0.0..1.0).contains(&val_fraction) {
             bail!("the validation fraction must be in [0, 1), not {val_fraction}");

@@ -715,11 +715,11 @@ fn check_eps(eps: f32) -> Result<(), FormatError> {
     if eps.is_finite() && eps > 0.0 && eps < 1.0 {
         Ok(())
     } else {
-        Err(bad_config(
-            "norm_eps",
-            eps.to_bits(),
-            "must be a finite number in (0, 1)",
-        ))
+        Err(FormatError::BadFloatConfig {
+            field: "norm_eps",
+            value: eps,
+            reason: "must be a finite number in (0, 1)",
+        })
     }
 }
 
@@ -896,7 +896,11 @@ mod tests {
         assert!(c.validate().is_err());
         c = MegabyteConfig::MICRO;
         c.norm_eps = f32::NAN;
-        assert!(c.validate().is_err());
+        // Kept as the number, so messages print it, not its bits (2143289344).
+        assert!(matches!(
+            c.validate(),
+            Err(FormatError::BadFloatConfig { field: "norm_eps", value, .. }) if value.is_nan()
+        ));
         let mut b = BigsConfig::MICRO;
         b.heads = BIGS_HEAD_CLASSIFY;
         assert!(b.validate().is_err(), "classifier without classes");

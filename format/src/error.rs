@@ -79,6 +79,14 @@ pub fn tensor_name(name: &str) -> TensorName {
     out
 }
 
+/// How [`FormatError::BadHeader`]'s value relates to the one it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Exactly,
+    AtMost,
+    AtLeast,
+}
+
 /// Everything that can be wrong with a .kbm file or a model description.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FormatError {
@@ -99,11 +107,13 @@ pub enum FormatError {
         found: u16,
         supported: u16,
     },
-    /// A fixed header field holds a value this version does not allow.
+    /// A fixed header field holds a value this version does not allow:
+    /// `value` must be `expected` exactly, at most or at least (`bound`).
     BadHeader {
         field: &'static str,
         value: u64,
         expected: u64,
+        bound: Bound,
     },
     /// A reserved byte range is not zero.
     ReservedNotZero {
@@ -115,6 +125,12 @@ pub enum FormatError {
     BadConfig {
         field: &'static str,
         value: u32,
+        reason: &'static str,
+    },
+    /// A config word that holds an f32 (`norm_eps`), shown as the number.
+    BadFloatConfig {
+        field: &'static str,
+        value: f32,
         reason: &'static str,
     },
     MissingConfigField {
@@ -249,8 +265,14 @@ impl core::fmt::Display for FormatError {
                 field,
                 value,
                 expected,
+                bound,
             } => {
-                write!(f, "bad header field {field}: {value} (expected {expected})")
+                let need = match bound {
+                    Bound::Exactly => "expected",
+                    Bound::AtMost => "at most",
+                    Bound::AtLeast => "at least",
+                };
+                write!(f, "bad header field {field}: {value} ({need} {expected})")
             }
             ReservedNotZero { offset } => {
                 write!(f, "reserved header bytes at offset {offset} are not zero")
@@ -260,6 +282,11 @@ impl core::fmt::Display for FormatError {
                 "unknown model family code {code} (1 = megabyte, 2 = bigs)"
             ),
             BadConfig {
+                field,
+                value,
+                reason,
+            } => write!(f, "bad config: {field} = {value} {reason}"),
+            BadFloatConfig {
                 field,
                 value,
                 reason,

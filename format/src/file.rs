@@ -5,7 +5,7 @@
 use crate::config::{ModelConfig, ModelFamily, CONFIG_WORDS};
 use crate::crc::crc32;
 use crate::dtype::{DType, QK};
-use crate::error::{tensor_name, FormatError, Shape, MAX_NAME_LEN};
+use crate::error::{tensor_name, Bound, FormatError, Shape, MAX_NAME_LEN};
 use crate::schema::{for_each_tensor, Role, LABELS_TENSOR};
 
 /// The first eight bytes of every .kbm file.
@@ -239,6 +239,7 @@ impl Header {
                 field: "header_bytes",
                 value: header_bytes as u64,
                 expected: HEADER_BYTES as u64,
+                bound: Bound::Exactly,
             });
         }
         let family_code = u16_at(h, hdr::FAMILY);
@@ -253,6 +254,7 @@ impl Header {
                 field: "tensor_count",
                 value: tensor_count as u64,
                 expected: MAX_TENSORS as u64,
+                bound: Bound::AtMost,
             });
         }
         let dir_bytes = u32_at(h, hdr::DIRECTORY_BYTES) as u64;
@@ -262,6 +264,7 @@ impl Header {
                 field: "directory_bytes",
                 value: dir_bytes,
                 expected: want_dir,
+                bound: Bound::Exactly,
             });
         }
         let dir_end = HEADER_BYTES as u64 + dir_bytes;
@@ -272,6 +275,7 @@ impl Header {
                 field: "data_offset",
                 value: data_offset,
                 expected: want_data,
+                bound: Bound::Exactly,
             });
         }
         let file_bytes = u64_at(h, hdr::FILE_BYTES);
@@ -281,6 +285,7 @@ impl Header {
                 field: "file_bytes",
                 value: file_bytes,
                 expected: min_file,
+                bound: Bound::AtLeast,
             });
         }
         Ok(Header {
@@ -442,6 +447,7 @@ impl<'a> ModelFile<'a> {
                 field: "file_bytes",
                 value: data_end + TRAILER_BYTES as u64,
                 expected: prev_end + TRAILER_BYTES as u64,
+                bound: Bound::Exactly,
             });
         }
         Ok(())

@@ -44,7 +44,7 @@ pub use align::Aligned64;
 pub use atomic::write_atomic;
 pub use config::{BigsConfig, MegabyteConfig, ModelConfig, ModelFamily};
 pub use dtype::DType;
-pub use error::{FormatError, Shape, TensorName};
+pub use error::{Bound, FormatError, Shape, TensorName};
 pub use file::{BlockQ4, BlockQ8, Checksum, Header, ModelFile, Tensor};
 pub use schema::{for_each_tensor, Role, TensorSpec};
 #[cfg(feature = "std")]

@@ -216,6 +216,15 @@ fn structural_errors_are_named() {
             patch(&good, 64 + 4 * 12, &1u32.to_le_bytes()),
             "local_ngram_orders = 0 must be 0 exactly when the matching buckets word is 0",
         ),
+        // A limit reads as one: "at most", not "expected".
+        (
+            patch(&good, 16, &70_000u32.to_le_bytes()),
+            "bad header field tensor_count: 70000 (at most 65536)",
+        ),
+        (
+            patch(&good, 32, &1u64.to_le_bytes()),
+            "bad header field file_bytes: 1 (at least",
+        ),
         (patch(&good, entry(0) + 2, &[9]), "unknown dtype code 9"),
         (patch(&good, entry(0) + 3, &[0]), "rank 0"),
         (

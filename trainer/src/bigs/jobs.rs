@@ -379,7 +379,8 @@ impl<B: Backend> BigsJob<B> {
                     label_column: col("label_column")?,
                 })
             }
-            other => bail!("config.txt: unknown BiGS objective {other:?}"),
+            Some(other) => bail!("config.txt: unknown BiGS objective {other:?}"),
+            None => bail!("config.txt has no train.objective entry"),
         };
         BigsJob::new(be, &ckpt.params, opts, &objective, &ckpt.state)
     }

@@ -340,11 +340,12 @@ fn check_tag(
 ) -> Result<()> {
     let tag = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok());
     if tag(STEP_KEY) != Some(step) || tag(GENERATION_KEY) != Some(generation) {
+        let shown = |t: Option<u64>| t.map_or("none".to_string(), |v| v.to_string());
         bail!(
-            "{}: written for step {:?} generation {:?}, but {STATE_FILE} names step {step} generation {generation}",
+            "{}: written for step {} generation {}, but {STATE_FILE} names step {step} generation {generation}",
             path.display(),
-            tag(STEP_KEY),
-            tag(GENERATION_KEY)
+            shown(tag(STEP_KEY)),
+            shown(tag(GENERATION_KEY))
         );
     }
     Ok(())

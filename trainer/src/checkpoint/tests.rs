@@ -236,7 +236,21 @@ fn damaged_run_directories_give_errors_naming_the_file() {
     .unwrap();
     let e = err(&dir);
     assert!(
-        e.contains("optimizer.safetensors: written for step None"),
+        e.contains("optimizer.safetensors: written for step none generation none, but"),
+        "{e}"
+    );
+    // Tags of another step: the numbers, never Rust's `Some(20)`.
+    let tags = std::collections::HashMap::from([
+        ("kilobyte.checkpoint.step".to_string(), "20".to_string()),
+        (
+            "kilobyte.checkpoint.generation".to_string(),
+            "1".to_string(),
+        ),
+    ]);
+    save_optimizer(&ckpt.join(OPTIMIZER_FILE), &params, &opt, &tags).unwrap();
+    let e = err(&dir);
+    assert!(
+        e.contains("written for step 20 generation 1, but state.txt names step 10 generation 1"),
         "{e}"
     );
     std::fs::write(ckpt.join(OPTIMIZER_FILE), &opt_file).unwrap();

@@ -46,6 +46,11 @@ pub const DEFAULT_NORM_EPS: f32 = 1e-5;
 /// derived size (weights, arenas) far from `u64` overflow and rejects garbage
 /// headers early with a readable error.
 pub const MAX_DIM: u32 = 1 << 20;
+/// Most layers per transformer (MEGABYTE's global and local, BiGS's
+/// encoder): the runtime holds each model's layers in fixed tables of this
+/// size, and checking it here keeps the trainer from training a model no
+/// command can run.
+pub const MAX_LAYERS: u32 = 24;
 
 /// Hashed n-gram embeddings (as in BLT, arXiv 2412.09871): for every order
 /// n in `orders`, the ids of the n positions ending at position t select one
@@ -272,6 +277,8 @@ impl MegabyteConfig {
         for (field, value) in fields {
             check_dim(field, value)?;
         }
+        check_layers("layers_global", self.layers_global)?;
+        check_layers("layers_local", self.layers_local)?;
         check_dim(
             "global width (patch_size * d_global)",
             self.patch_size.saturating_mul(self.d_global),
@@ -427,6 +434,7 @@ impl BigsConfig {
         for (field, value) in fields {
             check_dim(field, value)?;
         }
+        check_layers("layers", self.layers)?;
         if self.d_model % self.ssm_kernels != 0 {
             return Err(bad_config(
                 "ssm_kernels",
@@ -711,6 +719,21 @@ fn check_dim(field: &'static str, value: u32) -> Result<(), FormatError> {
     }
 }
 
+/// A layer count: a dimension the runtime can hold.
+fn check_layers(field: &'static str, value: u32) -> Result<(), FormatError> {
+    // The reason is a literal (errors hold &'static str): keep it in step.
+    const _: () = assert!(MAX_LAYERS == 24);
+    check_dim(field, value)?;
+    if value > MAX_LAYERS {
+        return Err(bad_config(
+            field,
+            value,
+            "is more than the runtime runs: at most 24 layers per transformer",
+        ));
+    }
+    Ok(())
+}
+
 fn check_eps(eps: f32) -> Result<(), FormatError> {
     if eps.is_finite() && eps > 0.0 && eps < 1.0 {
         Ok(())
@@ -894,6 +917,28 @@ mod tests {
         c = MegabyteConfig::MICRO;
         c.heads_local = 3;
         assert!(c.validate().is_err());
+        // The runtime's layer limit, for both families.
+        c = MegabyteConfig::MICRO;
+        c.layers_global = MAX_LAYERS;
+        assert!(c.validate().is_ok());
+        c.layers_local = MAX_LAYERS + 1;
+        assert!(matches!(
+            c.validate(),
+            Err(FormatError::BadConfig {
+                field: "layers_local",
+                value: 25,
+                ..
+            })
+        ));
+        let mut deep = BigsConfig::MICRO;
+        deep.layers = MAX_LAYERS + 1;
+        assert!(matches!(
+            deep.validate(),
+            Err(FormatError::BadConfig {
+                field: "layers",
+                ..
+            })
+        ));
         c = MegabyteConfig::MICRO;
         c.norm_eps = f32::NAN;
         // Kept as the number, so messages print it, not its bits (2143289344).

@@ -216,6 +216,11 @@ fn structural_errors_are_named() {
             patch(&good, 64 + 4 * 12, &1u32.to_le_bytes()),
             "local_ngram_orders = 0 must be 0 exactly when the matching buckets word is 0",
         ),
+        // More layers than the runtime holds (word 2: layers_global).
+        (
+            patch(&good, 64 + 4 * 2, &25u32.to_le_bytes()),
+            "layers_global = 25 is more than the runtime runs: at most 24",
+        ),
         // A limit reads as one: "at most", not "expected".
         (
             patch(&good, 16, &70_000u32.to_le_bytes()),

@@ -502,3 +502,28 @@ fn resume_reads_the_same_data_from_anywhere_and_refuses_changed_data() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn no_command_makes_a_model_the_runtime_cannot_run() {
+    let dir = temp_dir("max-layers");
+    write_corpus(&dir);
+    let mut args = train_args("deep", &[]);
+    let at = args.iter().position(|&a| a == "--layers-global").unwrap();
+    args[at + 1] = "25";
+    let e = fails(&args, &dir);
+    assert!(
+        e.contains("layers_global = 25") && e.contains("at most 24"),
+        "{e}"
+    );
+    assert!(!dir.join("deep").exists());
+    let e = fails(
+        &[
+            "train", "--model", "bigs", "--data", "data.txt", "--run", "b", "--layers", "25",
+        ],
+        &dir,
+    );
+    assert!(e.contains("layers = 25") && e.contains("at most 24"), "{e}");
+    args[at + 1] = "24";
+    ok(&args, &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

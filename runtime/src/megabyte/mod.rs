@@ -16,8 +16,9 @@ use crate::ngram::NgramTables;
 use kilobyte_format::{MegabyteConfig, ModelConfig, ModelFile, Tensor};
 
 /// Most transformer layers per level the runtime's fixed tables hold
-/// (the `base` preset has 12 global and 4 local).
-pub const MAX_LAYERS: usize = 24;
+/// (the `base` preset has 12 global and 4 local). Defined by the format,
+/// whose config validation (parser, trainer, `init`) enforces it.
+pub const MAX_LAYERS: usize = kilobyte_format::config::MAX_LAYERS as usize;
 
 /// One pre-norm transformer block's weights.
 #[derive(Clone, Copy, Debug)]

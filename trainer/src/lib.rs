@@ -20,6 +20,7 @@ pub mod ngram;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod text;
 pub mod train;
 
 #[cfg(test)]

@@ -527,3 +527,35 @@ fn no_command_makes_a_model_the_runtime_cannot_run() {
     ok(&args, &dir);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn messages_escape_and_cut_what_files_and_flags_hold() {
+    let dir = temp_dir("shown");
+    ok(
+        &[
+            "init", "--model", "bigs", "--labels", "neg,pos", "-o", "c.kbm",
+        ],
+        &dir,
+    );
+    let long = "L".repeat(5000);
+    let table = format!("sentence\tlabel\nfine\tneg\nbad\t\x1b[2J\x07{long}\n");
+    std::fs::write(dir.join("dev.tsv"), table).unwrap();
+    let e = fails(&["eval", "c.kbm", "--dev", "dev.tsv"], &dir);
+    assert!(!e.contains('\x1b') && !e.contains('\x07'), "{e:?}");
+    assert!(e.contains("label \"\\x1b[2J\\x07LLL"), "{e}");
+    assert!(e.contains("bytes)") && e.len() < 300, "{e}");
+    assert!(e.contains("(\"neg\", \"pos\")"), "{e}");
+    let e = fails(
+        &[
+            "eval",
+            "c.kbm",
+            "--dev",
+            "dev.tsv",
+            "--text-column",
+            "te\x1bxt",
+        ],
+        &dir,
+    );
+    assert!(e.contains("no text column named \"te\\x1bxt\""), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

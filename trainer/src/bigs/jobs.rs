@@ -21,6 +21,7 @@ use crate::checkpoint::{
 use crate::data::tsv::{read_labeled, Column, LabeledSet};
 use crate::data::{Sampler, Subset, ValBatches};
 use crate::params::ParamSet;
+use crate::text::{shown, shown_list};
 use crate::train::{self, DataSource, Eval, Job, TrainOptions, TrainReport};
 use crate::with_backend;
 use anyhow::{bail, ensure, Context, Result};
@@ -243,11 +244,11 @@ fn examples(set: &LabeledSet, labels: &[String], max_seq: usize) -> Result<(Vec<
         .map(|e| {
             let label = labels.iter().position(|l| *l == e.label).with_context(|| {
                 format!(
-                    "{}: line {}: label '{}' does not occur in the training file (labels: {})",
+                    "{}: line {}: label {} does not occur in the training file (labels: {})",
                     set.path.display(),
                     e.line,
-                    e.label,
-                    labels.join(", ")
+                    shown(&e.label),
+                    shown_list(labels)
                 )
             })? as u32;
             let text = &e.text[..e.text.len().min(max_seq)];
@@ -379,7 +380,7 @@ impl<B: Backend> BigsJob<B> {
                     label_column: col("label_column")?,
                 })
             }
-            Some(other) => bail!("config.txt: unknown BiGS objective {other:?}"),
+            Some(other) => bail!("config.txt: unknown BiGS objective {}", shown(other)),
             None => bail!("config.txt has no train.objective entry"),
         };
         BigsJob::new(be, &ckpt.params, opts, &objective, &ckpt.state)

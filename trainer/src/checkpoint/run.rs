@@ -7,6 +7,7 @@ use super::tensors::{load_optimizer, load_params, read_tensors, save_optimizer, 
 use crate::data::SamplerState;
 use crate::optim::AdamWState;
 use crate::params::ParamSet;
+use crate::text::shown;
 use anyhow::{anyhow, bail, Context, Result};
 use kilobyte_format::atomic::{is_temp_of, remove_stale_temps, try_lock};
 use kilobyte_format::st::{config_from_metadata, config_metadata};
@@ -64,10 +65,12 @@ impl RunConfig {
     pub fn get<T: FromStr>(&self, key: &str) -> Result<Option<T>> {
         match self.train.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| anyhow!("{CONFIG_FILE}: train.{key} = {v:?} is not a valid value")),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                anyhow!(
+                    "{CONFIG_FILE}: train.{key} = {} is not a valid value",
+                    shown(v)
+                )
+            }),
         }
     }
 
@@ -97,7 +100,8 @@ impl RunConfig {
                 model.insert(key, value);
             } else {
                 bail!(
-                    "line {line}: unknown key {key:?} (expected kilobyte.<field> or train.<name>)"
+                    "line {line}: unknown key {} (expected kilobyte.<field> or train.<name>)",
+                    shown(&key)
                 );
             }
         }
@@ -185,7 +189,7 @@ fn parse_state(text: &str) -> Result<(TrainState, String, u64)> {
     let mut s = TrainState::default();
     let (mut checkpoint, mut generation, mut step, mut sampler_rng) = (None, None, None, None);
     for (line, key, value) in parse_kv(text)? {
-        let bad = || anyhow!("line {line}: {key} = {value:?} is not valid");
+        let bad = || anyhow!("line {line}: {key} = {} is not valid", shown(&value));
         match key.as_str() {
             "checkpoint" => checkpoint = Some(value.clone()),
             "generation" => generation = Some(value.parse().map_err(|_| bad())?),
@@ -202,7 +206,7 @@ fn parse_state(text: &str) -> Result<(TrainState, String, u64)> {
                 } else if let Some(name) = k.strip_prefix("extra.") {
                     s.extra.insert(name.to_string(), value.clone());
                 } else {
-                    bail!("line {line}: unknown key {key:?}");
+                    bail!("line {line}: unknown key {}", shown(&key));
                 }
             }
         }
@@ -215,7 +219,10 @@ fn parse_state(text: &str) -> Result<(TrainState, String, u64)> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !plain {
-        bail!("checkpoint = {checkpoint:?} is not a checkpoint directory name");
+        bail!(
+            "checkpoint = {} is not a checkpoint directory name",
+            shown(&checkpoint)
+        );
     }
     s.step = step.ok_or_else(|| missing("step"))?;
     s.sampler.rng = sampler_rng.ok_or_else(|| missing("sampler.rng"))?;
@@ -231,10 +238,17 @@ fn check_entry(key: &str, value: &str) -> Result<()> {
     let bad_key =
         key.is_empty() || key.contains(|c: char| c.is_whitespace() || c == '=' || c == '#');
     if bad_key {
-        bail!("{key:?} cannot be a key in a run directory's text files");
+        bail!(
+            "{} cannot be a key in a run directory's text files",
+            shown(key)
+        );
     }
     if value.contains(['\n', '\r']) || value.trim() != value {
-        bail!("the value of {key} ({value:?}) has line breaks or surrounding spaces");
+        bail!(
+            "the value of {} ({}) has line breaks or surrounding spaces",
+            shown(key),
+            shown(value)
+        );
     }
     Ok(())
 }
@@ -247,9 +261,13 @@ fn parse_kv(text: &str) -> Result<Vec<(usize, String, String)>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (k, v) = line
-            .split_once('=')
-            .ok_or_else(|| anyhow!("line {}: expected key = value, found {line:?}", i + 1))?;
+        let (k, v) = line.split_once('=').ok_or_else(|| {
+            anyhow!(
+                "line {}: expected key = value, found {}",
+                i + 1,
+                shown(line)
+            )
+        })?;
         let (k, v) = (k.trim(), v.trim());
         if out.iter().any(|(_, seen, _)| seen == k) {
             bail!("line {}: {k} appears twice", i + 1);

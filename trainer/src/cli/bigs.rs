@@ -6,6 +6,7 @@
 use super::input;
 use crate::data::tsv::{read_labeled, Column};
 use crate::params::{parse_kbm, read_kbm};
+use crate::text::{shown, shown_list};
 use anyhow::{anyhow, bail, Context, Result};
 use kilobyte_format::ModelFile;
 use kilobyte_runtime::{Bigs, Encoder};
@@ -234,10 +235,10 @@ pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
                 let at = || format!("{}: line {}", dev.display(), e.line);
                 let want = names.iter().position(|n| *n == e.label).with_context(|| {
                     format!(
-                        "{}: label '{}' is not one of the model's ({})",
+                        "{}: label {} is not one of the model's ({})",
                         at(),
-                        e.label,
-                        names.join(", ")
+                        shown(&e.label),
+                        shown_list(&names)
                     )
                 })?;
                 match enc.classify(&e.text) {

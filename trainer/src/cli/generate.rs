@@ -1,6 +1,7 @@
 //! `kilobyte generate`: stream bytes from a MEGABYTE model.
 
 use crate::params::{parse_kbm, read_kbm};
+use crate::text::shown;
 use anyhow::{anyhow, bail, Context, Result};
 use kilobyte_runtime::sampling::{StopMatcher, StopSequences};
 use kilobyte_runtime::{ArenaSpec, Megabyte, Sampler, SamplerConfig};
@@ -60,7 +61,7 @@ pub fn unescape(s: &str) -> Result<Vec<u8>> {
         }
         let esc = *b
             .get(i + 1)
-            .ok_or_else(|| anyhow!("{s:?}: a lone backslash ends the string"))?;
+            .ok_or_else(|| anyhow!("{}: a lone backslash ends the string", shown(s)))?;
         i += 2;
         out.push(match esc {
             b'n' => b'\n',
@@ -71,12 +72,17 @@ pub fn unescape(s: &str) -> Result<Vec<u8>> {
             b'x' => {
                 let hex = s
                     .get(i..i + 2)
-                    .ok_or_else(|| anyhow!("{s:?}: \\x needs two hex digits"))?;
+                    .ok_or_else(|| anyhow!("{}: \\x needs two hex digits", shown(s)))?;
                 i += 2;
-                u8::from_str_radix(hex, 16)
-                    .map_err(|_| anyhow!("{s:?}: bad hex escape \\x{hex}"))?
+                u8::from_str_radix(hex, 16).map_err(|_| {
+                    anyhow!(
+                        "{}: bad hex escape {}",
+                        shown(s),
+                        shown(format!("\\x{hex}"))
+                    )
+                })?
             }
-            other => bail!("{s:?}: unknown escape \\{}", other as char),
+            other => bail!("{}: unknown escape {}", shown(s), shown([b'\\', other])),
         });
     }
     Ok(out)
@@ -96,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
     for s in &args.stop {
         let seq = unescape(s)?;
         let seq = heapless::Vec::from_slice(&seq)
-            .map_err(|_| anyhow!("--stop {s:?}: longer than 32 bytes"))?;
+            .map_err(|_| anyhow!("--stop {}: longer than 32 bytes", shown(s)))?;
         stops
             .push(seq)
             .map_err(|_| anyhow!("--stop: at most 8 stop sequences"))?;

@@ -112,12 +112,9 @@ pub fn parse_labeled(
                 .position(|h| h == n.as_bytes())
                 .with_context(|| {
                     format!(
-                        "{shown}: no {what} column named '{n}' in the header (columns: {})",
-                        header
-                            .iter()
-                            .map(|h| String::from_utf8_lossy(h).into_owned())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        "{shown}: no {what} column named {} in the header (columns: {})",
+                        crate::text::shown(n),
+                        crate::text::shown_list(&header)
                     )
                 }),
         }
@@ -245,7 +242,9 @@ mod tests {
         let e = err("sentence\tlabel\na\t \n", "sentence", "label");
         assert!(e.contains("line 2: the label is empty"), "{e}");
         let e = err("sentence\tlabel\na\t1\n", "text", "label");
-        assert!(e.contains("no text column named 'text'") && e.contains("sentence, label"));
+        assert!(
+            e.contains("no text column named \"text\"") && e.contains("\"sentence\", \"label\"")
+        );
         let e = err("sentence\tlabel\na\t1\n", "sentence", "7");
         assert!(e.contains("label column 7 does not exist"), "{e}");
         let e = format!(

@@ -337,6 +337,12 @@ fn non_finite_outputs_are_errors_never_results() {
     // eval counts NaN predictions as wrong (it said 50% for a coin's worth).
     let out = ok(&["eval", "b.kbm", "--dev", "dev.tsv"], &dir);
     assert!(out.starts_with("accuracy 0.00%"), "{out}");
+    // The same weights as a run's last checkpoint, scored by the trainer.
+    std::fs::create_dir(dir.join("r")).unwrap();
+    std::fs::write(dir.join("r/config.txt"), "# kilobyte run configuration\n").unwrap();
+    ok(&["convert", "b.kbm", "r/model.safetensors"], &dir);
+    let out = ok(&["eval", "r", "--dev", "dev.tsv"], &dir);
+    assert!(out.starts_with("accuracy 0.00%"), "{out}");
 
     let mut c = kilobyte_format::MegabyteConfig::MICRO;
     c.max_seq = 64;

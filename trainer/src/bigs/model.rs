@@ -557,10 +557,14 @@ impl<B: Backend> BigsModel<B> {
                     grad_scale,
                 );
                 let logits = be.download_f64(&ws.class_logits)?;
+                // A row with a NaN predicts nothing (argmax would say class
+                // 0): it counts as wrong, as the runtime's eval counts it.
                 let correct = logits
                     .chunks(classes)
                     .zip(labels)
-                    .filter(|(row, &l)| argmax(row) == l as usize)
+                    .filter(|(row, &l)| {
+                        !row.iter().any(|v| v.is_nan()) && argmax(row) == l as usize
+                    })
                     .count();
                 StepResult { ce, correct }
             }

@@ -242,7 +242,7 @@ fn inputs_are_checked_before_they_are_read_whole() {
         "{e}"
     );
     // A 1 GiB file of junk (sparse: no disk) is refused by its magic, and
-    // as text it is one line too long, found after T_max bytes.
+    // as text it is a line with no end in sight, given up after 64 MiB.
     let junk = dir.join("junk.kbm");
     std::fs::File::create(&junk)
         .unwrap()
@@ -252,7 +252,7 @@ fn inputs_are_checked_before_they_are_read_whole() {
     assert!(e.contains("magic"), "{e}");
     let e = fails(&["classify", "b.kbm", "--file", "junk.kbm"], &dir);
     assert!(
-        e.contains("junk.kbm: line 1") && e.contains("T_max of 256"),
+        e.contains("junk.kbm: line 1") && e.contains("longer than 67108864 bytes"),
         "{e}"
     );
     // A valid header on a file of the wrong length: refused by the length.
@@ -563,5 +563,75 @@ fn messages_escape_and_cut_what_files_and_flags_hold() {
         &dir,
     );
     assert!(e.contains("no text column named \"te\\x1bxt\""), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A two-label table with an empty text and one longer than T_max = 64.
+fn awkward_table(dir: &Path) {
+    let long = format!("{}tail", "a".repeat(64));
+    let table = format!("sentence\tlabel\nfine\tneg\n\tpos\n{long}\tpos\ngood\tpos\n");
+    std::fs::write(dir.join("t.tsv"), table).unwrap();
+}
+
+#[test]
+fn one_table_is_read_one_way_by_training_eval_and_classify() {
+    let dir = temp_dir("one-rule");
+    awkward_table(&dir);
+    let mut train = vec!["train", "--model", "bigs", "--objective", "classify"];
+    train.extend([
+        "--train", "t.tsv", "--dev", "t.tsv", "--run", "r", "--steps", "3",
+    ]);
+    train.extend(["--batch", "2", "--eval-every", "3", "--quiet"]);
+    train.extend([
+        "--d-model",
+        "16",
+        "--d-expand",
+        "32",
+        "--layers",
+        "1",
+        "--modes",
+        "4",
+    ]);
+    train.extend(["--max-seq", "64", "--ngram-orders", "none"]);
+    let out = common::kilobyte(&train, &dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("1 training and 1 dev texts longer than T_max = 64"),
+        "{err}"
+    );
+    ok(&["export", "r", "--dtype", "f32", "-o", "c.kbm"], &dir);
+    // Both evaluations skip the empty text and cut the long one: 3 scored,
+    // with the same accuracy.
+    let run = ok(&["eval", "r", "--dev", "t.tsv"], &dir);
+    let kbm = common::kilobyte(&["eval", "c.kbm", "--dev", "t.tsv"], &dir);
+    assert!(
+        kbm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kbm.stderr)
+    );
+    let kbm = String::from_utf8(kbm.stdout).unwrap();
+    assert!(run.contains("on 3 examples"), "{run}");
+    assert_eq!(
+        run.split(" on ").next(),
+        kbm.split(" on ").next(),
+        "{run} vs {kbm}"
+    );
+    // classify: a blank line gets a blank line and the stream goes on; the
+    // long line is classified as its first 64 bytes.
+    let long = format!("{}tail", "a".repeat(64));
+    std::fs::write(dir.join("lines.txt"), format!("fine\n\n{long}\ngood\n")).unwrap();
+    let lines = ok(&["classify", "c.kbm", "--file", "lines.txt"], &dir);
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[1], "");
+    assert_eq!(
+        lines[2],
+        ok(&["classify", "c.kbm", &"a".repeat(64)], &dir).trim_end()
+    );
+    assert_eq!(
+        lines[3],
+        ok(&["classify", "c.kbm", "good"], &dir).trim_end()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -18,7 +18,7 @@ use crate::backend::{CpuBackend, Device};
 use crate::checkpoint::{
     load_best, load_params, Checkpoint, RunConfig, RunDir, TrainState, MODEL_FILE,
 };
-use crate::data::tsv::{read_labeled, Column, LabeledSet};
+use crate::data::tsv::{model_text, read_labeled, Column, LabeledSet};
 use crate::data::{Sampler, Subset, ValBatches};
 use crate::params::ParamSet;
 use crate::text::{shown, shown_list};
@@ -240,8 +240,8 @@ fn examples(set: &LabeledSet, labels: &[String], max_seq: usize) -> Result<(Vec<
     let out = set
         .examples
         .iter()
-        .filter(|e| !e.text.is_empty())
-        .map(|e| {
+        .filter_map(|e| model_text(&e.text, max_seq).map(|text| (e, text)))
+        .map(|(e, text)| {
             let label = labels.iter().position(|l| *l == e.label).with_context(|| {
                 format!(
                     "{}: line {}: label {} does not occur in the training file (labels: {})",
@@ -251,8 +251,7 @@ fn examples(set: &LabeledSet, labels: &[String], max_seq: usize) -> Result<(Vec<
                     shown_list(labels)
                 )
             })? as u32;
-            let text = &e.text[..e.text.len().min(max_seq)];
-            truncated += (e.text.len() > max_seq) as usize;
+            truncated += (e.text.len() > text.len()) as usize;
             Ok(Example {
                 ids: text.iter().map(|&b| b as u32).collect(),
                 label,

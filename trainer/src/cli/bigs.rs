@@ -4,7 +4,7 @@
 //! labelled table).
 
 use super::input;
-use crate::data::tsv::{read_labeled, Column};
+use crate::data::tsv::{model_text, read_labeled, Column};
 use crate::params::{parse_kbm, read_kbm};
 use crate::text::{shown, shown_list};
 use anyhow::{anyhow, bail, Context, Result};
@@ -104,18 +104,16 @@ pub fn run_classify(a: ClassifyArgs) -> Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         let mut one = |enc: &mut Encoder<'_, '_>, text: &[u8], where_: &str| -> Result<()> {
-            if text.is_empty() {
-                bail!("{where_}: empty input");
-            }
+            let Some(text) = model_text(text, max) else {
+                writeln!(out)?;
+                return Ok(());
+            };
             let c = enc.classify(text).map_err(|e| anyhow!("{where_}: {e}"))?;
             writeln!(out, "{}\t{:.4}", label_name(m, c.class), c.probs[c.class])?;
             Ok(())
         };
         match (&a.text, &a.file) {
             (Some(t), None) if t != "-" => {
-                if t.len() > max {
-                    return Err(too_long("input", t.len(), max));
-                }
                 with_encoder(&a.model, m, t.len(), |enc| one(enc, t.as_bytes(), "input"))
             }
             (_, file) => {
@@ -133,8 +131,11 @@ pub fn run_classify(a: ClassifyArgs) -> Result<()> {
                 let mut line_no = 0;
                 let mut pending: Option<Vec<u8>> = None;
                 loop {
-                    let longer =
-                        with_encoder(&a.model, m, cap, |enc| -> Result<Option<Vec<u8>>> {
+                    let longer = with_encoder(
+                        &a.model,
+                        m,
+                        cap,
+                        |enc| -> Result<Option<Vec<u8>>> {
                             let mut buf = Vec::new();
                             if let Some(line) = pending.take() {
                                 one(enc, &line, &format!("{name}: line {line_no}"))?;
@@ -145,11 +146,16 @@ pub fn run_classify(a: ClassifyArgs) -> Result<()> {
                                 let at = || format!("{name}: line {}", line_no + 1);
                                 match got {
                                     input::Line::End => return Ok(None),
+                                    // Cut to T_max like any text; the rest is
+                                    // read past, up to the most a prompt may be.
                                     input::Line::TooLong => {
-                                        bail!(
-                                            "{}: longer than the model's T_max of {max} bytes",
-                                            at()
-                                        )
+                                        let limit = input::MAX_STDIN_BYTES as u64;
+                                        if !input::skip_line(&mut reader, limit).with_context(at)? {
+                                            bail!(
+                                                "{}: longer than {limit} bytes without a line break",
+                                                at()
+                                            )
+                                        }
                                     }
                                     input::Line::Text => {}
                                 }
@@ -159,7 +165,8 @@ pub fn run_classify(a: ClassifyArgs) -> Result<()> {
                                 }
                                 one(enc, &buf, &format!("{name}: line {line_no}"))?;
                             }
-                        })?;
+                        },
+                    )?;
                     match longer {
                         None => return Ok(()),
                         Some(line) => {
@@ -224,14 +231,22 @@ pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
         let classes = m.config.n_classes as usize;
         let max = m.config.max_seq as usize;
         let names: Vec<String> = (0..classes).map(|i| label_name(m, i)).collect();
-        let longest = set.examples.iter().map(|e| e.text.len()).max().unwrap_or(1);
-        if let Some(e) = set.examples.iter().find(|e| e.text.len() > max) {
-            let at = format!("{}: line {}", dev.display(), e.line);
-            return Err(too_long(&at, e.text.len(), max));
+        let texts: Vec<_> = set
+            .examples
+            .iter()
+            .filter_map(|e| model_text(&e.text, max).map(|t| (e, t)))
+            .collect();
+        if texts.is_empty() {
+            bail!("{}: no non-empty texts", dev.display());
         }
+        let cut = texts.iter().filter(|(e, t)| e.text.len() > t.len()).count();
+        if cut > 0 {
+            eprintln!("note: {cut} dev texts longer than T_max = {max} bytes are cut to it");
+        }
+        let longest = texts.iter().map(|(_, t)| t.len()).max().unwrap_or(1);
         with_encoder(path, m, longest, |enc| {
             let (mut correct, mut not_finite) = (0, 0);
-            for e in &set.examples {
+            for &(e, text) in &texts {
                 let at = || format!("{}: line {}", dev.display(), e.line);
                 let want = names.iter().position(|n| *n == e.label).with_context(|| {
                     format!(
@@ -241,7 +256,7 @@ pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
                         shown_list(&names)
                     )
                 })?;
-                match enc.classify(&e.text) {
+                match enc.classify(text) {
                     Ok(c) => correct += (c.class == want) as usize,
                     // A NaN prediction is no prediction: it counts as wrong.
                     Err(kilobyte_runtime::RuntimeError::NotFinite { .. }) => not_finite += 1,
@@ -252,13 +267,10 @@ pub fn eval_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
                 eprintln!(
                     "warning: {}: {not_finite} of {} predictions are NaN (counted as wrong): the model's weights are not finite",
                     path.display(),
-                    set.examples.len()
+                    texts.len()
                 );
             }
-            Ok((
-                correct as f64 / set.examples.len() as f64,
-                set.examples.len(),
-            ))
+            Ok((correct as f64 / texts.len() as f64, texts.len()))
         })
     })
 }

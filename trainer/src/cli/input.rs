@@ -48,8 +48,8 @@ pub fn read_stdin() -> Result<Vec<u8>> {
 pub enum Line {
     /// The line's bytes are in the buffer, without `\n` or `\r\n`.
     Text,
-    /// The line holds more than the cap; its bytes were not kept, and the
-    /// stream is left inside it.
+    /// The line holds more than the cap; its first `cap` bytes are in the
+    /// buffer, and the stream is left inside it ([`skip_line`] ends it).
     TooLong,
     End,
 }
@@ -71,6 +71,9 @@ pub fn next_line(r: &mut impl BufRead, cap: usize, buf: &mut Vec<u8>) -> std::io
         };
         // `cap + 1` keeps room for the `\r` of a line exactly `cap` long.
         if buf.len() + take > cap + 1 {
+            let keep = cap.saturating_sub(buf.len()).min(take);
+            buf.extend_from_slice(&chunk[..keep]);
+            r.consume(keep);
             return Ok(Line::TooLong);
         }
         buf.extend_from_slice(&chunk[..take]);
@@ -87,6 +90,33 @@ pub fn next_line(r: &mut impl BufRead, cap: usize, buf: &mut Vec<u8>) -> std::io
     } else {
         Line::Text
     })
+}
+
+/// Reads past the rest of a line [`next_line`] cut, keeping nothing;
+/// `Ok(false)` if the line goes on for more than `limit` bytes (an
+/// endless stream such as `/dev/zero` ends there, not never).
+pub fn skip_line(r: &mut impl BufRead, limit: u64) -> std::io::Result<bool> {
+    let mut skipped = 0u64;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(true);
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(true);
+            }
+            None => {
+                let n = chunk.len();
+                r.consume(n);
+                skipped += n as u64;
+                if skipped > limit {
+                    return Ok(false);
+                }
+            }
+        }
+    }
 }
 
 /// A zeroed arena of `bytes`, or one line saying how much was asked for.
@@ -124,13 +154,18 @@ mod tests {
             next_line(&mut r, 4, &mut buf).unwrap(),
             Line::TooLong
         ));
+        // The first cap bytes are kept; skipping ends the line.
+        assert_eq!(buf, b"abcd");
+        assert!(skip_line(&mut r, 100).unwrap());
         // An endless line costs the cap: /dev/zero.
         let mut zero = std::io::BufReader::new(std::io::repeat(0));
         assert!(matches!(
             next_line(&mut zero, 1000, &mut buf).unwrap(),
             Line::TooLong
         ));
-        assert!(buf.len() <= 1001);
+        assert_eq!(buf.len(), 1000);
+        // Skipping an endless line stops at its limit.
+        assert!(!skip_line(&mut zero, 1 << 20).unwrap());
         let mut r = std::io::BufReader::new(&b"last"[..]);
         assert!(matches!(
             next_line(&mut r, 4, &mut buf).unwrap(),

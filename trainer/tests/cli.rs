@@ -37,9 +37,11 @@ fn init_inspect_quantize_convert() {
     );
     let q8_len = std::fs::metadata(dir.join("q8.kbm")).unwrap().len();
     let q4_len = std::fs::metadata(dir.join("q4.kbm")).unwrap().len();
-    // 8.5 and 4.5 bits per weight against 32, plus f32 norms and the q8 embeddings of q4.
+    // 8.5 and 4.5 bits per weight against 32, plus f32 norms and the q8
+    // embeddings of q4 (token, position and the local n-gram tables: a third
+    // of micro's parameters, so q4 is about 18.5% of f32).
     assert!(q8_len * 100 < f32_len * 28, "{q8_len} vs {f32_len}");
-    assert!(q4_len * 100 < f32_len * 16, "{q4_len} vs {f32_len}");
+    assert!(q4_len * 100 < f32_len * 20, "{q4_len} vs {f32_len}");
     assert!(ok(&["inspect", "q4.kbm", "--summary"], &dir).contains("q4"));
 
     ok(&["convert", "q4.kbm", "q4.safetensors"], &dir);

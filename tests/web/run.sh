@@ -11,10 +11,21 @@ kb=${1:-target/release/kilobyte}
 web/build.sh "$kb"
 work=$(mktemp -d)
 server_pid= browser_pid=
+# Keeps the script's own status: under `set -e` a failing kill (the
+# browser already gone) or rm (the profile still being written) would
+# otherwise turn a passing run into exit 1.
 cleanup() {
-    if [ -n "$browser_pid" ]; then kill "$browser_pid" 2>/dev/null; wait "$browser_pid" || true; fi
-    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null; wait "$server_pid" || true; fi
-    rm -rf "$work"
+    local status=$?
+    if [ -n "$browser_pid" ]; then
+        kill "$browser_pid" 2>/dev/null || true
+        wait "$browser_pid" 2>/dev/null || true
+    fi
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work" 2>/dev/null || true
+    exit "$status"
 }
 trap cleanup EXIT
 

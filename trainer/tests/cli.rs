@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fails, kilobyte, ok, state_step, temp_dir};
+use common::{fails, kilobyte, ok, state_step, temp_dir, TINY};
 use std::path::Path;
 use std::process::Command;
 
@@ -189,26 +189,6 @@ fn generate_streams_reproducible_bytes() {
     assert!(fails(&["generate", "b.kbm"], &dir).contains("bigs model"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
-
-/// A tiny MEGABYTE and a small corpus, so training runs take seconds.
-const TINY: [&str; 16] = [
-    "--patch-size",
-    "2",
-    "--d-global",
-    "16",
-    "--layers-global",
-    "1",
-    "--heads-global",
-    "2",
-    "--d-local",
-    "16",
-    "--layers-local",
-    "1",
-    "--heads-local",
-    "2",
-    "--max-seq",
-    "32",
-];
 
 fn write_corpus(dir: &Path) {
     let text: String = (0..3000)

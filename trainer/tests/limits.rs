@@ -7,28 +7,8 @@
 
 mod common;
 
-use common::{fails, ok, temp_dir};
+use common::{fails, ok, temp_dir, TINY};
 use std::path::Path;
-
-/// A tiny MEGABYTE, so training runs take a second.
-const TINY: [&str; 16] = [
-    "--patch-size",
-    "2",
-    "--d-global",
-    "16",
-    "--layers-global",
-    "1",
-    "--heads-global",
-    "2",
-    "--d-local",
-    "16",
-    "--layers-local",
-    "1",
-    "--heads-local",
-    "2",
-    "--max-seq",
-    "32",
-];
 
 fn write_corpus(dir: &Path) {
     let text: String = (0..400)

@@ -54,3 +54,23 @@ pub fn state_step(run: &Path) -> Option<u64> {
         .find_map(|l| l.strip_prefix("step = "))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// The shape flags of a tiny MEGABYTE, so CLI training runs take seconds.
+pub const TINY: [&str; 16] = [
+    "--patch-size",
+    "2",
+    "--d-global",
+    "16",
+    "--layers-global",
+    "1",
+    "--heads-global",
+    "2",
+    "--d-local",
+    "16",
+    "--layers-local",
+    "1",
+    "--heads-local",
+    "2",
+    "--max-seq",
+    "32",
+];

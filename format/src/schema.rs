@@ -72,9 +72,244 @@ impl Role {
     }
 }
 
+/// Which half of an affine pair (a norm's or a linear layer's) a tensor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Affine {
+    Weight,
+    Bias,
+}
+
+/// A MEGABYTE level: the global (patch) model or the local (byte) model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Level {
+    Global,
+    Local,
+}
+
+/// The embedding a hashed n-gram table adds to (`config::NgramConfig`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NgramInput {
+    /// MEGABYTE's global (patch) byte embedding.
+    Global,
+    /// MEGABYTE's local byte embedding.
+    Local,
+    /// BiGS's token embedding.
+    Bigs,
+}
+
+/// One tensor of a MEGABYTE transformer block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockPart {
+    Ln1(Affine),
+    /// Attention's fused query/key/value projection `[3w, w]`.
+    Qkv,
+    AttnProj,
+    Ln2(Affine),
+    MlpFc,
+    MlpProj,
+}
+
+/// A BiGS layer's linear maps (MODELS.md's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BigsLinear {
+    V,
+    F,
+    B,
+    Uf,
+    Ub,
+    L,
+    O,
+}
+
+impl BigsLinear {
+    /// Every linear map of a layer, in schema order.
+    pub const ALL: [BigsLinear; 7] = [
+        BigsLinear::V,
+        BigsLinear::F,
+        BigsLinear::B,
+        BigsLinear::Uf,
+        BigsLinear::Ub,
+        BigsLinear::L,
+        BigsLinear::O,
+    ];
+}
+
+/// The direction of a BiGS layer's state-space model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SsmDirection {
+    Forward,
+    Backward,
+}
+
+/// One parameter of a state-space model (MODELS.md: a, w, C, log Δt, D).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SsmPart {
+    A,
+    W,
+    C,
+    LogDt,
+    D,
+}
+
+impl SsmPart {
+    /// Every SSM parameter, in schema order.
+    pub const ALL: [SsmPart; 5] = [
+        SsmPart::A,
+        SsmPart::W,
+        SsmPart::C,
+        SsmPart::LogDt,
+        SsmPart::D,
+    ];
+}
+
+/// One tensor of a BiGS layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BigsPart {
+    Ln(Affine),
+    Linear(BigsLinear, Affine),
+    Ssm(SsmDirection, SsmPart),
+}
+
+/// A tensor of either family, typed: code names a tensor by building one of
+/// these, so a misspelt name is a compile error rather than a missing tensor
+/// at load time. [`TensorId`]'s `Display` is the only place names are
+/// spelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TensorId {
+    /// A MEGABYTE level's byte embedding `[256, d]` (the local one is also
+    /// the output layer).
+    TokEmb(Level),
+    /// MEGABYTE's global position embedding.
+    PosEmb,
+    /// A MEGABYTE level's learned pad vector.
+    Pad(Level),
+    Block {
+        level: Level,
+        layer: u32,
+        part: BlockPart,
+    },
+    /// A MEGABYTE level's final layer norm.
+    FinalLn(Level, Affine),
+    /// MEGABYTE's global-to-local projection.
+    GlobalToLocal,
+    /// The order-`order` hashed n-gram table of an embedding.
+    Ngram {
+        input: NgramInput,
+        order: u32,
+    },
+    BigsTok,
+    BigsPos,
+    BigsEmbedLn(Affine),
+    BigsLayer {
+        layer: u32,
+        part: BigsPart,
+    },
+    BigsFinalLn(Affine),
+    MlmDense(Affine),
+    MlmLn(Affine),
+    ClsDense(Affine),
+    ClsOut(Affine),
+    /// A classifier's label names ([`LABELS_TENSOR`]).
+    Labels,
+}
+
+impl TensorId {
+    /// The name the file stores this tensor under.
+    pub fn name(&self) -> TensorName {
+        name(format_args!("{self}"))
+    }
+}
+
+impl core::fmt::Display for TensorId {
+    /// Spells every tensor name (the file format's, SPEC.md).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let affine = |a: &Affine| match a {
+            Affine::Weight => "weight",
+            Affine::Bias => "bias",
+        };
+        let level = |l: &Level| match l {
+            Level::Global => "global",
+            Level::Local => "local",
+        };
+        match self {
+            TensorId::TokEmb(l) => write!(f, "{}.tok_emb", level(l)),
+            TensorId::PosEmb => f.write_str("global.pos_emb"),
+            TensorId::Pad(l) => write!(f, "{}.pad", level(l)),
+            TensorId::Block {
+                level: l,
+                layer,
+                part,
+            } => {
+                write!(f, "{}.blocks.{layer}.", level(l))?;
+                match part {
+                    BlockPart::Ln1(a) => write!(f, "ln1.{}", affine(a)),
+                    BlockPart::Qkv => f.write_str("attn.qkv"),
+                    BlockPart::AttnProj => f.write_str("attn.proj"),
+                    BlockPart::Ln2(a) => write!(f, "ln2.{}", affine(a)),
+                    BlockPart::MlpFc => f.write_str("mlp.fc"),
+                    BlockPart::MlpProj => f.write_str("mlp.proj"),
+                }
+            }
+            TensorId::FinalLn(l, a) => write!(f, "{}.ln_f.{}", level(l), affine(a)),
+            TensorId::GlobalToLocal => f.write_str("global_to_local"),
+            TensorId::Ngram { input, order } => {
+                let prefix = match input {
+                    NgramInput::Global => "global",
+                    NgramInput::Local => "local",
+                    NgramInput::Bigs => "embed",
+                };
+                write!(f, "{prefix}.ngram.{order}")
+            }
+            TensorId::BigsTok => f.write_str("embed.tok"),
+            TensorId::BigsPos => f.write_str("embed.pos"),
+            TensorId::BigsEmbedLn(a) => write!(f, "embed.ln.{}", affine(a)),
+            TensorId::BigsLayer { layer, part } => {
+                write!(f, "layers.{layer}.")?;
+                match part {
+                    BigsPart::Ln(a) => write!(f, "ln.{}", affine(a)),
+                    BigsPart::Linear(lin, a) => {
+                        let lin = match lin {
+                            BigsLinear::V => "v",
+                            BigsLinear::F => "f",
+                            BigsLinear::B => "b",
+                            BigsLinear::Uf => "uf",
+                            BigsLinear::Ub => "ub",
+                            BigsLinear::L => "l",
+                            BigsLinear::O => "o",
+                        };
+                        write!(f, "{lin}.{}", affine(a))
+                    }
+                    BigsPart::Ssm(dir, p) => {
+                        let dir = match dir {
+                            SsmDirection::Forward => "ssm_fwd",
+                            SsmDirection::Backward => "ssm_bwd",
+                        };
+                        let p = match p {
+                            SsmPart::A => "a",
+                            SsmPart::W => "w",
+                            SsmPart::C => "c",
+                            SsmPart::LogDt => "log_dt",
+                            SsmPart::D => "d",
+                        };
+                        write!(f, "{dir}.{p}")
+                    }
+                }
+            }
+            TensorId::BigsFinalLn(a) => write!(f, "ln_f.{}", affine(a)),
+            TensorId::MlmDense(a) => write!(f, "mlm.dense.{}", affine(a)),
+            TensorId::MlmLn(a) => write!(f, "mlm.ln.{}", affine(a)),
+            TensorId::ClsDense(a) => write!(f, "cls.dense.{}", affine(a)),
+            TensorId::ClsOut(a) => write!(f, "cls.out.{}", affine(a)),
+            TensorId::Labels => f.write_str(LABELS_TENSOR),
+        }
+    }
+}
+
 /// One required tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSpec {
+    pub id: TensorId,
+    /// `id`'s name.
     pub name: TensorName,
     /// Expected shape; `None` for metadata, whose length varies.
     pub shape: Option<Shape>,
@@ -107,9 +342,10 @@ pub fn for_each_tensor<E>(
 
 /// Calls `f` with every tensor, stopping at its first `Err`.
 fn walk(config: &ModelConfig, f: &mut dyn FnMut(&TensorSpec) -> Result<(), ()>) -> Result<(), ()> {
-    let mut emit = |n: TensorName, dims: &[u32], role: Role| {
+    let mut emit = |id: TensorId, dims: &[u32], role: Role| {
         f(&TensorSpec {
-            name: n,
+            id,
+            name: id.name(),
             shape: Some(Shape::new(dims)),
             role,
         })
@@ -120,7 +356,8 @@ fn walk(config: &ModelConfig, f: &mut dyn FnMut(&TensorSpec) -> Result<(), ()>) 
             bigs_tensors(c, &mut emit)?;
             if c.has_classifier() {
                 f(&TensorSpec {
-                    name: name(format_args!("{LABELS_TENSOR}")),
+                    id: TensorId::Labels,
+                    name: TensorId::Labels.name(),
                     shape: None,
                     role: Role::Meta,
                 })?;
@@ -144,18 +381,17 @@ pub fn find_spec(config: &ModelConfig, wanted: &str) -> Option<TensorSpec> {
     found
 }
 
-type Emit<'f> = dyn FnMut(TensorName, &[u32], Role) -> Result<(), ()> + 'f;
+type Emit<'f> = dyn FnMut(TensorId, &[u32], Role) -> Result<(), ()> + 'f;
 
-/// The name of the order-`n` n-gram table of the embedding `prefix`
-/// (`global` for MEGABYTE, `embed` for BiGS).
-pub fn ngram_table_name(prefix: &str, n: u32) -> TensorName {
-    name(format_args!("{prefix}.ngram.{n}"))
-}
-
-fn ngram_tables(prefix: &str, c: &NgramConfig, width: u32, emit: &mut Emit<'_>) -> Result<(), ()> {
-    for n in c.each_order() {
+fn ngram_tables(
+    input: NgramInput,
+    c: &NgramConfig,
+    width: u32,
+    emit: &mut Emit<'_>,
+) -> Result<(), ()> {
+    for order in c.each_order() {
         emit(
-            ngram_table_name(prefix, n),
+            TensorId::Ngram { input, order },
             &[c.buckets, width],
             Role::NgramEmbedding,
         )?;
@@ -163,141 +399,115 @@ fn ngram_tables(prefix: &str, c: &NgramConfig, width: u32, emit: &mut Emit<'_>) 
     Ok(())
 }
 
-fn transformer_block(prefix: &str, i: u32, w: u32, emit: &mut Emit<'_>) -> Result<(), ()> {
-    let p = |part: &str| name(format_args!("{prefix}.blocks.{i}.{part}"));
-    emit(p("ln1.weight"), &[w], Role::Vector)?;
-    emit(p("ln1.bias"), &[w], Role::Vector)?;
-    emit(p("attn.qkv"), &[3 * w, w], Role::Matrix)?;
-    emit(p("attn.proj"), &[w, w], Role::Matrix)?;
-    emit(p("ln2.weight"), &[w], Role::Vector)?;
-    emit(p("ln2.bias"), &[w], Role::Vector)?;
-    emit(p("mlp.fc"), &[4 * w, w], Role::Matrix)?;
-    emit(p("mlp.proj"), &[w, 4 * w], Role::Matrix)
+fn transformer_block(level: Level, layer: u32, w: u32, emit: &mut Emit<'_>) -> Result<(), ()> {
+    let mut part = |part: BlockPart, dims: &[u32], role: Role| {
+        emit(TensorId::Block { level, layer, part }, dims, role)
+    };
+    part(BlockPart::Ln1(Affine::Weight), &[w], Role::Vector)?;
+    part(BlockPart::Ln1(Affine::Bias), &[w], Role::Vector)?;
+    part(BlockPart::Qkv, &[3 * w, w], Role::Matrix)?;
+    part(BlockPart::AttnProj, &[w, w], Role::Matrix)?;
+    part(BlockPart::Ln2(Affine::Weight), &[w], Role::Vector)?;
+    part(BlockPart::Ln2(Affine::Bias), &[w], Role::Vector)?;
+    part(BlockPart::MlpFc, &[4 * w, w], Role::Matrix)?;
+    part(BlockPart::MlpProj, &[w, 4 * w], Role::Matrix)
+}
+
+/// A layer norm's (or linear layer's) weight `[out, ..]` and bias `[out]`.
+fn affine_pair(
+    id: impl Fn(Affine) -> TensorId,
+    weight: &[u32],
+    weight_role: Role,
+    emit: &mut Emit<'_>,
+) -> Result<(), ()> {
+    emit(id(Affine::Weight), weight, weight_role)?;
+    emit(id(Affine::Bias), &weight[..1], Role::Vector)
 }
 
 fn megabyte_tensors(c: &MegabyteConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
     let g = c.patch_size * c.d_global;
     let l = c.d_local;
     emit(
-        name(format_args!("global.tok_emb")),
+        TensorId::TokEmb(Level::Global),
         &[256, c.d_global],
         Role::TokenEmbedding,
     )?;
-    ngram_tables("global", &c.ngram, c.d_global, emit)?;
+    ngram_tables(NgramInput::Global, &c.ngram, c.d_global, emit)?;
     emit(
-        name(format_args!("global.pos_emb")),
+        TensorId::PosEmb,
         &[c.max_seq, c.d_global],
         Role::PositionEmbedding,
     )?;
-    emit(name(format_args!("global.pad")), &[g], Role::Vector)?;
+    emit(TensorId::Pad(Level::Global), &[g], Role::Vector)?;
     for i in 0..c.layers_global {
-        transformer_block("global", i, g, emit)?;
+        transformer_block(Level::Global, i, g, emit)?;
     }
-    emit(name(format_args!("global.ln_f.weight")), &[g], Role::Vector)?;
-    emit(name(format_args!("global.ln_f.bias")), &[g], Role::Vector)?;
-    emit(
-        name(format_args!("global_to_local")),
-        &[l, c.d_global],
-        Role::Matrix,
+    affine_pair(
+        |a| TensorId::FinalLn(Level::Global, a),
+        &[g],
+        Role::Vector,
+        emit,
     )?;
+    emit(TensorId::GlobalToLocal, &[l, c.d_global], Role::Matrix)?;
     emit(
-        name(format_args!("local.tok_emb")),
+        TensorId::TokEmb(Level::Local),
         &[256, l],
         Role::TokenEmbedding,
     )?;
-    ngram_tables("local", &c.local_ngram, l, emit)?;
-    emit(name(format_args!("local.pad")), &[l], Role::Vector)?;
+    ngram_tables(NgramInput::Local, &c.local_ngram, l, emit)?;
+    emit(TensorId::Pad(Level::Local), &[l], Role::Vector)?;
     for i in 0..c.layers_local {
-        transformer_block("local", i, l, emit)?;
+        transformer_block(Level::Local, i, l, emit)?;
     }
-    emit(name(format_args!("local.ln_f.weight")), &[l], Role::Vector)?;
-    emit(name(format_args!("local.ln_f.bias")), &[l], Role::Vector)
+    affine_pair(
+        |a| TensorId::FinalLn(Level::Local, a),
+        &[l],
+        Role::Vector,
+        emit,
+    )
 }
 
 fn bigs_tensors(c: &BigsConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
     let (d, e, k, n) = (c.d_model, c.d_expand, c.ssm_kernels, c.n_modes);
-    emit(
-        name(format_args!("embed.tok")),
-        &[BIGS_VOCAB, d],
-        Role::TokenEmbedding,
-    )?;
-    ngram_tables("embed", &c.ngram, d, emit)?;
-    emit(
-        name(format_args!("embed.pos")),
-        &[c.max_seq, d],
-        Role::PositionEmbedding,
-    )?;
-    emit(name(format_args!("embed.ln.weight")), &[d], Role::Vector)?;
-    emit(name(format_args!("embed.ln.bias")), &[d], Role::Vector)?;
-    for i in 0..c.layers {
-        let p = |part: &str| name(format_args!("layers.{i}.{part}"));
-        emit(p("ln.weight"), &[d], Role::Vector)?;
-        emit(p("ln.bias"), &[d], Role::Vector)?;
-        for (lin, out, inp) in [
-            ("v", e, d),
-            ("f", d, d),
-            ("b", d, d),
-            ("uf", d, d),
-            ("ub", d, d),
-            ("l", e, d),
-            ("o", d, e),
-        ] {
-            emit(
-                name(format_args!("layers.{i}.{lin}.weight")),
+    emit(TensorId::BigsTok, &[BIGS_VOCAB, d], Role::TokenEmbedding)?;
+    ngram_tables(NgramInput::Bigs, &c.ngram, d, emit)?;
+    emit(TensorId::BigsPos, &[c.max_seq, d], Role::PositionEmbedding)?;
+    affine_pair(TensorId::BigsEmbedLn, &[d], Role::Vector, emit)?;
+    for layer in 0..c.layers {
+        let id = |part| TensorId::BigsLayer { layer, part };
+        affine_pair(|a| id(BigsPart::Ln(a)), &[d], Role::Vector, emit)?;
+        for lin in BigsLinear::ALL {
+            let (out, inp) = match lin {
+                BigsLinear::V | BigsLinear::L => (e, d),
+                BigsLinear::O => (d, e),
+                BigsLinear::F | BigsLinear::B | BigsLinear::Uf | BigsLinear::Ub => (d, d),
+            };
+            affine_pair(
+                |a| id(BigsPart::Linear(lin, a)),
                 &[out, inp],
                 Role::Matrix,
-            )?;
-            emit(
-                name(format_args!("layers.{i}.{lin}.bias")),
-                &[out],
-                Role::Vector,
+                emit,
             )?;
         }
-        for dir in ["ssm_fwd", "ssm_bwd"] {
-            emit(name(format_args!("layers.{i}.{dir}.a")), &[k, n], Role::Ssm)?;
-            emit(name(format_args!("layers.{i}.{dir}.w")), &[k, n], Role::Ssm)?;
-            emit(
-                name(format_args!("layers.{i}.{dir}.c")),
-                &[k, n, 2],
-                Role::Ssm,
-            )?;
-            emit(
-                name(format_args!("layers.{i}.{dir}.log_dt")),
-                &[k],
-                Role::Ssm,
-            )?;
-            emit(name(format_args!("layers.{i}.{dir}.d")), &[k], Role::Ssm)?;
+        for dir in [SsmDirection::Forward, SsmDirection::Backward] {
+            for p in SsmPart::ALL {
+                let dims: &[u32] = match p {
+                    SsmPart::A | SsmPart::W => &[k, n],
+                    SsmPart::C => &[k, n, 2],
+                    SsmPart::LogDt | SsmPart::D => &[k],
+                };
+                emit(id(BigsPart::Ssm(dir, p)), dims, Role::Ssm)?;
+            }
         }
     }
-    emit(name(format_args!("ln_f.weight")), &[d], Role::Vector)?;
-    emit(name(format_args!("ln_f.bias")), &[d], Role::Vector)?;
+    affine_pair(TensorId::BigsFinalLn, &[d], Role::Vector, emit)?;
     if c.has_mlm_head() {
-        emit(
-            name(format_args!("mlm.dense.weight")),
-            &[d, d],
-            Role::Matrix,
-        )?;
-        emit(name(format_args!("mlm.dense.bias")), &[d], Role::Vector)?;
-        emit(name(format_args!("mlm.ln.weight")), &[d], Role::Vector)?;
-        emit(name(format_args!("mlm.ln.bias")), &[d], Role::Vector)?;
+        affine_pair(TensorId::MlmDense, &[d, d], Role::Matrix, emit)?;
+        affine_pair(TensorId::MlmLn, &[d], Role::Vector, emit)?;
     }
     if c.has_classifier() {
-        emit(
-            name(format_args!("cls.dense.weight")),
-            &[d, d],
-            Role::Matrix,
-        )?;
-        emit(name(format_args!("cls.dense.bias")), &[d], Role::Vector)?;
-        emit(
-            name(format_args!("cls.out.weight")),
-            &[c.n_classes, d],
-            Role::Matrix,
-        )?;
-        emit(
-            name(format_args!("cls.out.bias")),
-            &[c.n_classes],
-            Role::Vector,
-        )?;
+        affine_pair(TensorId::ClsDense, &[d, d], Role::Matrix, emit)?;
+        affine_pair(TensorId::ClsOut, &[c.n_classes, d], Role::Matrix, emit)?;
     }
     Ok(())
 }
@@ -337,6 +547,118 @@ mod tests {
             ModelConfig::Bigs(cls.with_ngram(NgramConfig::orders(2, 8, 7))),
         ] {
             assert_eq!(count_params(&c), c.param_count(), "{c:?}");
+        }
+    }
+
+    /// The names files store (SPEC.md): pinned here, so a change to the one
+    /// spelling function shows up as a format change.
+    #[test]
+    fn tensor_ids_spell_the_format_names() {
+        let block = |level, layer, part| TensorId::Block { level, layer, part };
+        let bigs = |layer, part| TensorId::BigsLayer { layer, part };
+        for (id, want) in [
+            (TensorId::TokEmb(Level::Global), "global.tok_emb"),
+            (TensorId::TokEmb(Level::Local), "local.tok_emb"),
+            (TensorId::PosEmb, "global.pos_emb"),
+            (TensorId::Pad(Level::Local), "local.pad"),
+            (
+                block(Level::Global, 3, BlockPart::Ln1(Affine::Bias)),
+                "global.blocks.3.ln1.bias",
+            ),
+            (
+                block(Level::Local, 0, BlockPart::Qkv),
+                "local.blocks.0.attn.qkv",
+            ),
+            (
+                block(Level::Local, 1, BlockPart::AttnProj),
+                "local.blocks.1.attn.proj",
+            ),
+            (
+                block(Level::Global, 2, BlockPart::Ln2(Affine::Weight)),
+                "global.blocks.2.ln2.weight",
+            ),
+            (
+                block(Level::Global, 0, BlockPart::MlpFc),
+                "global.blocks.0.mlp.fc",
+            ),
+            (
+                block(Level::Global, 11, BlockPart::MlpProj),
+                "global.blocks.11.mlp.proj",
+            ),
+            (
+                TensorId::FinalLn(Level::Local, Affine::Bias),
+                "local.ln_f.bias",
+            ),
+            (TensorId::GlobalToLocal, "global_to_local"),
+            (
+                TensorId::Ngram {
+                    input: NgramInput::Bigs,
+                    order: 5,
+                },
+                "embed.ngram.5",
+            ),
+            (
+                TensorId::Ngram {
+                    input: NgramInput::Local,
+                    order: 3,
+                },
+                "local.ngram.3",
+            ),
+            (TensorId::BigsTok, "embed.tok"),
+            (TensorId::BigsPos, "embed.pos"),
+            (TensorId::BigsEmbedLn(Affine::Weight), "embed.ln.weight"),
+            (bigs(4, BigsPart::Ln(Affine::Bias)), "layers.4.ln.bias"),
+            (
+                bigs(0, BigsPart::Linear(BigsLinear::Uf, Affine::Weight)),
+                "layers.0.uf.weight",
+            ),
+            (
+                bigs(1, BigsPart::Ssm(SsmDirection::Backward, SsmPart::LogDt)),
+                "layers.1.ssm_bwd.log_dt",
+            ),
+            (
+                bigs(2, BigsPart::Ssm(SsmDirection::Forward, SsmPart::C)),
+                "layers.2.ssm_fwd.c",
+            ),
+            (TensorId::BigsFinalLn(Affine::Weight), "ln_f.weight"),
+            (TensorId::MlmDense(Affine::Bias), "mlm.dense.bias"),
+            (TensorId::MlmLn(Affine::Weight), "mlm.ln.weight"),
+            (TensorId::ClsDense(Affine::Weight), "cls.dense.weight"),
+            (TensorId::ClsOut(Affine::Bias), "cls.out.bias"),
+            (TensorId::Labels, "meta.labels"),
+        ] {
+            assert_eq!(id.name().as_str(), want);
+        }
+    }
+
+    /// Every tensor of every config has its own name, and looking the name
+    /// up gives back the same id: no two ids spell alike.
+    #[test]
+    fn tensor_ids_and_names_are_one_to_one() {
+        let mut cls = BigsConfig::SMALL.with_ngram(NgramConfig::orders(2, 8, 7));
+        cls.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
+        cls.n_classes = 3;
+        for c in [
+            ModelConfig::Megabyte(
+                MegabyteConfig::MICRO
+                    .with_ngram(NgramConfig::orders(3, 6, 100))
+                    .with_local_ngram(NgramConfig::orders(2, 4, 30)),
+            ),
+            ModelConfig::Bigs(cls),
+        ] {
+            for_each_tensor::<()>(&c, |s| {
+                assert_eq!(s.name, s.id.name());
+                let mut same = 0;
+                for_each_tensor::<()>(&c, |t| {
+                    same += usize::from(t.name == s.name);
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(same, 1, "{} more than once", s.name);
+                assert_eq!(find_spec(&c, &s.name).unwrap().id, s.id);
+                Ok(())
+            })
+            .unwrap();
         }
     }
 

@@ -122,6 +122,7 @@ pub mod megabyte;
 pub mod ngram;
 pub mod rng;
 pub mod sampling;
+mod tensors;
 #[cfg(test)]
 mod testutil;
 

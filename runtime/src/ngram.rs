@@ -7,7 +7,7 @@
 use crate::error::RuntimeError;
 use crate::kernels::{self, Matrix};
 use kilobyte_format::config::{NgramConfig, NGRAM_MAX_ORDER, NGRAM_MIN_ORDER};
-use kilobyte_format::schema::ngram_table_name;
+use kilobyte_format::schema::{NgramInput, TensorId};
 use kilobyte_format::ModelFile;
 
 /// Tables a model can have: one per order.
@@ -21,15 +21,15 @@ pub struct NgramTables<'m> {
 }
 
 impl<'m> NgramTables<'m> {
-    /// The tables `{prefix}.ngram.{n}` that `config` names.
+    /// The tables of `input`'s embedding that `config` names.
     pub fn from_file(
         file: &ModelFile<'m>,
-        prefix: &str,
+        input: NgramInput,
         config: NgramConfig,
     ) -> Result<Self, RuntimeError> {
         let mut tables = heapless::Vec::new();
-        for n in config.each_order() {
-            let m = crate::megabyte::matrix(file, ngram_table_name(prefix, n).as_str())?;
+        for order in config.each_order() {
+            let m = crate::tensors::matrix(file, TensorId::Ngram { input, order })?;
             // At most MAX_TABLES orders pass the config's validation.
             let _ = tables.push(m);
         }

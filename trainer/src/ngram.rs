@@ -11,7 +11,7 @@ use crate::backend::Backend;
 use crate::params::{find_param as find, ParamMeta};
 use anyhow::Result;
 use kilobyte_format::config::NgramConfig;
-use kilobyte_format::schema::ngram_table_name;
+use kilobyte_format::schema::{NgramInput, TensorId};
 
 /// The n-gram tables of one embedding and their rows for the current batch.
 pub struct NgramRows<B: Backend> {
@@ -24,11 +24,11 @@ pub struct NgramRows<B: Backend> {
 }
 
 impl<B: Backend> NgramRows<B> {
-    /// Buffers for `rows` positions of the tables `{prefix}.ngram.{n}`.
+    /// Buffers for `rows` positions of the tables of `input`'s embedding.
     pub fn new(
         be: &B,
         meta: &[ParamMeta],
-        prefix: &str,
+        input: NgramInput,
         config: NgramConfig,
         rows: usize,
     ) -> Result<Self> {
@@ -36,7 +36,7 @@ impl<B: Backend> NgramRows<B> {
             config,
             tables: config
                 .each_order()
-                .map(|n| find(meta, ngram_table_name(prefix, n).as_str()))
+                .map(|order| find(meta, TensorId::Ngram { input, order }))
                 .collect::<Result<_>>()?,
             ids: (0..config.tables())
                 .map(|_| be.upload_ids(&vec![0; rows]))

@@ -4,7 +4,10 @@
 
 use crate::backend::Backend;
 use anyhow::{bail, ensure, Context, Result};
-use kilobyte_format::schema::{for_each_tensor, Role, LABELS_TENSOR};
+use kilobyte_format::schema::{
+    for_each_tensor, Affine, BigsLinear, BigsPart, BlockPart, Role, SsmPart, TensorId,
+    LABELS_TENSOR,
+};
 use kilobyte_format::{DType, FormatError, KbmWriter, ModelConfig, ModelFile, Shape};
 use kilobyte_runtime::rng::Rng;
 
@@ -35,10 +38,11 @@ pub struct ParamMeta {
     pub role: Role,
 }
 
-/// The index of parameter `name` in `meta`.
-pub fn find_param(meta: &[ParamMeta], name: &str) -> Result<usize> {
+/// The index of parameter `id` in `meta`.
+pub fn find_param(meta: &[ParamMeta], id: TensorId) -> Result<usize> {
+    let name = id.name();
     meta.iter()
-        .position(|m| m.name == name)
+        .position(|m| m.name == name.as_str())
         .with_context(|| format!("parameter {name} is missing"))
 }
 
@@ -158,22 +162,44 @@ impl ParamSet {
             // and the gradients of each factor are scaled by the others, so
             // training crawls. Fan-in scaling keeps every factor O(1).
             let fan_in = (shape.last() as f64).max(1.0).sqrt().recip();
+            // The layers' output projections, which add to the residual
+            // stream, start smaller (GPT-2).
+            let residual_out = matches!(
+                spec.id,
+                TensorId::Block {
+                    part: BlockPart::AttnProj | BlockPart::MlpProj,
+                    ..
+                } | TensorId::BigsLayer {
+                    part: BigsPart::Linear(BigsLinear::O, Affine::Weight),
+                    ..
+                }
+            );
+            let norm_weight = matches!(
+                spec.id,
+                TensorId::Block {
+                    part: BlockPart::Ln1(Affine::Weight) | BlockPart::Ln2(Affine::Weight),
+                    ..
+                } | TensorId::FinalLn(_, Affine::Weight)
+                    | TensorId::BigsEmbedLn(Affine::Weight)
+                    | TensorId::BigsLayer {
+                        part: BigsPart::Ln(Affine::Weight),
+                        ..
+                    }
+                    | TensorId::BigsFinalLn(Affine::Weight)
+                    | TensorId::MlmLn(Affine::Weight)
+            );
             match spec.role {
-                Role::Matrix if bigs && name.ends_with(".o.weight") => {
-                    normal(fan_in / (2.0 * depth).sqrt())
-                }
+                Role::Matrix if bigs && residual_out => normal(fan_in / (2.0 * depth).sqrt()),
                 Role::Matrix if bigs => normal(fan_in),
-                Role::Matrix if name.ends_with(".proj") || name.ends_with(".o.weight") => {
-                    normal(residual_std)
-                }
+                Role::Matrix if residual_out => normal(residual_std),
                 Role::Matrix
                 | Role::TokenEmbedding
                 | Role::PositionEmbedding
                 | Role::NgramEmbedding => normal(INIT_STD),
-                Role::Vector if name.ends_with("pad") => normal(INIT_STD),
-                Role::Vector if name.ends_with(".weight") => data.fill(1.0),
+                Role::Vector if matches!(spec.id, TensorId::Pad(_)) => normal(INIT_STD),
+                Role::Vector if norm_weight => data.fill(1.0),
                 Role::Vector => {}
-                Role::Ssm => init_ssm(name, shape, &mut data, &mut rng),
+                Role::Ssm => init_ssm(spec.id, shape, &mut data, &mut rng),
                 Role::Meta => {}
             }
             params.push(Param {
@@ -268,24 +294,32 @@ impl ParamSet {
     }
 }
 
-fn init_ssm(name: &str, shape: Shape, data: &mut [f32], rng: &mut Rng) {
+fn init_ssm(id: TensorId, shape: Shape, data: &mut [f32], rng: &mut Rng) {
     let modes = shape.dims().get(1).copied().unwrap_or(1) as usize;
-    if name.ends_with(".a") {
-        data.fill(0.5f32.ln());
-    } else if name.ends_with(".w") {
-        for (i, v) in data.iter_mut().enumerate() {
-            *v = std::f32::consts::PI * (i % modes) as f32;
+    let TensorId::BigsLayer {
+        part: BigsPart::Ssm(_, part),
+        ..
+    } = id
+    else {
+        unreachable!("only BiGS layers hold SSM parameters, {id:?} is not one");
+    };
+    match part {
+        SsmPart::A => data.fill(0.5f32.ln()),
+        SsmPart::W => {
+            for (i, v) in data.iter_mut().enumerate() {
+                *v = std::f32::consts::PI * (i % modes) as f32;
+            }
         }
-    } else if name.ends_with(".c") {
         // Complex normal with E|C|^2 = 0.5: each part has variance 0.25.
-        data.iter_mut()
-            .for_each(|v| *v = (rng.normal() * 0.5) as f32);
-    } else if name.ends_with(".log_dt") {
-        let (lo, hi) = (0.001f64.ln(), 0.1f64.ln());
-        data.iter_mut()
-            .for_each(|v| *v = (lo + rng.next_f64() * (hi - lo)) as f32);
-    } else {
-        data.iter_mut().for_each(|v| *v = rng.normal() as f32);
+        SsmPart::C => data
+            .iter_mut()
+            .for_each(|v| *v = (rng.normal() * 0.5) as f32),
+        SsmPart::LogDt => {
+            let (lo, hi) = (0.001f64.ln(), 0.1f64.ln());
+            data.iter_mut()
+                .for_each(|v| *v = (lo + rng.next_f64() * (hi - lo)) as f32);
+        }
+        SsmPart::D => data.iter_mut().for_each(|v| *v = rng.normal() as f32),
     }
 }
 

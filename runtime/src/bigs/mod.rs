@@ -23,9 +23,12 @@ use crate::error::RuntimeError;
 use crate::kernels::{self, Matrix, Weights};
 use crate::megabyte::MAX_LAYERS;
 use crate::ngram::NgramTables;
+use crate::tensors::{matrix, norm, vector};
 use kilobyte_format::config::{BIGS_MASK, BIGS_VOCAB};
 use kilobyte_format::dtype::QK;
-use kilobyte_format::schema::LABELS_TENSOR;
+use kilobyte_format::schema::{
+    Affine, BigsLinear, BigsPart, NgramInput, SsmDirection, SsmPart, TensorId,
+};
 use kilobyte_format::{BigsConfig, BlockQ8, ModelConfig, ModelFile};
 
 /// A linear layer `y = W x + b`.
@@ -98,42 +101,32 @@ pub struct Bigs<'m> {
     labels: &'m str,
 }
 
-fn name(args: core::fmt::Arguments<'_>) -> kilobyte_format::TensorName {
-    use core::fmt::Write;
-    let mut s = kilobyte_format::TensorName::new();
-    let _ = s.write_fmt(args);
-    s
-}
-
-fn matrix<'m>(file: &ModelFile<'m>, name: &str) -> Result<Matrix<'m>, RuntimeError> {
-    let t = file.get(name)?;
-    let dims = t.shape.dims();
-    let (rows, cols) = (
-        dims[0] as usize,
-        dims.iter().skip(1).product::<u32>() as usize,
-    );
-    Ok(Matrix::from_tensor(&t, rows, cols)?)
-}
-
-fn vector<'m>(file: &ModelFile<'m>, name: &str) -> Result<&'m [f32], RuntimeError> {
-    Ok(file.get(name)?.as_f32()?)
-}
-
-fn linear<'m>(file: &ModelFile<'m>, prefix: &str) -> Result<Linear<'m>, RuntimeError> {
+fn linear<'m>(
+    file: &ModelFile<'m>,
+    id: impl Fn(Affine) -> TensorId,
+) -> Result<Linear<'m>, RuntimeError> {
     Ok(Linear {
-        weight: matrix(file, &name(format_args!("{prefix}.weight")))?,
-        bias: vector(file, &name(format_args!("{prefix}.bias")))?,
+        weight: matrix(file, id(Affine::Weight))?,
+        bias: vector(file, id(Affine::Bias))?,
     })
 }
 
-fn ssm<'m>(file: &ModelFile<'m>, prefix: &str) -> Result<Ssm<'m>, RuntimeError> {
-    let v = |p: &str| vector(file, &name(format_args!("{prefix}.{p}")));
+fn ssm<'m>(file: &ModelFile<'m>, layer: u32, dir: SsmDirection) -> Result<Ssm<'m>, RuntimeError> {
+    let v = |p| {
+        vector(
+            file,
+            TensorId::BigsLayer {
+                layer,
+                part: BigsPart::Ssm(dir, p),
+            },
+        )
+    };
     Ok(Ssm {
-        a: v("a")?,
-        w: v("w")?,
-        c: v("c")?,
-        log_dt: v("log_dt")?,
-        d: v("d")?,
+        a: v(SsmPart::A)?,
+        w: v(SsmPart::W)?,
+        c: v(SsmPart::C)?,
+        log_dt: v(SsmPart::LogDt)?,
+        d: v(SsmPart::D)?,
     })
 }
 
@@ -170,55 +163,60 @@ impl<'m> Bigs<'m> {
             });
         }
         let mut layers = heapless::Vec::new();
-        for i in 0..config.layers {
-            let p = |part: &str| name(format_args!("layers.{i}.{part}"));
+        for layer in 0..config.layers {
+            let id = |part| TensorId::BigsLayer { layer, part };
+            let lin = |l| linear(file, |a| id(BigsPart::Linear(l, a)));
+            let (ln_weight, ln_bias) = norm(file, |a| id(BigsPart::Ln(a)))?;
             let layer = Layer {
-                ln_weight: vector(file, &p("ln.weight"))?,
-                ln_bias: vector(file, &p("ln.bias"))?,
-                v: linear(file, &p("v"))?,
-                f: linear(file, &p("f"))?,
-                b: linear(file, &p("b"))?,
-                uf: linear(file, &p("uf"))?,
-                ub: linear(file, &p("ub"))?,
-                l: linear(file, &p("l"))?,
-                o: linear(file, &p("o"))?,
-                fwd: ssm(file, &p("ssm_fwd"))?,
-                bwd: ssm(file, &p("ssm_bwd"))?,
+                ln_weight,
+                ln_bias,
+                v: lin(BigsLinear::V)?,
+                f: lin(BigsLinear::F)?,
+                b: lin(BigsLinear::B)?,
+                uf: lin(BigsLinear::Uf)?,
+                ub: lin(BigsLinear::Ub)?,
+                l: lin(BigsLinear::L)?,
+                o: lin(BigsLinear::O)?,
+                fwd: ssm(file, layer, SsmDirection::Forward)?,
+                bwd: ssm(file, layer, SsmDirection::Backward)?,
             };
             // Checked above: the table has room.
             let _ = layers.push(layer);
         }
         let mlm = if config.has_mlm_head() {
+            let (ln_weight, ln_bias) = norm(file, TensorId::MlmLn)?;
             Some(MlmHead {
-                dense: linear(file, "mlm.dense")?,
-                ln_weight: vector(file, "mlm.ln.weight")?,
-                ln_bias: vector(file, "mlm.ln.bias")?,
+                dense: linear(file, TensorId::MlmDense)?,
+                ln_weight,
+                ln_bias,
             })
         } else {
             None
         };
         let classifier = if config.has_classifier() {
             Some(ClassHead {
-                dense: linear(file, "cls.dense")?,
-                out: linear(file, "cls.out")?,
+                dense: linear(file, TensorId::ClsDense)?,
+                out: linear(file, TensorId::ClsOut)?,
             })
         } else {
             None
         };
         let labels = file
-            .tensor(LABELS_TENSOR)
+            .tensor(TensorId::Labels.name().as_str())
             .and_then(|t| core::str::from_utf8(t.data).ok())
             .unwrap_or("");
+        let (emb_ln_weight, emb_ln_bias) = norm(file, TensorId::BigsEmbedLn)?;
+        let (ln_f_weight, ln_f_bias) = norm(file, TensorId::BigsFinalLn)?;
         Ok(Bigs {
             config,
-            tok: matrix(file, "embed.tok")?,
-            ngram: NgramTables::from_file(file, "embed", config.ngram)?,
-            pos: matrix(file, "embed.pos")?,
-            emb_ln_weight: vector(file, "embed.ln.weight")?,
-            emb_ln_bias: vector(file, "embed.ln.bias")?,
+            tok: matrix(file, TensorId::BigsTok)?,
+            ngram: NgramTables::from_file(file, NgramInput::Bigs, config.ngram)?,
+            pos: matrix(file, TensorId::BigsPos)?,
+            emb_ln_weight,
+            emb_ln_bias,
             layers,
-            ln_f_weight: vector(file, "ln_f.weight")?,
-            ln_f_bias: vector(file, "ln_f.bias")?,
+            ln_f_weight,
+            ln_f_bias,
             mlm,
             classifier,
             labels,

@@ -13,7 +13,9 @@ pub use session::{ArenaSpec, Session};
 use crate::error::RuntimeError;
 use crate::kernels::Matrix;
 use crate::ngram::NgramTables;
-use kilobyte_format::{MegabyteConfig, ModelConfig, ModelFile, Tensor};
+use crate::tensors::{matrix, norm, vector};
+use kilobyte_format::schema::{BlockPart, Level, NgramInput, TensorId};
+use kilobyte_format::{MegabyteConfig, ModelConfig, ModelFile};
 
 /// Most transformer layers per level the runtime's fixed tables hold
 /// (the `base` preset has 12 global and 4 local). Defined by the format,
@@ -68,17 +70,6 @@ pub struct Megabyte<'m> {
     pub local: Transformer<'m>,
 }
 
-pub(crate) fn matrix<'m>(file: &ModelFile<'m>, name: &str) -> Result<Matrix<'m>, RuntimeError> {
-    let t: Tensor<'m> = file.get(name)?;
-    let dims = t.shape.dims();
-    // The parser already checked every shape against the config.
-    let (rows, cols) = (
-        dims[0] as usize,
-        dims.iter().skip(1).product::<u32>() as usize,
-    );
-    Ok(Matrix::from_tensor(&t, rows, cols)?)
-}
-
 /// Bytes a matrix's weights occupy (what one full pass over it reads).
 pub fn matrix_bytes(m: &Matrix<'_>) -> usize {
     use crate::kernels::Weights;
@@ -91,34 +82,27 @@ pub fn matrix_bytes(m: &Matrix<'_>) -> usize {
     }
 }
 
-fn vector<'m>(file: &ModelFile<'m>, name: &str) -> Result<&'m [f32], RuntimeError> {
-    Ok(file.get(name)?.as_f32()?)
-}
-
 fn transformer<'m>(
     file: &ModelFile<'m>,
-    prefix: &str,
+    level: Level,
     layers: u32,
     width: usize,
     heads: usize,
 ) -> Result<Transformer<'m>, RuntimeError> {
-    use core::fmt::Write;
     let mut blocks = heapless::Vec::new();
-    for i in 0..layers {
-        let name = |part: &str| {
-            let mut s = kilobyte_format::TensorName::new();
-            let _ = write!(s, "{prefix}.blocks.{i}.{part}");
-            s
-        };
+    for layer in 0..layers {
+        let id = |part| TensorId::Block { level, layer, part };
+        let (ln1_weight, ln1_bias) = norm(file, |a| id(BlockPart::Ln1(a)))?;
+        let (ln2_weight, ln2_bias) = norm(file, |a| id(BlockPart::Ln2(a)))?;
         let block = Block {
-            ln1_weight: vector(file, &name("ln1.weight"))?,
-            ln1_bias: vector(file, &name("ln1.bias"))?,
-            qkv: matrix(file, &name("attn.qkv"))?,
-            proj: matrix(file, &name("attn.proj"))?,
-            ln2_weight: vector(file, &name("ln2.weight"))?,
-            ln2_bias: vector(file, &name("ln2.bias"))?,
-            fc: matrix(file, &name("mlp.fc"))?,
-            fc_proj: matrix(file, &name("mlp.proj"))?,
+            ln1_weight,
+            ln1_bias,
+            qkv: matrix(file, id(BlockPart::Qkv))?,
+            proj: matrix(file, id(BlockPart::AttnProj))?,
+            ln2_weight,
+            ln2_bias,
+            fc: matrix(file, id(BlockPart::MlpFc))?,
+            fc_proj: matrix(file, id(BlockPart::MlpProj))?,
         };
         blocks
             .push(block)
@@ -127,12 +111,7 @@ fn transformer<'m>(
                 max: MAX_LAYERS,
             })?;
     }
-    let mut lnf = kilobyte_format::TensorName::new();
-    let _ = write!(lnf, "{prefix}.ln_f.weight");
-    let ln_f_weight = vector(file, &lnf)?;
-    lnf.clear();
-    let _ = write!(lnf, "{prefix}.ln_f.bias");
-    let ln_f_bias = vector(file, &lnf)?;
+    let (ln_f_weight, ln_f_bias) = norm(file, |a| TensorId::FinalLn(level, a))?;
     Ok(Transformer {
         blocks,
         ln_f_weight,
@@ -172,24 +151,24 @@ impl<'m> Megabyte<'m> {
         let l = config.d_local as usize;
         Ok(Megabyte {
             config,
-            global_tok: matrix(file, "global.tok_emb")?,
-            global_ngram: NgramTables::from_file(file, "global", config.ngram)?,
-            global_pos: matrix(file, "global.pos_emb")?,
-            global_pad: vector(file, "global.pad")?,
+            global_tok: matrix(file, TensorId::TokEmb(Level::Global))?,
+            global_ngram: NgramTables::from_file(file, NgramInput::Global, config.ngram)?,
+            global_pos: matrix(file, TensorId::PosEmb)?,
+            global_pad: vector(file, TensorId::Pad(Level::Global))?,
             global: transformer(
                 file,
-                "global",
+                Level::Global,
                 config.layers_global,
                 w,
                 config.heads_global as usize,
             )?,
-            global_to_local: matrix(file, "global_to_local")?,
-            local_tok: matrix(file, "local.tok_emb")?,
-            local_ngram: NgramTables::from_file(file, "local", config.local_ngram)?,
-            local_pad: vector(file, "local.pad")?,
+            global_to_local: matrix(file, TensorId::GlobalToLocal)?,
+            local_tok: matrix(file, TensorId::TokEmb(Level::Local))?,
+            local_ngram: NgramTables::from_file(file, NgramInput::Local, config.local_ngram)?,
+            local_pad: vector(file, TensorId::Pad(Level::Local))?,
             local: transformer(
                 file,
-                "local",
+                Level::Local,
                 config.layers_local,
                 l,
                 config.heads_local as usize,

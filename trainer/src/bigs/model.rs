@@ -20,6 +20,9 @@ use crate::params::ParamSet;
 use crate::params::{download_params, find_param as find, ParamMeta};
 use anyhow::{bail, ensure, Result};
 use kilobyte_format::config::{BIGS_MASK, BIGS_PAD};
+use kilobyte_format::schema::{
+    Affine, BigsLinear, BigsPart, NgramInput, SsmDirection, SsmPart, TensorId,
+};
 use kilobyte_format::{BigsConfig, ModelConfig};
 
 /// What a batch is trained on.
@@ -195,21 +198,29 @@ pub struct Workspace<B: Backend> {
     host_pos: Vec<u32>,
 }
 
-fn lin(meta: &[ParamMeta], prefix: &str) -> Result<Lin> {
+fn lin(meta: &[ParamMeta], id: impl Fn(Affine) -> TensorId) -> Result<Lin> {
     Ok(Lin {
-        w: find(meta, &format!("{prefix}.weight"))?,
-        b: find(meta, &format!("{prefix}.bias"))?,
+        w: find(meta, id(Affine::Weight))?,
+        b: find(meta, id(Affine::Bias))?,
     })
 }
 
-fn ssm_ix(meta: &[ParamMeta], prefix: &str) -> Result<SsmIx> {
-    let f = |p: &str| find(meta, &format!("{prefix}.{p}"));
+fn ssm_ix(meta: &[ParamMeta], layer: u32, dir: SsmDirection) -> Result<SsmIx> {
+    let f = |p| {
+        find(
+            meta,
+            TensorId::BigsLayer {
+                layer,
+                part: BigsPart::Ssm(dir, p),
+            },
+        )
+    };
     Ok(SsmIx {
-        a: f("a")?,
-        w: f("w")?,
-        c: f("c")?,
-        log_dt: f("log_dt")?,
-        d: f("d")?,
+        a: f(SsmPart::A)?,
+        w: f(SsmPart::W)?,
+        c: f(SsmPart::C)?,
+        log_dt: f(SsmPart::LogDt)?,
+        d: f(SsmPart::D)?,
     })
 }
 
@@ -268,20 +279,21 @@ impl<B: Backend> BigsModel<B> {
         let up = set.upload(be)?;
         let meta = up.meta;
         let layers: Vec<LayerIx> = (0..config.layers)
-            .map(|i| {
-                let p = |part: &str| format!("layers.{i}.{part}");
+            .map(|layer| {
+                let id = |part| TensorId::BigsLayer { layer, part };
+                let l = |l| lin(&meta, |a| id(BigsPart::Linear(l, a)));
                 Ok(LayerIx {
-                    ln_w: find(&meta, &p("ln.weight"))?,
-                    ln_b: find(&meta, &p("ln.bias"))?,
-                    v: lin(&meta, &p("v"))?,
-                    f: lin(&meta, &p("f"))?,
-                    b: lin(&meta, &p("b"))?,
-                    uf: lin(&meta, &p("uf"))?,
-                    ub: lin(&meta, &p("ub"))?,
-                    l: lin(&meta, &p("l"))?,
-                    o: lin(&meta, &p("o"))?,
-                    fwd: ssm_ix(&meta, &p("ssm_fwd"))?,
-                    bwd: ssm_ix(&meta, &p("ssm_bwd"))?,
+                    ln_w: find(&meta, id(BigsPart::Ln(Affine::Weight)))?,
+                    ln_b: find(&meta, id(BigsPart::Ln(Affine::Bias)))?,
+                    v: l(BigsLinear::V)?,
+                    f: l(BigsLinear::F)?,
+                    b: l(BigsLinear::B)?,
+                    uf: l(BigsLinear::Uf)?,
+                    ub: l(BigsLinear::Ub)?,
+                    l: l(BigsLinear::L)?,
+                    o: l(BigsLinear::O)?,
+                    fwd: ssm_ix(&meta, layer, SsmDirection::Forward)?,
+                    bwd: ssm_ix(&meta, layer, SsmDirection::Backward)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -294,18 +306,24 @@ impl<B: Backend> BigsModel<B> {
             }
         }
         let ix = Indices {
-            tok: find(&meta, "embed.tok")?,
-            pos: find(&meta, "embed.pos")?,
-            emb_ln: lin(&meta, "embed.ln")?,
+            tok: find(&meta, TensorId::BigsTok)?,
+            pos: find(&meta, TensorId::BigsPos)?,
+            emb_ln: lin(&meta, TensorId::BigsEmbedLn)?,
             layers,
-            ln_f: lin(&meta, "ln_f")?,
+            ln_f: lin(&meta, TensorId::BigsFinalLn)?,
             mlm: if config.has_mlm_head() {
-                Some((lin(&meta, "mlm.dense")?, lin(&meta, "mlm.ln")?))
+                Some((
+                    lin(&meta, TensorId::MlmDense)?,
+                    lin(&meta, TensorId::MlmLn)?,
+                ))
             } else {
                 None
             },
             cls: if config.has_classifier() {
-                Some((lin(&meta, "cls.dense")?, lin(&meta, "cls.out")?))
+                Some((
+                    lin(&meta, TensorId::ClsDense)?,
+                    lin(&meta, TensorId::ClsOut)?,
+                ))
             } else {
                 None
             },
@@ -380,7 +398,7 @@ impl<B: Backend> BigsModel<B> {
             batch,
             seq,
             ids: be.upload_ids(&vec![0; rows])?,
-            ngram: NgramRows::new(be, &self.meta, "embed", c.ngram, rows)?,
+            ngram: NgramRows::new(be, &self.meta, NgramInput::Bigs, c.ngram, rows)?,
             pos: be.upload_ids(&vec![0; rows])?,
             lengths: be.upload_ids(&vec![0; batch])?,
             targets: be.upload_ids(&vec![0; rows])?,

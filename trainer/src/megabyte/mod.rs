@@ -19,6 +19,7 @@ use crate::backend::{Attention, Backend, CrossEntropy, Linear};
 use crate::ngram::NgramRows;
 use crate::params::{download_params, find_param as find, ParamMeta, ParamSet};
 use anyhow::{bail, ensure, Result};
+use kilobyte_format::schema::{Affine, BlockPart, Level, NgramInput, TensorId};
 use kilobyte_format::{MegabyteConfig, ModelConfig};
 use transformer::{BlockParams, TransformerActs, TransformerParams};
 
@@ -83,26 +84,26 @@ pub struct Workspace<B: Backend> {
     host_ids: Vec<u32>,
 }
 
-fn transformer_params(meta: &[ParamMeta], prefix: &str, layers: u32) -> Result<TransformerParams> {
+fn transformer_params(meta: &[ParamMeta], level: Level, layers: u32) -> Result<TransformerParams> {
     let blocks = (0..layers)
-        .map(|i| {
-            let f = |part: &str| find(meta, &format!("{prefix}.blocks.{i}.{part}"));
+        .map(|layer| {
+            let f = |part| find(meta, TensorId::Block { level, layer, part });
             Ok(BlockParams {
-                ln1_weight: f("ln1.weight")?,
-                ln1_bias: f("ln1.bias")?,
-                qkv: f("attn.qkv")?,
-                proj: f("attn.proj")?,
-                ln2_weight: f("ln2.weight")?,
-                ln2_bias: f("ln2.bias")?,
-                fc: f("mlp.fc")?,
-                fc_proj: f("mlp.proj")?,
+                ln1_weight: f(BlockPart::Ln1(Affine::Weight))?,
+                ln1_bias: f(BlockPart::Ln1(Affine::Bias))?,
+                qkv: f(BlockPart::Qkv)?,
+                proj: f(BlockPart::AttnProj)?,
+                ln2_weight: f(BlockPart::Ln2(Affine::Weight))?,
+                ln2_bias: f(BlockPart::Ln2(Affine::Bias))?,
+                fc: f(BlockPart::MlpFc)?,
+                fc_proj: f(BlockPart::MlpProj)?,
             })
         })
         .collect::<Result<_>>()?;
     Ok(TransformerParams {
         blocks,
-        ln_f_weight: find(meta, &format!("{prefix}.ln_f.weight"))?,
-        ln_f_bias: find(meta, &format!("{prefix}.ln_f.bias"))?,
+        ln_f_weight: find(meta, TensorId::FinalLn(level, Affine::Weight))?,
+        ln_f_bias: find(meta, TensorId::FinalLn(level, Affine::Bias))?,
     })
 }
 
@@ -116,14 +117,14 @@ impl<B: Backend> MegabyteModel<B> {
         let up = set.upload(be)?;
         let meta = up.meta;
         let ix = Indices {
-            global_tok: find(&meta, "global.tok_emb")?,
-            global_pos: find(&meta, "global.pos_emb")?,
-            global_pad: find(&meta, "global.pad")?,
-            global: transformer_params(&meta, "global", config.layers_global)?,
-            global_to_local: find(&meta, "global_to_local")?,
-            local_tok: find(&meta, "local.tok_emb")?,
-            local_pad: find(&meta, "local.pad")?,
-            local: transformer_params(&meta, "local", config.layers_local)?,
+            global_tok: find(&meta, TensorId::TokEmb(Level::Global))?,
+            global_pos: find(&meta, TensorId::PosEmb)?,
+            global_pad: find(&meta, TensorId::Pad(Level::Global))?,
+            global: transformer_params(&meta, Level::Global, config.layers_global)?,
+            global_to_local: find(&meta, TensorId::GlobalToLocal)?,
+            local_tok: find(&meta, TensorId::TokEmb(Level::Local))?,
+            local_pad: find(&meta, TensorId::Pad(Level::Local))?,
+            local: transformer_params(&meta, Level::Local, config.layers_local)?,
         };
         Ok(MegabyteModel {
             config,
@@ -170,8 +171,8 @@ impl<B: Backend> MegabyteModel<B> {
             batch,
             seq,
             ids: be.upload_ids(&vec![0; rows])?,
-            global_ngram: NgramRows::new(be, &self.meta, "global", c.ngram, rows)?,
-            local_ngram: NgramRows::new(be, &self.meta, "local", c.local_ngram, rows)?,
+            global_ngram: NgramRows::new(be, &self.meta, NgramInput::Global, c.ngram, rows)?,
+            local_ngram: NgramRows::new(be, &self.meta, NgramInput::Local, c.local_ngram, rows)?,
             pos: be.upload_ids(&pos)?,
             emb: be.alloc(rows * dg)?,
             global: TransformerActs::new(be, global, c.layers_global as usize)?,

@@ -172,7 +172,7 @@ pub enum BigsPart {
 
 /// A tensor of either family, typed: code names a tensor by building one of
 /// these, so a misspelt name is a compile error rather than a missing tensor
-/// at load time. [`TensorId`]'s `Display` is the only place names are
+/// at load time. [`TensorId::pieces`] is the only place names are
 /// spelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TensorId {
@@ -218,90 +218,100 @@ impl TensorId {
     pub fn name(&self) -> TensorName {
         name(format_args!("{self}"))
     }
-}
 
-impl core::fmt::Display for TensorId {
-    /// Spells every tensor name (the file format's, SPEC.md).
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    /// The name as `head`, then the layer index or n-gram order if any,
+    /// then `mid` and `tail`: the one place tensor names are spelled
+    /// (SPEC.md). Static pieces rather than a format string per name keep
+    /// the firmware's code small.
+    fn pieces(&self) -> (&'static str, Option<u32>, &'static str, &'static str) {
         let affine = |a: &Affine| match a {
             Affine::Weight => "weight",
             Affine::Bias => "bias",
         };
-        let level = |l: &Level| match l {
-            Level::Global => "global",
-            Level::Local => "local",
-        };
+        let global = |l: &Level| *l == Level::Global;
+        let pick = |l: &Level, g: &'static str, loc: &'static str| if global(l) { g } else { loc };
         match self {
-            TensorId::TokEmb(l) => write!(f, "{}.tok_emb", level(l)),
-            TensorId::PosEmb => f.write_str("global.pos_emb"),
-            TensorId::Pad(l) => write!(f, "{}.pad", level(l)),
-            TensorId::Block {
-                level: l,
-                layer,
-                part,
-            } => {
-                write!(f, "{}.blocks.{layer}.", level(l))?;
-                match part {
-                    BlockPart::Ln1(a) => write!(f, "ln1.{}", affine(a)),
-                    BlockPart::Qkv => f.write_str("attn.qkv"),
-                    BlockPart::AttnProj => f.write_str("attn.proj"),
-                    BlockPart::Ln2(a) => write!(f, "ln2.{}", affine(a)),
-                    BlockPart::MlpFc => f.write_str("mlp.fc"),
-                    BlockPart::MlpProj => f.write_str("mlp.proj"),
-                }
-            }
-            TensorId::FinalLn(l, a) => write!(f, "{}.ln_f.{}", level(l), affine(a)),
-            TensorId::GlobalToLocal => f.write_str("global_to_local"),
-            TensorId::Ngram { input, order } => {
-                let prefix = match input {
-                    NgramInput::Global => "global",
-                    NgramInput::Local => "local",
-                    NgramInput::Bigs => "embed",
+            TensorId::TokEmb(l) => (pick(l, "global.tok_emb", "local.tok_emb"), None, "", ""),
+            TensorId::PosEmb => ("global.pos_emb", None, "", ""),
+            TensorId::Pad(l) => (pick(l, "global.pad", "local.pad"), None, "", ""),
+            TensorId::Block { level, layer, part } => {
+                let (mid, tail) = match part {
+                    BlockPart::Ln1(a) => (".ln1.", affine(a)),
+                    BlockPart::Qkv => (".attn.qkv", ""),
+                    BlockPart::AttnProj => (".attn.proj", ""),
+                    BlockPart::Ln2(a) => (".ln2.", affine(a)),
+                    BlockPart::MlpFc => (".mlp.fc", ""),
+                    BlockPart::MlpProj => (".mlp.proj", ""),
                 };
-                write!(f, "{prefix}.ngram.{order}")
+                let head = pick(level, "global.blocks.", "local.blocks.");
+                (head, Some(*layer), mid, tail)
             }
-            TensorId::BigsTok => f.write_str("embed.tok"),
-            TensorId::BigsPos => f.write_str("embed.pos"),
-            TensorId::BigsEmbedLn(a) => write!(f, "embed.ln.{}", affine(a)),
+            TensorId::FinalLn(l, a) => {
+                (pick(l, "global.ln_f.", "local.ln_f."), None, "", affine(a))
+            }
+            TensorId::GlobalToLocal => ("global_to_local", None, "", ""),
+            TensorId::Ngram { input, order } => {
+                let head = match input {
+                    NgramInput::Global => "global.ngram.",
+                    NgramInput::Local => "local.ngram.",
+                    NgramInput::Bigs => "embed.ngram.",
+                };
+                (head, Some(*order), "", "")
+            }
+            TensorId::BigsTok => ("embed.tok", None, "", ""),
+            TensorId::BigsPos => ("embed.pos", None, "", ""),
+            TensorId::BigsEmbedLn(a) => ("embed.ln.", None, "", affine(a)),
             TensorId::BigsLayer { layer, part } => {
-                write!(f, "layers.{layer}.")?;
-                match part {
-                    BigsPart::Ln(a) => write!(f, "ln.{}", affine(a)),
+                let (mid, tail) = match part {
+                    BigsPart::Ln(a) => (".ln.", affine(a)),
                     BigsPart::Linear(lin, a) => {
-                        let lin = match lin {
-                            BigsLinear::V => "v",
-                            BigsLinear::F => "f",
-                            BigsLinear::B => "b",
-                            BigsLinear::Uf => "uf",
-                            BigsLinear::Ub => "ub",
-                            BigsLinear::L => "l",
-                            BigsLinear::O => "o",
+                        let mid = match lin {
+                            BigsLinear::V => ".v.",
+                            BigsLinear::F => ".f.",
+                            BigsLinear::B => ".b.",
+                            BigsLinear::Uf => ".uf.",
+                            BigsLinear::Ub => ".ub.",
+                            BigsLinear::L => ".l.",
+                            BigsLinear::O => ".o.",
                         };
-                        write!(f, "{lin}.{}", affine(a))
+                        (mid, affine(a))
                     }
                     BigsPart::Ssm(dir, p) => {
-                        let dir = match dir {
-                            SsmDirection::Forward => "ssm_fwd",
-                            SsmDirection::Backward => "ssm_bwd",
+                        let mid = match dir {
+                            SsmDirection::Forward => ".ssm_fwd.",
+                            SsmDirection::Backward => ".ssm_bwd.",
                         };
-                        let p = match p {
+                        let tail = match p {
                             SsmPart::A => "a",
                             SsmPart::W => "w",
                             SsmPart::C => "c",
                             SsmPart::LogDt => "log_dt",
                             SsmPart::D => "d",
                         };
-                        write!(f, "{dir}.{p}")
+                        (mid, tail)
                     }
-                }
+                };
+                ("layers.", Some(*layer), mid, tail)
             }
-            TensorId::BigsFinalLn(a) => write!(f, "ln_f.{}", affine(a)),
-            TensorId::MlmDense(a) => write!(f, "mlm.dense.{}", affine(a)),
-            TensorId::MlmLn(a) => write!(f, "mlm.ln.{}", affine(a)),
-            TensorId::ClsDense(a) => write!(f, "cls.dense.{}", affine(a)),
-            TensorId::ClsOut(a) => write!(f, "cls.out.{}", affine(a)),
-            TensorId::Labels => f.write_str(LABELS_TENSOR),
+            TensorId::BigsFinalLn(a) => ("ln_f.", None, "", affine(a)),
+            TensorId::MlmDense(a) => ("mlm.dense.", None, "", affine(a)),
+            TensorId::MlmLn(a) => ("mlm.ln.", None, "", affine(a)),
+            TensorId::ClsDense(a) => ("cls.dense.", None, "", affine(a)),
+            TensorId::ClsOut(a) => ("cls.out.", None, "", affine(a)),
+            TensorId::Labels => (LABELS_TENSOR, None, "", ""),
         }
+    }
+}
+
+impl core::fmt::Display for TensorId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (head, index, mid, tail) = self.pieces();
+        f.write_str(head)?;
+        if let Some(i) = index {
+            write!(f, "{i}")?;
+        }
+        f.write_str(mid)?;
+        f.write_str(tail)
     }
 }
 
@@ -415,7 +425,7 @@ fn transformer_block(level: Level, layer: u32, w: u32, emit: &mut Emit<'_>) -> R
 
 /// A layer norm's (or linear layer's) weight `[out, ..]` and bias `[out]`.
 fn affine_pair(
-    id: impl Fn(Affine) -> TensorId,
+    id: &dyn Fn(Affine) -> TensorId,
     weight: &[u32],
     weight_role: Role,
     emit: &mut Emit<'_>,
@@ -443,7 +453,7 @@ fn megabyte_tensors(c: &MegabyteConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
         transformer_block(Level::Global, i, g, emit)?;
     }
     affine_pair(
-        |a| TensorId::FinalLn(Level::Global, a),
+        &|a| TensorId::FinalLn(Level::Global, a),
         &[g],
         Role::Vector,
         emit,
@@ -460,7 +470,7 @@ fn megabyte_tensors(c: &MegabyteConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
         transformer_block(Level::Local, i, l, emit)?;
     }
     affine_pair(
-        |a| TensorId::FinalLn(Level::Local, a),
+        &|a| TensorId::FinalLn(Level::Local, a),
         &[l],
         Role::Vector,
         emit,
@@ -472,10 +482,10 @@ fn bigs_tensors(c: &BigsConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
     emit(TensorId::BigsTok, &[BIGS_VOCAB, d], Role::TokenEmbedding)?;
     ngram_tables(NgramInput::Bigs, &c.ngram, d, emit)?;
     emit(TensorId::BigsPos, &[c.max_seq, d], Role::PositionEmbedding)?;
-    affine_pair(TensorId::BigsEmbedLn, &[d], Role::Vector, emit)?;
+    affine_pair(&TensorId::BigsEmbedLn, &[d], Role::Vector, emit)?;
     for layer in 0..c.layers {
         let id = |part| TensorId::BigsLayer { layer, part };
-        affine_pair(|a| id(BigsPart::Ln(a)), &[d], Role::Vector, emit)?;
+        affine_pair(&|a| id(BigsPart::Ln(a)), &[d], Role::Vector, emit)?;
         for lin in BigsLinear::ALL {
             let (out, inp) = match lin {
                 BigsLinear::V | BigsLinear::L => (e, d),
@@ -483,7 +493,7 @@ fn bigs_tensors(c: &BigsConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
                 BigsLinear::F | BigsLinear::B | BigsLinear::Uf | BigsLinear::Ub => (d, d),
             };
             affine_pair(
-                |a| id(BigsPart::Linear(lin, a)),
+                &|a| id(BigsPart::Linear(lin, a)),
                 &[out, inp],
                 Role::Matrix,
                 emit,
@@ -500,14 +510,14 @@ fn bigs_tensors(c: &BigsConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
             }
         }
     }
-    affine_pair(TensorId::BigsFinalLn, &[d], Role::Vector, emit)?;
+    affine_pair(&TensorId::BigsFinalLn, &[d], Role::Vector, emit)?;
     if c.has_mlm_head() {
-        affine_pair(TensorId::MlmDense, &[d, d], Role::Matrix, emit)?;
-        affine_pair(TensorId::MlmLn, &[d], Role::Vector, emit)?;
+        affine_pair(&TensorId::MlmDense, &[d, d], Role::Matrix, emit)?;
+        affine_pair(&TensorId::MlmLn, &[d], Role::Vector, emit)?;
     }
     if c.has_classifier() {
-        affine_pair(TensorId::ClsDense, &[d, d], Role::Matrix, emit)?;
-        affine_pair(TensorId::ClsOut, &[c.n_classes, d], Role::Matrix, emit)?;
+        affine_pair(&TensorId::ClsDense, &[d, d], Role::Matrix, emit)?;
+        affine_pair(&TensorId::ClsOut, &[c.n_classes, d], Role::Matrix, emit)?;
     }
     Ok(())
 }

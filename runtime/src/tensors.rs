@@ -28,7 +28,7 @@ pub(crate) fn vector<'m>(file: &ModelFile<'m>, id: TensorId) -> Result<&'m [f32]
 /// A norm's weight and bias: `(weight, bias)` for `id(Weight)`, `id(Bias)`.
 pub(crate) fn norm<'m>(
     file: &ModelFile<'m>,
-    id: impl Fn(Affine) -> TensorId,
+    id: &dyn Fn(Affine) -> TensorId,
 ) -> Result<(&'m [f32], &'m [f32]), RuntimeError> {
     Ok((
         vector(file, id(Affine::Weight))?,

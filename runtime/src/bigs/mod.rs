@@ -103,7 +103,7 @@ pub struct Bigs<'m> {
 
 fn linear<'m>(
     file: &ModelFile<'m>,
-    id: impl Fn(Affine) -> TensorId,
+    id: &dyn Fn(Affine) -> TensorId,
 ) -> Result<Linear<'m>, RuntimeError> {
     Ok(Linear {
         weight: matrix(file, id(Affine::Weight))?,
@@ -165,8 +165,8 @@ impl<'m> Bigs<'m> {
         let mut layers = heapless::Vec::new();
         for layer in 0..config.layers {
             let id = |part| TensorId::BigsLayer { layer, part };
-            let lin = |l| linear(file, |a| id(BigsPart::Linear(l, a)));
-            let (ln_weight, ln_bias) = norm(file, |a| id(BigsPart::Ln(a)))?;
+            let lin = |l| linear(file, &|a| id(BigsPart::Linear(l, a)));
+            let (ln_weight, ln_bias) = norm(file, &|a| id(BigsPart::Ln(a)))?;
             let layer = Layer {
                 ln_weight,
                 ln_bias,
@@ -184,9 +184,9 @@ impl<'m> Bigs<'m> {
             let _ = layers.push(layer);
         }
         let mlm = if config.has_mlm_head() {
-            let (ln_weight, ln_bias) = norm(file, TensorId::MlmLn)?;
+            let (ln_weight, ln_bias) = norm(file, &TensorId::MlmLn)?;
             Some(MlmHead {
-                dense: linear(file, TensorId::MlmDense)?,
+                dense: linear(file, &TensorId::MlmDense)?,
                 ln_weight,
                 ln_bias,
             })
@@ -195,8 +195,8 @@ impl<'m> Bigs<'m> {
         };
         let classifier = if config.has_classifier() {
             Some(ClassHead {
-                dense: linear(file, TensorId::ClsDense)?,
-                out: linear(file, TensorId::ClsOut)?,
+                dense: linear(file, &TensorId::ClsDense)?,
+                out: linear(file, &TensorId::ClsOut)?,
             })
         } else {
             None
@@ -205,8 +205,8 @@ impl<'m> Bigs<'m> {
             .tensor(TensorId::Labels.name().as_str())
             .and_then(|t| core::str::from_utf8(t.data).ok())
             .unwrap_or("");
-        let (emb_ln_weight, emb_ln_bias) = norm(file, TensorId::BigsEmbedLn)?;
-        let (ln_f_weight, ln_f_bias) = norm(file, TensorId::BigsFinalLn)?;
+        let (emb_ln_weight, emb_ln_bias) = norm(file, &TensorId::BigsEmbedLn)?;
+        let (ln_f_weight, ln_f_bias) = norm(file, &TensorId::BigsFinalLn)?;
         Ok(Bigs {
             config,
             tok: matrix(file, TensorId::BigsTok)?,

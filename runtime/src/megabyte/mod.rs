@@ -92,8 +92,8 @@ fn transformer<'m>(
     let mut blocks = heapless::Vec::new();
     for layer in 0..layers {
         let id = |part| TensorId::Block { level, layer, part };
-        let (ln1_weight, ln1_bias) = norm(file, |a| id(BlockPart::Ln1(a)))?;
-        let (ln2_weight, ln2_bias) = norm(file, |a| id(BlockPart::Ln2(a)))?;
+        let (ln1_weight, ln1_bias) = norm(file, &|a| id(BlockPart::Ln1(a)))?;
+        let (ln2_weight, ln2_bias) = norm(file, &|a| id(BlockPart::Ln2(a)))?;
         let block = Block {
             ln1_weight,
             ln1_bias,
@@ -111,7 +111,7 @@ fn transformer<'m>(
                 max: MAX_LAYERS,
             })?;
     }
-    let (ln_f_weight, ln_f_bias) = norm(file, |a| TensorId::FinalLn(level, a))?;
+    let (ln_f_weight, ln_f_bias) = norm(file, &|a| TensorId::FinalLn(level, a))?;
     Ok(Transformer {
         blocks,
         ln_f_weight,

@@ -251,16 +251,6 @@ impl MegabyteConfig {
         self
     }
 
-    /// A preset by the name the CLI, tests and benchmarks use.
-    pub fn by_name(name: &str) -> Option<Self> {
-        match name {
-            "micro" => Some(Self::MICRO),
-            "small" => Some(Self::SMALL),
-            "base" => Some(Self::BASE),
-            _ => None,
-        }
-    }
-
     /// Width of the global transformer: `P * D_G`.
     pub const fn global_width(&self) -> usize {
         self.patch_size as usize * self.d_global as usize
@@ -411,15 +401,6 @@ impl BigsConfig {
     pub const fn with_ngram(mut self, ngram: NgramConfig) -> Self {
         self.ngram = ngram;
         self
-    }
-
-    pub fn by_name(name: &str) -> Option<Self> {
-        match name {
-            "micro" => Some(Self::MICRO),
-            "small" => Some(Self::SMALL),
-            "base" => Some(Self::BASE),
-            _ => None,
-        }
     }
 
     pub const fn has_mlm_head(&self) -> bool {

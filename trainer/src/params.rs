@@ -330,11 +330,6 @@ pub fn read_kbm(path: &std::path::Path) -> Result<kilobyte_format::AlignedBytes>
     Ok(bytes)
 }
 
-/// Parses bytes read with [`read_kbm`], naming the file in any error.
-pub fn parse_kbm<'a>(path: &std::path::Path, bytes: &'a [u8]) -> Result<ModelFile<'a>> {
-    ModelFile::parse(bytes).with_context(|| format!("{}", path.display()))
-}
-
 /// The label tensor name, re-exported for commands that print it.
 pub const LABELS: &str = LABELS_TENSOR;
 

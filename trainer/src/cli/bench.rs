@@ -1,44 +1,108 @@
-//! `kilobyte bench runtime`: generation and prefill speed of the runtime
-//! against this machine's roofline (single-core FMA peak and memory read
-//! bandwidth, both measured here by the bench itself).
+//! `kilobyte bench runtime` (generation and prefill speed of the runtime,
+//! or BiGS classification, against this machine's roofline: single-core FMA
+//! peak and memory read bandwidth, both measured here by the bench itself)
+//! and `kilobyte bench train` (the CPU trainer's throughput). Owns the
+//! timing and the roofline; what is timed is the runtime's and the
+//! trainer's code, called as the other commands call it.
 
+use super::model::{Family, Preset};
+use super::open::Kbm;
 use crate::params::ParamSet;
 use anyhow::{anyhow, bail, Result};
-use kilobyte_format::{AlignedBytes, DType, MegabyteConfig, ModelConfig, ModelFile};
+use kilobyte_format::{AlignedBytes, DType, MegabyteConfig, ModelConfig};
 use kilobyte_runtime::{kernels, ArenaSpec, Megabyte};
 use std::hint::black_box;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// What to benchmark (only `runtime` for now).
-    pub what: String,
-    /// Comma-separated MEGABYTE presets: micro, small, base, or ref4m (the
-    /// 4M-parameter config the PyTorch reference was measured on).
-    #[arg(long, default_value = "micro,small,ref4m", value_delimiter = ',')]
-    pub presets: Vec<String>,
+    #[command(subcommand)]
+    pub what: Bench,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Bench {
+    /// Generation and prefill bytes/s of the runtime (or BiGS sentences/s)
+    /// per preset and dtype, against this machine's measured roofline.
+    Runtime(RuntimeArgs),
+    /// Training throughput on the CPU: forward, backward and AdamW update.
+    Train(TrainArgs),
+}
+
+/// A preset to measure: MODELS.md's, or ref4m (MEGABYTE only: the
+/// 4M-parameter config the PyTorch reference was measured on).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchPreset {
+    Micro,
+    Small,
+    Base,
+    Ref4m,
+}
+
+impl BenchPreset {
+    fn name(self) -> &'static str {
+        match self {
+            BenchPreset::Micro => "micro",
+            BenchPreset::Small => "small",
+            BenchPreset::Base => "base",
+            BenchPreset::Ref4m => "ref4m",
+        }
+    }
+
+    fn preset(self) -> Option<Preset> {
+        match self {
+            BenchPreset::Micro => Some(Preset::Micro),
+            BenchPreset::Small => Some(Preset::Small),
+            BenchPreset::Base => Some(Preset::Base),
+            BenchPreset::Ref4m => None,
+        }
+    }
+
+    fn megabyte(self) -> MegabyteConfig {
+        self.preset().map_or(REF4M, Preset::megabyte)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RuntimeArgs {
+    /// Comma-separated presets (default: micro,small,ref4m for MEGABYTE,
+    /// micro,small for BiGS).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub presets: Vec<BenchPreset>,
     /// Comma-separated weight dtypes.
-    #[arg(long, default_value = "f32,f16,bf16,q8,q4", value_delimiter = ',')]
-    pub dtypes: Vec<String>,
-    /// train: windows per batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// train: bytes per window (default: T_max).
-    #[arg(long)]
-    pub seq: Option<usize>,
-    /// train: optimizer steps to time.
-    #[arg(long, default_value_t = 5)]
-    pub steps: usize,
-    /// Bytes to generate per measurement.
+    #[arg(long, default_value = "f32,f16,bf16,q8,q4", value_delimiter = ',', value_parser = super::parse_dtype)]
+    pub dtypes: Vec<DType>,
+    /// Bytes to generate per measurement (BiGS: bytes per input, at most T_max).
     #[arg(long, default_value_t = 256)]
     pub bytes: usize,
     /// Also run every measurement with the scalar kernels (SIMD speed-up side by side).
     #[arg(long)]
     pub scalar: bool,
-    /// runtime: which family to measure: megabyte (generation) or bigs
-    /// (classification of --bytes-long inputs; presets micro, small, base).
-    #[arg(long, default_value = "megabyte")]
-    pub model: String,
+    /// Which family to measure: megabyte (generation) or bigs
+    /// (classification of --bytes-long inputs).
+    #[arg(long, value_enum, default_value_t = Family::Megabyte)]
+    pub model: Family,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Comma-separated MEGABYTE presets.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "micro,small,ref4m",
+        value_delimiter = ','
+    )]
+    pub presets: Vec<BenchPreset>,
+    /// Windows per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Bytes per window (default: T_max).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Optimizer steps to time.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
 }
 
 /// The config megabyte-pytorch was measured with: dims (256, 128), depths
@@ -46,16 +110,23 @@ pub struct Args {
 pub const REF4M: MegabyteConfig = MegabyteConfig::preset(4, 64, 4, 4, 128, 2, 4, 1024);
 
 pub fn run(args: Args) -> Result<()> {
-    match args.what.as_str() {
-        "runtime" => {}
-        "train" => return bench_train(&args),
-        other => bail!("unknown benchmark {other:?} (expected runtime or train)"),
+    match args.what {
+        Bench::Runtime(a) => bench_runtime(&a),
+        Bench::Train(a) => bench_train(&a),
     }
+}
+
+/// Sets the kernels every later measurement runs; `Isa` is the runtime's.
+fn use_kernels(isa: kernels::Isa) -> Result<()> {
+    kernels::set_isa(isa).map_err(|e| anyhow!("the {isa:?} kernels: {e}"))
+}
+
+fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
     let peak = fma_peak_gflops();
     let bw = read_bandwidth_gbs();
     println!("machine: single-core f32 FMA peak {peak:.1} GFLOP/s, memory read bandwidth {bw:.1} GB/s (one thread)");
-    if args.model == "bigs" {
-        return bench_bigs(&args, peak, bw);
+    if args.model == Family::Bigs {
+        return bench_bigs(args, peak, bw);
     }
     println!(
         "{:<6} {:<5} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8}",
@@ -69,35 +140,35 @@ pub fn run(args: Args) -> Result<()> {
         "wbytes/B",
         "roofline"
     );
-    for preset in &args.presets {
-        let config = self::preset(preset)?;
+    let presets = match args.presets.as_slice() {
+        [] => &[BenchPreset::Micro, BenchPreset::Small, BenchPreset::Ref4m][..],
+        p => p,
+    };
+    for &preset in presets {
+        let config = preset.megabyte();
         let params = ParamSet::init(ModelConfig::Megabyte(config), 1)?;
-        for d in &args.dtypes {
-            let dtype = DType::parse(d)
-                .filter(|d| d.is_numeric())
-                .ok_or_else(|| anyhow!("unknown dtype {d:?}"))?;
+        for &dtype in &args.dtypes {
             let bytes = AlignedBytes::from_slice(&params.to_writer(dtype, dtype)?.to_bytes()?);
-            let file = ModelFile::parse(&bytes)?;
-            let model = Megabyte::from_file(&file).map_err(|e| anyhow!("{e}"))?;
+            let kbm = Kbm::parse(format!("{} {dtype}", preset.name()), &bytes)?;
+            let model = kbm.megabyte()?;
             let modes: &[bool] = if args.scalar {
                 &[false, true]
             } else {
                 &[false]
             };
             for &scalar in modes {
-                kernels::set_isa(if scalar {
+                use_kernels(if scalar {
                     kernels::Isa::Scalar
                 } else {
                     kernels::detected()
-                })
-                .map_err(|e| anyhow!("{e}"))?;
-                let r = measure_best(&model, args.bytes)?;
+                })?;
+                let r = measure_best(&kbm, &model, args.bytes)?;
                 let macs = model.macs_per_byte();
                 let wbytes = model.weight_bytes_per_byte();
                 let bound = 1.0 / f64::max(2.0 * macs / (peak * 1e9), wbytes / (bw * 1e9));
                 println!(
                     "{:<6} {:<5} {:>10} {:>10} {:>11.1} {:>11.1} {:>9.0} {:>9.0} {:>7.1}%{}",
-                    preset,
+                    preset.name(),
                     dtype.name(),
                     bytes.len(),
                     r.arena,
@@ -109,21 +180,14 @@ pub fn run(args: Args) -> Result<()> {
                     if scalar { "  (scalar kernels)" } else { "" }
                 );
             }
-            kernels::set_isa(kernels::detected()).map_err(|e| anyhow!("{e}"))?;
+            use_kernels(kernels::detected())?;
         }
     }
     Ok(())
 }
 
-fn preset(name: &str) -> Result<MegabyteConfig> {
-    match name {
-        "ref4m" => Ok(REF4M),
-        p => MegabyteConfig::by_name(p).ok_or_else(|| anyhow!("unknown preset {p:?}")),
-    }
-}
-
 /// Training throughput: forward, backward and AdamW update, bytes per second.
-fn bench_train(args: &Args) -> Result<()> {
+fn bench_train(args: &TrainArgs) -> Result<()> {
     use crate::backend::{Backend, CpuBackend};
     use crate::megabyte::MegabyteModel;
     use crate::optim::{AdamW, AdamWConfig, LrSchedule};
@@ -133,8 +197,9 @@ fn bench_train(args: &Args) -> Result<()> {
         "{:<6} {:>9} {:>6} {:>6} {:>12} {:>10}",
         "preset", "params", "batch", "seq", "bytes/s", "s/step"
     );
-    for name in &args.presets {
-        let config = preset(name)?;
+    for &preset in &args.presets {
+        let name = preset.name();
+        let config = preset.megabyte();
         let seq = args.seq.unwrap_or(config.max_seq as usize);
         let set = ParamSet::init(ModelConfig::Megabyte(config), 1)?;
         let mut model = MegabyteModel::new(&be, &set)?;
@@ -187,44 +252,40 @@ struct Speeds {
 /// like with like.
 const REPEATS: usize = 3;
 
-fn measure_best(model: &Megabyte<'_>, n: usize) -> Result<Speeds> {
-    let mut best = measure(model, n)?;
+fn measure_best<'m>(kbm: &Kbm<'m>, model: &Megabyte<'m>, n: usize) -> Result<Speeds> {
+    let mut best = measure(kbm, model, n)?;
     for _ in 1..REPEATS {
-        let r = measure(model, n)?;
+        let r = measure(kbm, model, n)?;
         best.gen = best.gen.max(r.gen);
         best.prefill = best.prefill.max(r.prefill);
     }
     Ok(best)
 }
 
-fn measure(model: &Megabyte<'_>, n: usize) -> Result<Speeds> {
+fn measure<'m>(kbm: &Kbm<'m>, model: &Megabyte<'m>, n: usize) -> Result<Speeds> {
     let config = model.config;
     let spec = ArenaSpec::new(config.max_seq as usize);
-    let mut arena = vec![0u8; spec.arena_bytes(&config)];
-    let arena_len = arena.len();
-    let mut s = model
-        .session(&mut arena, spec)
-        .map_err(|e| anyhow!("{e}"))?;
     let prompt: Vec<u8> = b"The quick brown fox jumps over the lazy dog. "
         .iter()
         .cycle()
         .take(config.max_seq as usize / 2)
         .copied()
         .collect();
-    let t = Instant::now();
-    s.prefill(&prompt).map_err(|e| anyhow!("{e}"))?;
-    let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for i in 0..n {
-        let b = kilobyte_runtime::sampling::argmax(s.logits());
-        s.push(black_box(b ^ (i as u8 & 1)))
-            .map_err(|e| anyhow!("{e}"))?;
-    }
-    let gen = n as f64 / t.elapsed().as_secs_f64();
+    let (prefill, gen) = kbm.session(model, spec, "a T_max context", |s| {
+        let t = Instant::now();
+        s.prefill(&prompt)?;
+        let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for i in 0..n {
+            let b = kilobyte_runtime::sampling::argmax(s.logits());
+            s.push(black_box(b ^ (i as u8 & 1)))?;
+        }
+        Ok((prefill, n as f64 / t.elapsed().as_secs_f64()))
+    })?;
     Ok(Speeds {
         gen,
         prefill,
-        arena: arena_len,
+        arena: spec.arena_bytes(&config),
     })
 }
 
@@ -232,9 +293,9 @@ fn measure(model: &Megabyte<'_>, n: usize) -> Result<Speeds> {
 /// bytes on one thread, against the roofline of its MACs and weight bytes
 /// (every weight is read once per sentence: the dense layers run over all
 /// positions at once).
-fn bench_bigs(args: &Args, peak: f64, bw: f64) -> Result<()> {
+fn bench_bigs(args: &RuntimeArgs, peak: f64, bw: f64) -> Result<()> {
+    use super::open::Head;
     use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
-    use kilobyte_format::BigsConfig;
     use kilobyte_runtime::Bigs;
     println!(
         "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12} {:>11} {:>10} {:>8}",
@@ -248,42 +309,44 @@ fn bench_bigs(args: &Args, peak: f64, bw: f64) -> Result<()> {
         "wbytes/s",
         "roofline"
     );
-    for preset in &args.presets {
-        let mut config = BigsConfig::by_name(preset)
-            .ok_or_else(|| anyhow!("unknown BiGS preset {preset:?} (micro, small or base)"))?;
+    let presets = match args.presets.as_slice() {
+        [] => &[BenchPreset::Micro, BenchPreset::Small][..],
+        p => p,
+    };
+    for &preset in presets {
+        let Some(mut config) = preset.preset().map(Preset::bigs) else {
+            bail!(
+                "--presets {}: not a BiGS preset (micro, small or base)",
+                preset.name()
+            );
+        };
         config.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
         config.n_classes = 2;
-        let n = args.bytes.min(config.max_seq as usize);
+        let n = args.bytes.clamp(1, config.max_seq as usize);
         let params = ParamSet::init(ModelConfig::Bigs(config), 1)?;
-        for d in &args.dtypes {
-            let dtype = DType::parse(d)
-                .filter(|d| d.is_numeric())
-                .ok_or_else(|| anyhow!("unknown dtype {d:?}"))?;
+        for &dtype in &args.dtypes {
             let bytes = AlignedBytes::from_slice(&params.to_writer(dtype, dtype)?.to_bytes()?);
-            let file = ModelFile::parse(&bytes)?;
-            let model = Bigs::from_file(&file).map_err(|e| anyhow!("{e}"))?;
-            let mut arena = vec![0u8; Bigs::arena_bytes(&config, n)];
-            let arena_len = arena.len();
-            let mut enc = model.encoder(&mut arena, n).map_err(|e| anyhow!("{e}"))?;
+            let kbm = Kbm::parse(format!("{} {dtype}", preset.name()), &bytes)?;
+            let model = kbm.bigs(Head::Classification)?;
+            let arena_len = Bigs::arena_bytes(&config, n);
             let text: Vec<u8> = b"a gripping, funny and quietly moving film. "
                 .iter()
                 .cycle()
                 .take(n)
                 .copied()
                 .collect();
-            let mut best = 0.0f64;
-            for _ in 0..REPEATS {
-                let reps = 8;
-                let t = Instant::now();
-                for _ in 0..reps {
-                    black_box(
-                        enc.classify(black_box(&text))
-                            .map_err(|e| anyhow!("{e}"))?
-                            .class,
-                    );
+            let best = kbm.encoder(&model, n, |enc| {
+                let mut best = 0.0f64;
+                for _ in 0..REPEATS {
+                    let reps = 8;
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        black_box(enc.classify(black_box(&text))?.class);
+                    }
+                    best = best.max(reps as f64 / t.elapsed().as_secs_f64());
                 }
-                best = best.max(reps as f64 / t.elapsed().as_secs_f64());
-            }
+                Ok(best)
+            })?;
             let (dm, e) = (config.d_model as f64, config.d_expand as f64);
             let nf = n as f64;
             let dense = config.layers as f64 * nf * (3.0 * dm * e + 4.0 * dm * dm);
@@ -298,7 +361,7 @@ fn bench_bigs(args: &Args, peak: f64, bw: f64) -> Result<()> {
             let bound = 1.0 / f64::max(2.0 * macs / (peak * 1e9), wbytes / (bw * 1e9));
             println!(
                 "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12.1} {:>10.0} {:>10.0} {:>7.1}%",
-                preset,
+                preset.name(),
                 dtype.name(),
                 bytes.len(),
                 arena_len,

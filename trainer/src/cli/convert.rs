@@ -1,13 +1,14 @@
-//! `kilobyte convert` (.kbm <-> .safetensors) and `kilobyte quantize`.
+//! `kilobyte convert`: .kbm <-> .safetensors, the direction from the file
+//! extensions. Owns only the flags; the bridge is kilobyte-format's `st`.
 
-use crate::params::{parse_kbm, read_kbm, ParamSet};
+use super::open::with_kbm;
 use anyhow::{anyhow, bail, Context, Result};
 use kilobyte_format::st::{from_safetensors, to_safetensors, ExportFloats};
-use kilobyte_format::{write_atomic, DType};
+use kilobyte_format::write_atomic;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
-pub struct ConvertArgs {
+pub struct Args {
     /// Input: a .kbm or .safetensors file.
     pub input: PathBuf,
     /// Output: a .safetensors or .kbm file.
@@ -19,27 +20,12 @@ pub struct ConvertArgs {
     pub dtype: Option<String>,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct QuantizeArgs {
-    /// Input .kbm file.
-    pub input: PathBuf,
-    /// Output .kbm file.
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// Dtype of weight matrices: f32, f16, bf16, q8 or q4.
-    #[arg(long, value_parser = super::parse_dtype)]
-    pub dtype: DType,
-    /// Dtype of embeddings (default: q8 when --dtype is q4, so the tied output layer keeps precision; else --dtype).
-    #[arg(long, value_parser = super::parse_dtype)]
-    pub embeddings: Option<DType>,
-}
-
 fn extension(p: &Path) -> Option<String> {
     p.extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
 }
 
-pub fn run_convert(args: ConvertArgs) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     match (extension(&args.input).as_deref(), extension(&args.output).as_deref()) {
         (Some("kbm"), Some("safetensors")) => {
             let floats = match args.dtype.as_deref() {
@@ -47,11 +33,12 @@ pub fn run_convert(args: ConvertArgs) -> Result<()> {
                 Some("keep") => ExportFloats::KeepHalf,
                 Some(other) => bail!("--dtype {other:?}: exporting to safetensors takes f32 or keep"),
             };
-            let bytes = read_kbm(&args.input)?;
-            let f = parse_kbm(&args.input, &bytes)?;
-            let out = to_safetensors(&f, floats).with_context(|| args.input.display().to_string())?;
-            write_atomic(&args.output, &out).with_context(|| args.output.display().to_string())?;
-            eprintln!("wrote {} ({} tensors, {} bytes)", args.output.display(), f.tensor_count(), out.len());
+            with_kbm(&args.input, |kbm| {
+                let out = to_safetensors(&kbm.file, floats).with_context(|| kbm.name().to_string())?;
+                write_atomic(&args.output, &out).with_context(|| args.output.display().to_string())?;
+                eprintln!("wrote {} ({} tensors, {} bytes)", args.output.display(), kbm.file.tensor_count(), out.len());
+                Ok(())
+            })?;
         }
         (Some("safetensors"), Some("kbm")) => {
             let wanted = match args.dtype.as_deref() {
@@ -73,35 +60,5 @@ pub fn run_convert(args: ConvertArgs) -> Result<()> {
             args.output.display()
         ),
     }
-    Ok(())
-}
-
-pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
-    let bytes = read_kbm(&args.input)?;
-    let f = parse_kbm(&args.input, &bytes)?;
-    if f.tensors().any(|t| t.dtype.is_quantized()) && args.dtype.is_quantized() {
-        eprintln!(
-            "warning: {} is already quantised; re-quantising compounds the rounding error (quantise from the f32 model when you can)",
-            args.input.display()
-        );
-    }
-    let embeddings = args.embeddings.unwrap_or(if args.dtype == DType::Q4 {
-        DType::Q8
-    } else {
-        args.dtype
-    });
-    let params = ParamSet::from_file(&f).with_context(|| args.input.display().to_string())?;
-    let writer = params.to_writer(args.dtype, embeddings)?;
-    let out = writer.to_bytes()?;
-    write_atomic(&args.output, &out).with_context(|| args.output.display().to_string())?;
-    eprintln!(
-        "wrote {}: {} -> {} bytes ({:.1}%), matrices {}, embeddings {}",
-        args.output.display(),
-        bytes.len(),
-        out.len(),
-        100.0 * out.len() as f64 / bytes.len() as f64,
-        args.dtype,
-        embeddings
-    );
     Ok(())
 }

@@ -1,10 +1,13 @@
-//! `kilobyte generate`: stream bytes from a MEGABYTE model.
+//! `kilobyte generate`: stream bytes from a MEGABYTE model through the
+//! no_std runtime. Owns the prompt, stop sequences and the choice of
+//! context; the model and its sampling are the runtime's, opened by
+//! `super::open`.
 
-use crate::params::{parse_kbm, read_kbm};
+use super::open::{with_kbm, Kbm};
 use crate::text::shown;
 use anyhow::{anyhow, bail, Context, Result};
 use kilobyte_runtime::sampling::{StopMatcher, StopSequences};
-use kilobyte_runtime::{ArenaSpec, Megabyte, Sampler, SamplerConfig};
+use kilobyte_runtime::{ArenaSpec, Sampler, SamplerConfig};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -89,9 +92,11 @@ pub fn unescape(s: &str) -> Result<Vec<u8>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let bytes = read_kbm(&args.model)?;
-    let file = parse_kbm(&args.model, &bytes)?;
-    let model = Megabyte::from_file(&file).with_context(|| args.model.display().to_string())?;
+    with_kbm(&args.model, |kbm| generate(&args, kbm))
+}
+
+fn generate(args: &Args, kbm: &Kbm<'_>) -> Result<()> {
+    let model = kbm.megabyte()?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => unescape(p)?,
         (None, Some(f)) if f.as_os_str() == "-" => super::input::read_stdin()?,
@@ -113,7 +118,7 @@ pub fn run(args: Args) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
     };
-    let mut sampler = Sampler::new(sampler_config).map_err(|e| anyhow!("{e}"))?;
+    let mut sampler = Sampler::new(sampler_config)?;
     // By default the window holds the prompt and every byte asked for (so it
     // never slides, and the output is the one a T_max window gives), and
     // costs no more than that.
@@ -132,44 +137,38 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         spec
     };
-    let arena_len = spec.arena_bytes(&model.config);
-    let mut arena = super::input::arena(
-        arena_len,
-        &format!("{} (--context {context})", args.model.display()),
-    )?;
-    let mut session = model
-        .session(&mut arena, spec)
-        .map_err(|e| anyhow!("--context {context}: {e}"))?;
+    let (produced, prefill_s, gen_s) =
+        kbm.session(&model, spec, &format!("--context {context}"), |session| {
+            let t0 = Instant::now();
+            session.prefill(&prompt)?;
+            let prefill_s = t0.elapsed().as_secs_f64();
 
-    let t0 = Instant::now();
-    session.prefill(&prompt).map_err(|e| anyhow!("{e}"))?;
-    let prefill_s = t0.elapsed().as_secs_f64();
-
-    let mut out = std::io::stdout().lock();
-    let mut matcher = StopMatcher::new(&stops);
-    let t1 = Instant::now();
-    let mut produced = 0;
-    while produced < args.bytes {
-        if session.logits().iter().any(|l| l.is_nan()) {
-            bail!(
-                "{}: the model's logits are NaN: its weights are not finite",
-                args.model.display()
-            );
-        }
-        let b = sampler.sample(session.logits());
-        produced += 1;
-        match out.write_all(&[b]).and_then(|()| out.flush()) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
-            r => r.context("stdout")?,
-        }
-        if matcher.push(b) {
-            break;
-        }
-        if produced < args.bytes {
-            session.push(b).map_err(|e| anyhow!("{e}"))?;
-        }
-    }
-    let gen_s = t1.elapsed().as_secs_f64();
+            let mut out = std::io::stdout().lock();
+            let mut matcher = StopMatcher::new(&stops);
+            let t1 = Instant::now();
+            let mut produced = 0;
+            while produced < args.bytes {
+                if session.logits().iter().any(|l| l.is_nan()) {
+                    bail!(
+                        "{}: the model's logits are NaN: its weights are not finite",
+                        kbm.name()
+                    );
+                }
+                let b = sampler.sample(session.logits());
+                produced += 1;
+                match out.write_all(&[b]).and_then(|()| out.flush()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    r => r.context("stdout")?,
+                }
+                if matcher.push(b) {
+                    break;
+                }
+                if produced < args.bytes {
+                    session.push(b)?;
+                }
+            }
+            Ok((produced, prefill_s, t1.elapsed().as_secs_f64()))
+        })?;
     if args.stats {
         eprintln!();
         eprintln!(
@@ -180,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
             produced,
             gen_s,
             produced as f64 / gen_s.max(1e-9),
-            arena_len
+            spec.arena_bytes(&model.config)
         );
     }
     Ok(())

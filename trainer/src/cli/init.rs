@@ -1,25 +1,21 @@
-//! `kilobyte init`: a randomly initialised model in a .kbm file.
+//! `kilobyte init`: a randomly initialised model in a .kbm file. Owns only
+//! the flags; the initialisation is `crate::params`'.
 
+use super::model::{Family, NgramArgs, Preset};
 use crate::params::ParamSet;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Context, Result};
 use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
-use kilobyte_format::{BigsConfig, DType, MegabyteConfig, ModelConfig};
+use kilobyte_format::{DType, ModelConfig};
 use std::path::PathBuf;
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Megabyte,
-    Bigs,
-}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Model family.
-    #[arg(long, value_enum, default_value = "megabyte")]
+    #[arg(long, value_enum, default_value_t = Family::Megabyte)]
     pub model: Family,
-    /// Preset from MODELS.md: micro, small or base.
-    #[arg(long, default_value = "micro")]
-    pub preset: String,
+    /// Preset from MODELS.md.
+    #[arg(long, value_enum, default_value_t = Preset::Micro)]
+    pub preset: Preset,
     /// Storage dtype of weight matrices: f32, f16, bf16, q8 or q4.
     #[arg(long, default_value = "f32", value_parser = super::parse_dtype)]
     pub dtype: DType,
@@ -30,7 +26,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
     #[command(flatten)]
-    pub ngram: super::NgramArgs,
+    pub ngram: NgramArgs,
     /// Seed of the initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -40,23 +36,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let unknown = || {
-        anyhow!(
-            "unknown preset {:?} (expected micro, small or base)",
-            args.preset
-        )
-    };
     let config = match args.model {
         Family::Megabyte => {
             if !args.labels.is_empty() {
                 bail!("--labels is for BiGS classifiers, not MEGABYTE");
             }
-            let mut c = MegabyteConfig::by_name(&args.preset).ok_or_else(unknown)?;
+            let mut c = args.preset.megabyte();
             args.ngram.apply(&mut c.ngram);
             ModelConfig::Megabyte(c)
         }
         Family::Bigs => {
-            let mut c = BigsConfig::by_name(&args.preset).ok_or_else(unknown)?;
+            let mut c = args.preset.bigs();
             if !args.labels.is_empty() {
                 c.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
                 c.n_classes = args.labels.len() as u32;
@@ -72,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
     let writer = params.to_writer(args.dtype, args.embeddings.unwrap_or(args.dtype))?;
     writer
         .write(&args.output)
-        .map_err(|e| anyhow!("{}: {e}", args.output.display()))?;
+        .with_context(|| args.output.display().to_string())?;
     eprintln!(
         "wrote {} ({} parameters)",
         args.output.display(),

@@ -1,6 +1,8 @@
-//! `kilobyte inspect FILE.kbm`
+//! `kilobyte inspect FILE.kbm`: a .kbm's header, config, tensor table,
+//! sizes, checksum status and (with --context) the runtime arena it needs.
+//! Reads only; the parsing is kilobyte-format's.
 
-use crate::params::{parse_kbm, read_kbm};
+use super::open::{with_kbm, Kbm};
 use anyhow::Result;
 use kilobyte_format::{DType, ModelConfig};
 use std::collections::BTreeMap;
@@ -20,8 +22,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let bytes = read_kbm(&args.file)?;
-    let f = parse_kbm(&args.file, &bytes)?;
+    let text = with_kbm(&args.file, |kbm| describe(&args, kbm))?;
+    super::print(&text)
+}
+
+fn describe(args: &Args, kbm: &Kbm<'_>) -> Result<String> {
+    let f = &kbm.file;
     let config = f.config();
     let mut o = String::new();
     writeln!(o, "file       {}", args.file.display())?;
@@ -29,7 +35,7 @@ pub fn run(args: Args) -> Result<()> {
         o,
         "format     .kbm version {}, {} bytes",
         kilobyte_format::file::VERSION,
-        bytes.len()
+        kbm.len
     )?;
     writeln!(o, "family     {}", config.family().name())?;
     for (name, value) in config.fields() {
@@ -132,5 +138,5 @@ pub fn run(args: Args) -> Result<()> {
             )?;
         }
     }
-    super::print(&o)
+    Ok(o)
 }

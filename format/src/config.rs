@@ -256,11 +256,6 @@ impl MegabyteConfig {
         self.patch_size as usize * self.d_global as usize
     }
 
-    /// Patches in the trained context: `T_max / P`.
-    pub const fn max_patches(&self) -> usize {
-        self.max_seq as usize / self.patch_size as usize
-    }
-
     pub fn validate(&self) -> Result<(), FormatError> {
         let fields: [(&'static str, u32); 8] = [
             ("patch_size", self.patch_size),

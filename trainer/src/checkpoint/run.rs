@@ -512,19 +512,6 @@ impl RunDir {
         &self.config
     }
 
-    /// Replaces the hyperparameters (e.g. more steps on resume); the model
-    /// cannot change under a checkpoint.
-    pub fn update_config(&mut self, config: RunConfig) -> Result<()> {
-        if config.model != self.config.model {
-            bail!(
-                "{}: a run's model config cannot change",
-                self.dir.join(CONFIG_FILE).display()
-            );
-        }
-        self.config = config;
-        self.write_config()
-    }
-
     pub fn metrics(&self) -> &[Metrics] {
         &self.metrics
     }

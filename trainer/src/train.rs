@@ -550,9 +550,7 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
     if let Err(e) = crate::checkpoint::install_interrupt_handler() {
         // The run still trains and keeps its periodic checkpoints; only
         // Ctrl-C loses the steps since the last one.
-        eprintln!(
-            "kilobyte: warning: {e:#}: Ctrl-C will stop this run without saving a checkpoint"
-        );
+        eprintln!("warning: {e:#}: Ctrl-C will stop this run without saving a checkpoint");
     }
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;

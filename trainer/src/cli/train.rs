@@ -8,7 +8,7 @@ use crate::backend;
 use crate::bigs::jobs::{self, LabelledFiles};
 use crate::data::tsv::Column;
 use crate::train::{self, DataSource, Eval, TrainOptions};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use kilobyte_format::ModelConfig;
 use std::path::PathBuf;
 
@@ -138,7 +138,7 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
-            .map_err(|e| anyhow!("--threads {n}: {e}"))?;
+            .with_context(|| format!("--threads {n}"))?;
     }
     Ok(())
 }

@@ -1,12 +1,14 @@
 //! `kilobyte bench runtime` (generation and prefill speed of the runtime,
 //! or BiGS classification, against this machine's roofline: single-core FMA
-//! peak and memory read bandwidth, both measured here by the bench itself)
-//! and `kilobyte bench train` (the CPU trainer's throughput). Owns the
-//! timing and the roofline; what is timed is the runtime's and the
-//! trainer's code, called as the other commands call it.
+//! peak and the read bandwidth of the memory level that holds each row's
+//! working set, measured here by `roofline`) and `kilobyte bench train` (the
+//! CPU trainer's throughput). Owns the timing and the tables; what is timed
+//! is the runtime's and the trainer's code, called as the other commands
+//! call it.
 
 use super::model::{Family, Preset};
 use super::open::Kbm;
+use super::roofline::Roofline;
 use crate::params::ParamSet;
 use anyhow::{anyhow, bail, Result};
 use kilobyte_format::{AlignedBytes, DType, MegabyteConfig, ModelConfig};
@@ -122,14 +124,13 @@ fn use_kernels(isa: kernels::Isa) -> Result<()> {
 }
 
 fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
-    let peak = fma_peak_gflops();
-    let bw = read_bandwidth_gbs();
-    println!("machine: single-core f32 FMA peak {peak:.1} GFLOP/s, memory read bandwidth {bw:.1} GB/s (one thread)");
+    let roof = Roofline::measure();
+    println!("machine: {}", roof.describe());
     if args.model == Family::Bigs {
-        return bench_bigs(args, peak, bw);
+        return bench_bigs(args, &roof);
     }
     println!(
-        "{:<6} {:<5} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8}",
+        "{:<6} {:<5} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>7} {:>8} {:>8}",
         "preset",
         "dtype",
         "model B",
@@ -138,7 +139,9 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
         "prefill B/s",
         "MAC/B",
         "wbytes/B",
-        "roofline"
+        "GMAC/s",
+        "bound",
+        "of bound"
     );
     let presets = match args.presets.as_slice() {
         [] => &[BenchPreset::Micro, BenchPreset::Small, BenchPreset::Ref4m][..],
@@ -165,9 +168,10 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
                 let r = measure_best(&kbm, &model, args.bytes)?;
                 let macs = model.macs_per_byte();
                 let wbytes = model.weight_bytes_per_byte();
-                let bound = 1.0 / f64::max(2.0 * macs / (peak * 1e9), wbytes / (bw * 1e9));
+                // Over one patch every weight and the whole arena are touched.
+                let bound = roof.bound(macs, dtype.is_quantized(), wbytes, bytes.len() + r.arena);
                 println!(
-                    "{:<6} {:<5} {:>10} {:>10} {:>11.1} {:>11.1} {:>9.0} {:>9.0} {:>7.1}%{}",
+                    "{:<6} {:<5} {:>10} {:>10} {:>11.1} {:>11.1} {:>9.0} {:>9.0} {:>7.2} {:>8} {:>7.1}%{}",
                     preset.name(),
                     dtype.name(),
                     bytes.len(),
@@ -176,7 +180,9 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
                     r.prefill,
                     macs,
                     wbytes,
-                    100.0 * r.gen / bound,
+                    r.gen * macs / 1e9,
+                    bound.by,
+                    100.0 * r.gen / bound.per_s,
                     if scalar { "  (scalar kernels)" } else { "" }
                 );
             }
@@ -293,12 +299,12 @@ fn measure<'m>(kbm: &Kbm<'m>, model: &Megabyte<'m>, n: usize) -> Result<Speeds> 
 /// bytes on one thread, against the roofline of its MACs and weight bytes
 /// (every weight is read once per sentence: the dense layers run over all
 /// positions at once).
-fn bench_bigs(args: &RuntimeArgs, peak: f64, bw: f64) -> Result<()> {
+fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
     use super::open::Head;
     use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
     use kilobyte_runtime::Bigs;
     println!(
-        "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12} {:>11} {:>10} {:>8}",
+        "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12} {:>11} {:>10} {:>7} {:>8} {:>8}",
         "preset",
         "dtype",
         "model B",
@@ -307,7 +313,9 @@ fn bench_bigs(args: &RuntimeArgs, peak: f64, bw: f64) -> Result<()> {
         "sentences/s",
         "MAC/sent",
         "wbytes/s",
-        "roofline"
+        "GMAC/s",
+        "bound",
+        "of bound"
     );
     let presets = match args.presets.as_slice() {
         [] => &[BenchPreset::Micro, BenchPreset::Small][..],
@@ -358,9 +366,9 @@ fn bench_bigs(args: &RuntimeArgs, peak: f64, bw: f64) -> Result<()> {
                 .flat_map(|l| [l.v, l.f, l.b, l.uf, l.ub, l.l, l.o])
                 .map(|lin| kilobyte_runtime::megabyte::matrix_bytes(&lin.weight) as f64)
                 .sum::<f64>();
-            let bound = 1.0 / f64::max(2.0 * macs / (peak * 1e9), wbytes / (bw * 1e9));
+            let bound = roof.bound(macs, dtype.is_quantized(), wbytes, bytes.len() + arena_len);
             println!(
-                "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12.1} {:>10.0} {:>10.0} {:>7.1}%",
+                "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12.1} {:>10.0} {:>10.0} {:>7.2} {:>8} {:>7.1}%",
                 preset.name(),
                 dtype.name(),
                 bytes.len(),
@@ -369,70 +377,11 @@ fn bench_bigs(args: &RuntimeArgs, peak: f64, bw: f64) -> Result<()> {
                 best,
                 macs,
                 wbytes,
-                100.0 * best / bound
+                best * macs / 1e9,
+                bound.by,
+                100.0 * best / bound.per_s
             );
         }
     }
     Ok(())
-}
-
-/// Best of several runs of independent FMA chains: the single-core f32 peak.
-fn fma_peak_gflops() -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
-        return (0..5).map(|_| unsafe { fma_avx2() }).fold(0.0, f64::max);
-    }
-    (0..5).map(|_| fma_scalar()).fold(0.0, f64::max)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fma_avx2() -> f64 {
-    use std::arch::x86_64::*;
-    const ITERS: usize = 20_000_000;
-    let mut acc = [_mm256_set1_ps(0.0); 10];
-    let a = _mm256_set1_ps(black_box(0.999_999));
-    let b = _mm256_set1_ps(black_box(1e-7));
-    let t = Instant::now();
-    for _ in 0..ITERS {
-        for x in acc.iter_mut() {
-            *x = _mm256_fmadd_ps(*x, a, b);
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    black_box(acc);
-    (ITERS * 10 * 8 * 2) as f64 / secs / 1e9
-}
-
-fn fma_scalar() -> f64 {
-    const ITERS: usize = 20_000_000;
-    let mut acc = [0f32; 8];
-    let t = Instant::now();
-    for _ in 0..ITERS {
-        for x in acc.iter_mut() {
-            *x = x.mul_add(black_box(0.999_999), 1e-7);
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    black_box(acc);
-    (ITERS * 8 * 2) as f64 / secs / 1e9
-}
-
-/// Best of several single-thread passes summing a 256 MiB buffer.
-fn read_bandwidth_gbs() -> f64 {
-    let data = vec![1u64; 32 << 20];
-    (0..4)
-        .map(|_| {
-            let t = Instant::now();
-            let mut acc = [0u64; 8];
-            for chunk in data.chunks_exact(8) {
-                for (a, x) in acc.iter_mut().zip(chunk) {
-                    *a = a.wrapping_add(*x);
-                }
-            }
-            black_box(acc);
-            (data.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max)
 }

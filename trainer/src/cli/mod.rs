@@ -21,6 +21,7 @@ mod model;
 mod open;
 mod plot;
 mod quantize;
+mod roofline;
 mod train;
 
 use anyhow::Result;

@@ -4,7 +4,7 @@
 
 use crate::config::{ModelConfig, ModelFamily, CONFIG_WORDS};
 use crate::crc::crc32;
-use crate::dtype::{DType, QK};
+use crate::dtype::{DType, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
 use crate::error::{tensor_name, Bound, FormatError, Shape, MAX_NAME_LEN};
 use crate::schema::{for_each_tensor, Role, LABELS_TENSOR};
 
@@ -114,6 +114,14 @@ unsafe impl bytemuck::Zeroable for BlockQ8 {}
 unsafe impl bytemuck::Pod for BlockQ8 {}
 unsafe impl bytemuck::Zeroable for BlockQ4 {}
 unsafe impl bytemuck::Pod for BlockQ4 {}
+
+// Tensor data is cast to these structs in place, so each must be exactly one
+// stored block with alignment 1 (what the SAFETY note above relies on); a
+// wider field or padding would misread every weight.
+const _: () = assert!(core::mem::size_of::<BlockQ8>() == Q8_BLOCK_BYTES);
+const _: () = assert!(core::mem::size_of::<BlockQ4>() == Q4_BLOCK_BYTES);
+const _: () =
+    assert!(core::mem::align_of::<BlockQ8>() == 1 && core::mem::align_of::<BlockQ4>() == 1);
 
 impl BlockQ8 {
     pub fn scale(&self) -> f32 {

@@ -97,6 +97,10 @@ macro_rules! try_status {
 }
 
 /// A slice from C, or `KB_ERR_NULL` for a null pointer with a non-zero length.
+///
+/// # Safety
+/// A non-null `p` points to `len` initialised, aligned values that nothing
+/// writes while the slice (lifetime `'a`, the caller's choice) lives.
 unsafe fn slice<'a, T>(p: *const T, len: usize) -> Result<&'a [T], KbStatus> {
     if len == 0 {
         Ok(&[])
@@ -107,6 +111,11 @@ unsafe fn slice<'a, T>(p: *const T, len: usize) -> Result<&'a [T], KbStatus> {
     }
 }
 
+/// A mutable slice from C, or `KB_ERR_NULL` as for [`slice`].
+///
+/// # Safety
+/// A non-null `p` points to `len` initialised, aligned values that nothing
+/// else reads or writes while the slice (lifetime `'a`) lives.
 unsafe fn slice_mut<'a, T>(p: *mut T, len: usize) -> Result<&'a mut [T], KbStatus> {
     if len == 0 {
         Ok(&mut [])
@@ -174,7 +183,10 @@ pub extern "C" fn kb_status_message(code: KbStatus) -> *const c_char {
 /// kept alive and unchanged by the caller) into `storage`.
 ///
 /// # Safety
-/// `data` holds `len` readable bytes; `storage` `storage_len` writable ones.
+/// `data` is null or holds `len` readable bytes that stay valid and
+/// unchanged while the model and anything made from it are in use; `storage`
+/// is null or holds `storage_len` writable bytes that nothing else touches
+/// while the model lives; `out` is null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn kb_model_load(
     storage: *mut u8,
@@ -236,7 +248,8 @@ pub unsafe extern "C" fn kb_model_max_len(model: *const KbModel) -> usize {
 /// encoder (BiGS, inputs up to `max_len` bytes).
 ///
 /// # Safety
-/// `model` came from [`kb_model_load`]; `out` is writable.
+/// `model` is null or came from [`kb_model_load`] and is still live; `out`
+/// is null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn kb_arena_bytes(
     model: *const KbModel,
@@ -266,7 +279,11 @@ pub unsafe extern "C" fn kb_arena_bytes(
 /// Creates a MEGABYTE generation session with `max_context` bytes of context.
 ///
 /// # Safety
-/// Pointers as their lengths say; `model` and `arena` outlive the session.
+/// `model` is null or a live model from [`kb_model_load`]; `arena` is null
+/// or holds `arena_len` writable bytes and `storage` `storage_len`, neither
+/// read nor written by anything else while the session lives; the model
+/// (and its bytes) and the arena outlive the session; `out` is null or
+/// writable.
 #[no_mangle]
 pub unsafe extern "C" fn kb_session_new(
     storage: *mut u8,
@@ -295,7 +312,9 @@ pub unsafe extern "C" fn kb_session_new(
 /// Feeds prompt bytes (patch-parallel prefill).
 ///
 /// # Safety
-/// `session` came from [`kb_session_new`]; `bytes` holds `len` bytes.
+/// `session` is null or a live session from [`kb_session_new`], not in use
+/// by another call at the same time; `bytes` is null or holds `len` readable
+/// bytes.
 #[no_mangle]
 pub unsafe extern "C" fn kb_session_prompt(
     session: *mut KbSession,
@@ -315,7 +334,8 @@ pub unsafe extern "C" fn kb_session_prompt(
 /// Appends one byte to the session's context.
 ///
 /// # Safety
-/// `session` came from [`kb_session_new`].
+/// `session` is null or a live session from [`kb_session_new`], not in use
+/// by another call at the same time.
 #[no_mangle]
 pub unsafe extern "C" fn kb_session_push(session: *mut KbSession, byte: u8) -> KbStatus {
     let Some(s) = session.as_mut() else {
@@ -330,7 +350,8 @@ pub unsafe extern "C" fn kb_session_push(session: *mut KbSession, byte: u8) -> K
 /// The most likely next byte (greedy), written to `out` and appended.
 ///
 /// # Safety
-/// `session` came from [`kb_session_new`]; `out` is writable.
+/// `session` is null or a live session from [`kb_session_new`], not in use
+/// by another call at the same time; `out` is null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn kb_session_next(session: *mut KbSession, out: *mut u8) -> KbStatus {
     let (Some(s), false) = (session.as_mut(), out.is_null()) else {
@@ -350,7 +371,8 @@ pub unsafe extern "C" fn kb_session_next(session: *mut KbSession, out: *mut u8) 
 /// Settings out of range are `KB_ERR_INPUT`.
 ///
 /// # Safety
-/// `storage` holds `storage_len` writable bytes; `out` is writable.
+/// `storage` is null or holds `storage_len` writable bytes that nothing
+/// else touches while the sampler lives; `out` is null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn kb_sampler_new(
     storage: *mut u8,
@@ -381,7 +403,9 @@ pub unsafe extern "C" fn kb_sampler_new(
 /// `out` and appended to the context.
 ///
 /// # Safety
-/// `session` and `sampler` came from their `_new` functions; `out` is writable.
+/// `session` and `sampler` are null or live objects from their `_new`
+/// functions, neither in use by another call at the same time; `out` is
+/// null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn kb_session_sample(
     session: *mut KbSession,
@@ -403,7 +427,11 @@ pub unsafe extern "C" fn kb_session_sample(
 /// Creates a BiGS encoder for inputs of up to `max_len` bytes.
 ///
 /// # Safety
-/// Pointers as their lengths say; `model` and `arena` outlive the encoder.
+/// `model` is null or a live model from [`kb_model_load`]; `arena` is null
+/// or holds `arena_len` writable bytes and `storage` `storage_len`, neither
+/// read nor written by anything else while the encoder lives; the model
+/// (and its bytes) and the arena outlive the encoder; `out` is null or
+/// writable.
 #[no_mangle]
 pub unsafe extern "C" fn kb_encoder_new(
     storage: *mut u8,
@@ -433,7 +461,10 @@ pub unsafe extern "C" fn kb_encoder_new(
 /// first `probs_len` class probabilities into `probs` (may be null when 0).
 ///
 /// # Safety
-/// `encoder` came from [`kb_encoder_new`]; buffers as their lengths say.
+/// `encoder` is null or a live encoder from [`kb_encoder_new`], not in use
+/// by another call at the same time; `text` is null or holds `len` readable
+/// bytes; `probs` is null or holds `probs_len` writable floats; `label` is
+/// null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn kb_classify(
     encoder: *mut KbEncoder,
@@ -463,7 +494,9 @@ pub unsafe extern "C" fn kb_classify(
 /// The name of class `index` (not NUL-terminated: `*name_len` bytes).
 ///
 /// # Safety
-/// `model` came from [`kb_model_load`]; `name` and `name_len` are writable.
+/// `model` is null or a live model from [`kb_model_load`]; `name` and
+/// `name_len` are null or writable. The name points into the model's bytes,
+/// valid as long as they are.
 #[no_mangle]
 pub unsafe extern "C" fn kb_label_name(
     model: *const KbModel,
@@ -491,7 +524,9 @@ pub unsafe extern "C" fn kb_label_name(
 /// where `gaps[i]` is non-zero. All three hold `len` bytes.
 ///
 /// # Safety
-/// `encoder` came from [`kb_encoder_new`]; buffers as their lengths say.
+/// `encoder` is null or a live encoder from [`kb_encoder_new`], not in use
+/// by another call at the same time; `text` and `gaps` are null or hold
+/// `len` readable bytes, `out` is null or holds `len` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn kb_fill(
     encoder: *mut KbEncoder,

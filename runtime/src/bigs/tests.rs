@@ -5,7 +5,7 @@
 extern crate std;
 
 use super::*;
-use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
+use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM, BIGS_MASK};
 use kilobyte_format::writer::KbmWriter;
 use kilobyte_format::{for_each_tensor, AlignedBytes, DType, FormatError, Role};
 use std::collections::BTreeMap;
@@ -233,7 +233,7 @@ fn text(n: usize, seed: u64) -> Vec<u8> {
     (0..n).map(|_| rng.below(256) as u8).collect()
 }
 
-fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+pub(super) fn max_diff(a: &[f32], b: &[f64]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (*x as f64 - y).abs())
@@ -355,107 +355,4 @@ fn bad_inputs_are_errors() {
         enc.classify(b"x"),
         Err(RuntimeError::MissingHead { .. })
     ));
-}
-
-/// The firmware-sized complex exponential against std's exp, sin and cos,
-/// over the range SSM parameters reach and beyond.
-#[test]
-fn cexp_matches_std() {
-    let mut rng = crate::rng::Rng::new(3);
-    let mut worst = 0f64;
-    for i in 0..20_000 {
-        let span = [1e-3, 1.0, 30.0, 700.0][i % 4];
-        let re = -span * rng.next_f64();
-        let im = span * (2.0 * rng.next_f64() - 1.0);
-        let (gre, gim) = super::cexp(re, im);
-        let m = re.exp();
-        let (wre, wim) = (m * im.cos(), m * im.sin());
-        let err = ((gre - wre).powi(2) + (gim - wim).powi(2)).sqrt() / m.max(f64::MIN_POSITIVE);
-        if m > 1e-290 {
-            worst = worst.max(err);
-        }
-    }
-    assert!(worst < 1e-10, "relative error {worst}");
-    assert_eq!(super::cexp(0.0, 0.0), (1.0, 0.0));
-    assert!((super::cexp(5.0, 0.0).0 - 5f64.exp()).abs() < 1e-12 * 5f64.exp());
-    assert!(super::cexp(f64::NAN, 0.0).0.is_nan());
-    assert!(!super::cexp(f64::INFINITY, 1.0).0.is_finite());
-}
-
-/// One SSM kernel (one group of `modes` modes) with parameters in the
-/// trainer's init ranges.
-fn ssm_params(modes: usize) -> [Vec<f32>; 5] {
-    let mut rng = crate::rng::Rng::new(5);
-    let a = (0..modes)
-        .map(|_| -0.7 + 0.1 * rng.next_f64() as f32)
-        .collect();
-    let w = (0..modes)
-        .map(|n| core::f32::consts::PI * n as f32)
-        .collect();
-    let c = (0..2 * modes)
-        .map(|_| rng.next_f64() as f32 - 0.5)
-        .collect();
-    [a, w, c, vec![-3.0], vec![0.5]]
-}
-
-/// The kernel against its definition, stepped one power at a time, across
-/// several 64-position chunks.
-#[test]
-fn ssm_kernel_matches_its_definition_across_chunks() {
-    let [a, w, c, log_dt, d] = ssm_params(4);
-    let s = Ssm {
-        a: &a,
-        w: &w,
-        c: &c,
-        log_dt: &log_dt,
-        d: &d,
-    };
-    let mut out = vec![0f32; 300];
-    super::ssm_kernel(&s, 0, 4, &mut out);
-    let dt = (log_dt[0] as f64).exp();
-    let mut want = vec![0f64; out.len()];
-    for n in 0..4 {
-        let (are, aim) = (-(a[n] as f64).exp(), w[n] as f64);
-        let m = (dt * are).exp();
-        let (abre, abim) = (m * (dt * aim).cos(), m * (dt * aim).sin());
-        let den = are * are + aim * aim;
-        let (nre, nim) = (abre - 1.0, abim);
-        let (bre, bim) = ((nre * are + nim * aim) / den, (nim * are - nre * aim) / den);
-        let (cre, cim) = (c[2 * n] as f64, c[2 * n + 1] as f64);
-        let (mut zre, mut zim) = (cre * bre - cim * bim, cre * bim + cim * bre);
-        for v in want.iter_mut() {
-            *v += zre;
-            let t = zre * abre - zim * abim;
-            zim = zre * abim + zim * abre;
-            zre = t;
-        }
-    }
-    let worst = max_diff(&out, &want);
-    assert!(worst < 1e-6, "largest difference {worst}");
-}
-
-/// Kernel generation is linear in its length: a 131,072-position kernel of
-/// 16 modes takes 2M complex steps and milliseconds; stepping each 64-position
-/// chunk's start from 0 took 2.1G steps, most of them on subnormals, and
-/// over a minute.
-#[test]
-fn ssm_kernel_cost_is_linear_in_its_length() {
-    let [a, w, c, log_dt, d] = ssm_params(16);
-    let s = Ssm {
-        a: &a,
-        w: &w,
-        c: &c,
-        log_dt: &log_dt,
-        d: &d,
-    };
-    let mut out = vec![0f32; 1 << 17];
-    let t = std::time::Instant::now();
-    super::ssm_kernel(&s, 0, 16, &mut out);
-    let took = t.elapsed().as_secs_f64();
-    assert!(
-        took < 1.0,
-        "{took:.2} s for a kernel of {} positions",
-        out.len()
-    );
-    assert!(out.iter().all(|v| v.is_finite()));
 }

@@ -126,7 +126,7 @@ mod tensors;
 #[cfg(test)]
 mod testutil;
 
-pub use bigs::{Bigs, Classification, Encoder};
+pub use bigs::{Bigs, Classification, Encoder, EncoderLayout};
 pub use error::RuntimeError;
-pub use megabyte::{ArenaSpec, Megabyte, Session};
+pub use megabyte::{ArenaSpec, Megabyte, Session, SessionLayout};
 pub use sampling::{Sampler, SamplerConfig};

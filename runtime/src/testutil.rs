@@ -40,3 +40,11 @@ pub fn model_bytes(
     }
     AlignedBytes::from_slice(&w.to_bytes().unwrap())
 }
+
+/// `len` bytes of `buf` from its first 64-byte boundary.
+pub(crate) fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    let align = crate::arena::ARENA_ALIGN;
+    buf.resize(len + align, 0);
+    let skip = buf.as_ptr().align_offset(align);
+    &mut buf[skip..skip + len]
+}

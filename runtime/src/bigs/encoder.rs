@@ -13,98 +13,107 @@
 //! Cost per byte is dominated by the dense layers, which run through the
 //! shared kernels (SIMD, quantised weights) over all positions at once.
 //!
-//! Owns: the arena (all working memory) and the order of operations. Must
-//! not touch: the weights (borrowed, read-only, from `Bigs`) or the SSM
-//! math (`ssm.rs`).
+//! Owns: the arena (all working memory, its regions listed once as
+//! [`EncoderLayout`], which [`Bigs::layout`] counts, [`Bigs::arena_bytes`]
+//! sums and the encoder carves) and the order of operations. Must not
+//! touch: the weights (borrowed, read-only, from `Bigs`) or the SSM math
+//! (`ssm.rs`).
 
 use super::ssm::{ssm_conv, ssm_kernel};
 use super::{first_rows, Bigs, Linear, MlmHead};
-use crate::arena::{f32_region, q8_region, Carver, ARENA_SLACK};
+use crate::arena::{arena_layout, ARENA_SLACK};
 use crate::error::RuntimeError;
 use crate::kernels;
 use kilobyte_format::config::{BIGS_MASK, BIGS_VOCAB};
 use kilobyte_format::dtype::QK;
 use kilobyte_format::{BigsConfig, BlockQ8};
 
+arena_layout! {
+    /// Elements in each region of an encoder's arena, in the order they lie
+    /// there ([`Bigs::layout`]).
+    pub struct EncoderLayout, EncoderMem {
+        /// The SSM kernels, `[layer][direction][kernel][max_len]`.
+        kernels: f32,
+        /// Per-position activations, `[max_len][d_model]`.
+        x: f32,
+        z: f32,
+        f: f32,
+        b: f32,
+        sf: f32,
+        sb: f32,
+        /// Per-position expanded activations, `[max_len][d_expand]`.
+        v: f32,
+        h: f32,
+        /// An embedding row.
+        row: f32,
+        /// The heads' vectors.
+        pooled: f32,
+        hidden: f32,
+        normed: f32,
+        byte_logits: f32,
+        class_logits: f32,
+        probs: f32,
+        /// Quantised activations for the q8/q4 matrix products.
+        scratch: BlockQ8,
+    }
+}
+
 impl<'m> Bigs<'m> {
-    /// Exact arena bytes for inputs of up to `max_len` bytes (0 when
-    /// `max_len` is 0 or longer than T_max). A `const fn`, so firmware can
-    /// size a `static` buffer at compile time.
-    pub const fn arena_bytes(config: &BigsConfig, max_len: usize) -> usize {
+    /// The element count of every region of an encoder's arena for inputs
+    /// of up to `max_len` bytes (all empty when `max_len` is 0 or longer
+    /// than T_max).
+    pub const fn layout(config: &BigsConfig, max_len: usize) -> EncoderLayout {
         if max_len == 0 || max_len > config.max_seq as usize {
-            return 0;
+            return EncoderLayout::EMPTY;
         }
         let d = config.d_model as usize;
         let e = config.d_expand as usize;
-        let layers = config.layers as usize;
-        let k = config.ssm_kernels as usize;
         let classes = if config.n_classes > 1 {
             config.n_classes as usize
         } else {
             1
         };
         let widest = if e > d { e } else { d };
-        ARENA_SLACK
-            + f32_region(layers * 2 * k * max_len) // SSM kernels
-            + 6 * f32_region(max_len * d) // x, z, f, b, sf, sb
-            + 2 * f32_region(max_len * e) // v, h
-            + 4 * f32_region(d) // embedding row, pooled, head hidden, normed
-            + f32_region(256) // byte logits
-            + 2 * f32_region(classes) // class logits, probabilities
-            + q8_region(max_len * widest / QK + 1) // quantised activations
+        EncoderLayout {
+            kernels: config.layers as usize * 2 * config.ssm_kernels as usize * max_len,
+            x: max_len * d,
+            z: max_len * d,
+            f: max_len * d,
+            b: max_len * d,
+            sf: max_len * d,
+            sb: max_len * d,
+            v: max_len * e,
+            h: max_len * e,
+            row: d,
+            pooled: d,
+            hidden: d,
+            normed: d,
+            byte_logits: 256,
+            class_logits: classes,
+            probs: classes,
+            scratch: max_len * widest / QK + 1,
+        }
+    }
+
+    /// Exact arena bytes for inputs of up to `max_len` bytes, for a buffer
+    /// of any alignment (0 when `max_len` is 0 or longer than T_max): the
+    /// layout plus [`ARENA_SLACK`]. A `const fn`, so a `static` buffer can
+    /// be sized at compile time.
+    pub const fn arena_bytes(config: &BigsConfig, max_len: usize) -> usize {
+        if max_len == 0 || max_len > config.max_seq as usize {
+            return 0;
+        }
+        ARENA_SLACK + Self::layout(config, max_len).bytes()
     }
 
     /// An encoder for inputs of up to `max_len` bytes in `arena`, with the
-    /// SSM kernels computed.
+    /// SSM kernels computed. `arena` needs [`Bigs::arena_bytes`] bytes.
     pub fn encoder<'a>(
         &'a self,
         arena: &'a mut [u8],
         max_len: usize,
     ) -> Result<Encoder<'a, 'm>, RuntimeError> {
-        let c = &self.config;
-        if max_len == 0 || max_len > c.max_seq as usize {
-            return Err(RuntimeError::BadContext {
-                requested: max_len,
-                reason: "the encoder's max_len must be between 1 and T_max",
-            });
-        }
-        let needed = Self::arena_bytes(c, max_len);
-        if arena.len() < needed {
-            return Err(RuntimeError::ArenaTooSmall {
-                needed,
-                given: arena.len(),
-            });
-        }
-        let given = arena.len();
-        let mut carve = Carver::new(arena).ok_or(RuntimeError::ArenaTooSmall { needed, given })?;
-        let (d, e) = (c.d_model as usize, c.d_expand as usize);
-        let k = c.ssm_kernels as usize;
-        let classes = (c.n_classes as usize).max(1);
-        let widest = d.max(e);
-        let mut enc = Encoder {
-            model: self,
-            max_len,
-            len: 0,
-            kernels: carve.f32s(c.layers as usize * 2 * k * max_len),
-            x: carve.f32s(max_len * d),
-            z: carve.f32s(max_len * d),
-            f: carve.f32s(max_len * d),
-            b: carve.f32s(max_len * d),
-            sf: carve.f32s(max_len * d),
-            sb: carve.f32s(max_len * d),
-            v: carve.f32s(max_len * e),
-            h: carve.f32s(max_len * e),
-            row: carve.f32s(d),
-            pooled: carve.f32s(d),
-            hidden: carve.f32s(d),
-            normed: carve.f32s(d),
-            byte_logits: carve.f32s(256),
-            class_logits: carve.f32s(classes),
-            probs: carve.f32s(classes),
-            scratch: carve.q8_blocks(max_len * widest / QK + 1),
-        };
-        enc.build_kernels();
-        Ok(enc)
+        Encoder::carve(self, arena, ARENA_SLACK, max_len)
     }
 }
 
@@ -114,24 +123,7 @@ pub struct Encoder<'a, 'm> {
     max_len: usize,
     /// Length of the last encoded input.
     len: usize,
-    /// `[layer][direction][kernel][max_len]`.
-    kernels: &'a mut [f32],
-    x: &'a mut [f32],
-    z: &'a mut [f32],
-    f: &'a mut [f32],
-    b: &'a mut [f32],
-    sf: &'a mut [f32],
-    sb: &'a mut [f32],
-    v: &'a mut [f32],
-    h: &'a mut [f32],
-    row: &'a mut [f32],
-    pooled: &'a mut [f32],
-    hidden: &'a mut [f32],
-    normed: &'a mut [f32],
-    byte_logits: &'a mut [f32],
-    class_logits: &'a mut [f32],
-    probs: &'a mut [f32],
-    scratch: &'a mut [BlockQ8],
+    mem: EncoderMem<'a>,
 }
 
 /// A classification result, borrowing the encoder's arena.
@@ -169,6 +161,37 @@ fn linear_rows(
 }
 
 impl<'a, 'm> Encoder<'a, 'm> {
+    /// Needs the layout plus `slack` bytes for aligning the start of `arena`.
+    fn carve(
+        model: &'a Bigs<'m>,
+        arena: &'a mut [u8],
+        slack: usize,
+        max_len: usize,
+    ) -> Result<Self, RuntimeError> {
+        if max_len == 0 || max_len > model.config.max_seq as usize {
+            return Err(RuntimeError::BadContext {
+                requested: max_len,
+                reason: "the encoder's max_len must be between 1 and T_max",
+            });
+        }
+        let layout = Bigs::layout(&model.config, max_len);
+        let needed = slack + layout.bytes();
+        let given = arena.len();
+        let too_small = RuntimeError::ArenaTooSmall { needed, given };
+        if given < needed {
+            return Err(too_small);
+        }
+        let mem = EncoderMem::carve(&layout, arena).ok_or(too_small)?;
+        let mut enc = Encoder {
+            model,
+            max_len,
+            len: 0,
+            mem,
+        };
+        enc.build_kernels();
+        Ok(enc)
+    }
+
     fn build_kernels(&mut self) {
         let c = &self.model.config;
         let (k, modes) = (c.ssm_kernels as usize, c.n_modes as usize);
@@ -177,7 +200,7 @@ impl<'a, 'm> Encoder<'a, 'm> {
             for (dir, s) in [&layer.fwd, &layer.bwd].into_iter().enumerate() {
                 for g in 0..k {
                     let at = i * per_layer + (dir * k + g) * self.max_len;
-                    ssm_kernel(s, g, modes, &mut self.kernels[at..at + self.max_len]);
+                    ssm_kernel(s, g, modes, &mut self.mem.kernels[at..at + self.max_len]);
                 }
             }
         }
@@ -217,17 +240,17 @@ impl<'a, 'm> Encoder<'a, 'm> {
                 });
             }
             // token + n-grams + position, in the trainer's order.
-            let x = &mut self.z[t * d..(t + 1) * d];
+            let x = &mut self.mem.z[t * d..(t + 1) * d];
             kernels::scalar::embedding_row(&m.tok, id as usize, x)?;
-            m.ngram.add_rows(t, &ids, x, self.row)?;
-            kernels::scalar::embedding_row(&m.pos, t, self.row)?;
-            kernels::add(x, self.row)?;
+            m.ngram.add_rows(t, &ids, x, self.mem.row)?;
+            kernels::scalar::embedding_row(&m.pos, t, self.mem.row)?;
+            kernels::add(x, self.mem.row)?;
             kernels::layer_norm(
                 x,
                 m.emb_ln_weight,
                 m.emb_ln_bias,
                 eps,
-                &mut self.x[t * d..(t + 1) * d],
+                &mut self.mem.x[t * d..(t + 1) * d],
             )?;
         }
         let (nd, ne) = (n * d, n * e);
@@ -236,28 +259,28 @@ impl<'a, 'm> Encoder<'a, 'm> {
             for t in 0..n {
                 let r = t * d..(t + 1) * d;
                 kernels::layer_norm(
-                    &self.x[r.clone()],
+                    &self.mem.x[r.clone()],
                     l.ln_weight,
                     l.ln_bias,
                     eps,
-                    &mut self.z[r],
+                    &mut self.mem.z[r],
                 )?;
             }
-            let z = &self.z[..nd];
-            linear_rows(&l.v, z, &mut self.v[..ne], self.scratch)?;
-            kernels::gelu_tanh(&mut self.v[..ne]);
-            linear_rows(&l.f, z, &mut self.f[..nd], self.scratch)?;
-            kernels::gelu_tanh(&mut self.f[..nd]);
-            linear_rows(&l.b, z, &mut self.b[..nd], self.scratch)?;
-            kernels::gelu_tanh(&mut self.b[..nd]);
-            let kern = &self.kernels[i * per_layer..(i + 1) * per_layer];
+            let z = &self.mem.z[..nd];
+            linear_rows(&l.v, z, &mut self.mem.v[..ne], self.mem.scratch)?;
+            kernels::gelu_tanh(&mut self.mem.v[..ne]);
+            linear_rows(&l.f, z, &mut self.mem.f[..nd], self.mem.scratch)?;
+            kernels::gelu_tanh(&mut self.mem.f[..nd]);
+            linear_rows(&l.b, z, &mut self.mem.b[..nd], self.mem.scratch)?;
+            kernels::gelu_tanh(&mut self.mem.b[..nd]);
+            let kern = &self.mem.kernels[i * per_layer..(i + 1) * per_layer];
             let (kf, kb) = kern.split_at(k * self.max_len);
             ssm_conv(
                 kf,
                 self.max_len,
                 l.fwd.d,
-                &self.f[..nd],
-                &mut self.sf[..nd],
+                &self.mem.f[..nd],
+                &mut self.mem.sf[..nd],
                 n,
                 d,
                 false,
@@ -266,30 +289,50 @@ impl<'a, 'm> Encoder<'a, 'm> {
                 kb,
                 self.max_len,
                 l.bwd.d,
-                &self.b[..nd],
-                &mut self.sb[..nd],
+                &self.mem.b[..nd],
+                &mut self.mem.sb[..nd],
                 n,
                 d,
                 true,
             )?;
             // Uf into f, Ub into b, then their product (the gate) in f.
-            linear_rows(&l.uf, &self.sf[..nd], &mut self.f[..nd], self.scratch)?;
-            linear_rows(&l.ub, &self.sb[..nd], &mut self.b[..nd], self.scratch)?;
-            kernels::mul(&mut self.f[..nd], &self.b[..nd])?;
-            linear_rows(&l.l, &self.f[..nd], &mut self.h[..ne], self.scratch)?;
-            kernels::gelu_tanh(&mut self.h[..ne]);
-            kernels::mul(&mut self.h[..ne], &self.v[..ne])?;
-            linear_rows(&l.o, &self.h[..ne], &mut self.z[..nd], self.scratch)?;
-            kernels::add(&mut self.x[..nd], &self.z[..nd])?;
+            linear_rows(
+                &l.uf,
+                &self.mem.sf[..nd],
+                &mut self.mem.f[..nd],
+                self.mem.scratch,
+            )?;
+            linear_rows(
+                &l.ub,
+                &self.mem.sb[..nd],
+                &mut self.mem.b[..nd],
+                self.mem.scratch,
+            )?;
+            kernels::mul(&mut self.mem.f[..nd], &self.mem.b[..nd])?;
+            linear_rows(
+                &l.l,
+                &self.mem.f[..nd],
+                &mut self.mem.h[..ne],
+                self.mem.scratch,
+            )?;
+            kernels::gelu_tanh(&mut self.mem.h[..ne]);
+            kernels::mul(&mut self.mem.h[..ne], &self.mem.v[..ne])?;
+            linear_rows(
+                &l.o,
+                &self.mem.h[..ne],
+                &mut self.mem.z[..nd],
+                self.mem.scratch,
+            )?;
+            kernels::add(&mut self.mem.x[..nd], &self.mem.z[..nd])?;
         }
         for t in 0..n {
             let r = t * d..(t + 1) * d;
             kernels::layer_norm(
-                &self.x[r.clone()],
+                &self.mem.x[r.clone()],
                 m.ln_f_weight,
                 m.ln_f_bias,
                 eps,
-                &mut self.z[r],
+                &mut self.mem.z[r],
             )?;
         }
         self.len = n;
@@ -304,39 +347,44 @@ impl<'a, 'm> Encoder<'a, 'm> {
         self.encode(|t| text[t] as u32, text.len())?;
         let d = self.model.config.d_model as usize;
         let n = self.len;
-        self.pooled.fill(0.0);
+        self.mem.pooled.fill(0.0);
         for t in 0..n {
-            kernels::add(self.pooled, &self.z[t * d..(t + 1) * d])?;
+            kernels::add(self.mem.pooled, &self.mem.z[t * d..(t + 1) * d])?;
         }
-        kernels::scale(self.pooled, 1.0 / n as f32);
-        linear_rows(&head.dense, self.pooled, self.hidden, self.scratch)?;
-        for v in self.hidden.iter_mut() {
+        kernels::scale(self.mem.pooled, 1.0 / n as f32);
+        linear_rows(
+            &head.dense,
+            self.mem.pooled,
+            self.mem.hidden,
+            self.mem.scratch,
+        )?;
+        for v in self.mem.hidden.iter_mut() {
             *v = libm::tanhf(*v);
         }
         let classes = self.model.config.n_classes as usize;
         linear_rows(
             &head.out,
-            self.hidden,
-            &mut self.class_logits[..classes],
-            self.scratch,
+            self.mem.hidden,
+            &mut self.mem.class_logits[..classes],
+            self.mem.scratch,
         )?;
-        Ok(&self.class_logits[..classes])
+        Ok(&self.mem.class_logits[..classes])
     }
 
     /// The most probable class of `text` and every class's probability.
     pub fn classify(&mut self, text: &[u8]) -> Result<Classification<'_>, RuntimeError> {
         let classes = self.class_logits(text)?.len();
-        self.probs[..classes].copy_from_slice(&self.class_logits[..classes]);
-        kernels::softmax(&mut self.probs[..classes]);
-        if self.probs[..classes].iter().any(|p| p.is_nan()) {
+        self.mem.probs[..classes].copy_from_slice(&self.mem.class_logits[..classes]);
+        kernels::softmax(&mut self.mem.probs[..classes]);
+        if self.mem.probs[..classes].iter().any(|p| p.is_nan()) {
             return Err(RuntimeError::NotFinite {
                 what: "class probabilities",
             });
         }
-        let class = argmax(&self.probs[..classes]);
+        let class = argmax(&self.mem.probs[..classes]);
         Ok(Classification {
             class,
-            probs: &self.probs[..classes],
+            probs: &self.mem.probs[..classes],
         })
     }
 
@@ -353,7 +401,7 @@ impl<'a, 'm> Encoder<'a, 'm> {
         self.encode(|t| ids[t], ids.len())?;
         for t in 0..self.len {
             self.position_logits(&head, t)?;
-            each(t, self.byte_logits);
+            each(t, self.mem.byte_logits);
         }
         Ok(())
     }
@@ -362,20 +410,25 @@ impl<'a, 'm> Encoder<'a, 'm> {
         let d = self.model.config.d_model as usize;
         linear_rows(
             &head.dense,
-            &self.z[t * d..(t + 1) * d],
-            self.hidden,
-            self.scratch,
+            &self.mem.z[t * d..(t + 1) * d],
+            self.mem.hidden,
+            self.mem.scratch,
         )?;
-        kernels::gelu_tanh(self.hidden);
+        kernels::gelu_tanh(self.mem.hidden);
         kernels::layer_norm(
-            self.hidden,
+            self.mem.hidden,
             head.ln_weight,
             head.ln_bias,
             self.model.config.norm_eps,
-            self.normed,
+            self.mem.normed,
         )?;
         let bytes = first_rows(&self.model.tok, 256)?;
-        kernels::matvec(&bytes, self.normed, self.byte_logits, self.scratch)?;
+        kernels::matvec(
+            &bytes,
+            self.mem.normed,
+            self.mem.byte_logits,
+            self.mem.scratch,
+        )?;
         Ok(())
     }
 
@@ -407,7 +460,7 @@ impl<'a, 'm> Encoder<'a, 'm> {
         for t in 0..text.len() {
             if gaps[t] {
                 self.position_logits(&head, t)?;
-                out[t] = crate::sampling::argmax(self.byte_logits);
+                out[t] = crate::sampling::argmax(self.mem.byte_logits);
             }
         }
         Ok(())

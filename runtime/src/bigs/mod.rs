@@ -13,7 +13,7 @@ mod ssm;
 #[cfg(test)]
 mod tests;
 
-pub use encoder::{Classification, Encoder};
+pub use encoder::{Classification, Encoder, EncoderLayout};
 
 use crate::error::RuntimeError;
 use crate::kernels::{Matrix, Weights};

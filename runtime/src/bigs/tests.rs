@@ -5,6 +5,8 @@
 extern crate std;
 
 use super::*;
+use crate::arena::ARENA_SLACK;
+use crate::testutil::aligned;
 use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM, BIGS_MASK};
 use kilobyte_format::writer::KbmWriter;
 use kilobyte_format::{for_each_tensor, AlignedBytes, DType, FormatError, Role};
@@ -355,4 +357,31 @@ fn bad_inputs_are_errors() {
         enc.classify(b"x"),
         Err(RuntimeError::MissingHead { .. })
     ));
+}
+
+/// One list of regions both sizes and carves an encoder's arena: for every
+/// shape and length, the carving fills exactly the layout's bytes (a byte
+/// less is refused), each region as long as the layout says, and
+/// `arena_bytes` is the layout plus the slack.
+#[test]
+fn an_encoder_carves_exactly_its_layout() {
+    let mut buf = Vec::new();
+    let one_class = BigsConfig {
+        n_classes: 1,
+        ..tiny()
+    };
+    for config in [tiny(), one_class, BigsConfig::MICRO, BigsConfig::SMALL] {
+        let t_max = config.max_seq as usize;
+        for max_len in [1, 2, 31, 33, t_max].into_iter().filter(|&n| n <= t_max) {
+            let layout = Bigs::layout(&config, max_len);
+            let n = layout.bytes();
+            assert_eq!(Bigs::arena_bytes(&config, max_len), n + ARENA_SLACK);
+            let mem = super::encoder::EncoderMem::carve(&layout, aligned(&mut buf, n));
+            assert!(mem.unwrap().matches(&layout), "{max_len}");
+            let short = super::encoder::EncoderMem::carve(&layout, aligned(&mut buf, n - 1));
+            assert!(short.is_none(), "{max_len}");
+        }
+        assert_eq!(Bigs::layout(&config, t_max + 1), EncoderLayout::EMPTY);
+        assert_eq!(Bigs::layout(&config, 0), EncoderLayout::EMPTY);
+    }
 }

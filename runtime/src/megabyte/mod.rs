@@ -8,7 +8,7 @@
 
 mod session;
 
-pub use session::{ArenaSpec, Session};
+pub use session::{ArenaSpec, Session, SessionLayout};
 
 use crate::error::RuntimeError;
 use crate::kernels::Matrix;
@@ -177,8 +177,8 @@ impl<'m> Megabyte<'m> {
     }
 
     /// Arena bytes a session with `max_context` bytes of context needs, with
-    /// the default [`ArenaSpec`]. A `const fn`, so firmware can write
-    /// `static mut ARENA: [u8; Megabyte::arena_bytes(&CONFIG, 512)]`.
+    /// the default [`ArenaSpec`]. A `const fn`, so a `static` buffer can be
+    /// sized at compile time.
     /// Returns 0 when `max_context` is unusable (see [`ArenaSpec::check`]).
     pub const fn arena_bytes(config: &MegabyteConfig, max_context: usize) -> usize {
         ArenaSpec::new(max_context).arena_bytes(config)

@@ -5,7 +5,8 @@
 extern crate std;
 
 use super::*;
-use crate::arena::ARENA_ALIGN;
+use crate::arena::{ARENA_ALIGN, ARENA_SLACK};
+use crate::testutil::aligned;
 use kilobyte_format::{AlignedBytes, DType, FormatError};
 use std::vec;
 use std::vec::Vec;
@@ -377,4 +378,42 @@ fn wrong_family_and_unaligned_bytes_are_errors() {
         Megabyte::from_file(&file),
         Err(RuntimeError::Format(FormatError::UnalignedMemory { .. }))
     ));
+}
+
+/// One list of regions both sizes and carves a session's arena: for every
+/// shape, the carving fills exactly the layout's bytes (a byte less is
+/// refused), each region as long as the layout says, and `arena_bytes` is
+/// the layout plus the slack.
+#[test]
+fn a_session_carves_exactly_its_layout() {
+    let mut buf = Vec::new();
+    for config in [tiny_config(), MegabyteConfig::MICRO, MegabyteConfig::SMALL] {
+        let p = config.patch_size as usize;
+        for context in [2 * p, 3 * p, config.max_seq as usize] {
+            for prefill_patches in [1, 3, 1000] {
+                for spec in [
+                    ArenaSpec {
+                        prefill_patches,
+                        ..ArenaSpec::new(context)
+                    },
+                    ArenaSpec {
+                        prefill_patches,
+                        ..ArenaSpec::new(context).with_i8_cache()
+                    },
+                ] {
+                    let layout = spec.layout(&config);
+                    let n = layout.bytes();
+                    assert_eq!(spec.arena_bytes(&config), n + ARENA_SLACK, "{spec:?}");
+                    let mem = super::session::SessionMem::carve(&layout, aligned(&mut buf, n));
+                    assert!(mem.unwrap().matches(&layout), "{spec:?}");
+                    let short =
+                        super::session::SessionMem::carve(&layout, aligned(&mut buf, n - 1));
+                    assert!(short.is_none(), "{spec:?}");
+                }
+            }
+        }
+    }
+    let bad = ArenaSpec::new(5);
+    assert_eq!(bad.layout(&tiny_config()), SessionLayout::EMPTY);
+    assert_eq!(bad.arena_bytes(&tiny_config()), 0);
 }

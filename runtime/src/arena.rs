@@ -1,5 +1,6 @@
 //! Working memory: the typed, 64-byte aligned regions a session or encoder
-//! carves out of the memory its caller gives.
+//! carves out of the memory its caller gives, and [`Arena`], memory that is
+//! aligned already.
 //!
 //! Each session type declares its regions once, with `arena_layout!`: one
 //! list of names and element types, from which come both the layout (the
@@ -8,12 +9,15 @@
 //! carving into slices. A region therefore cannot be counted and not carved,
 //! or carved and not counted, and carving can be handed nothing but a
 //! layout's regions (the carver is crate-private, used by the macro's
-//! expansion alone).
-//! Carving checks every step and reports a short buffer instead of
-//! panicking, even if a layout were somehow wrong.
+//! expansion alone). Carving checks every step and reports a short buffer
+//! instead of panicking, even if a layout were somehow wrong.
 //!
-//! Owns: alignment, zeroing and carving. Must not touch: what the regions
-//! mean (the sessions' business).
+//! Owns: alignment, zeroing, carving, and the one `unsafe` step that hands
+//! out a `static` arena ([`StaticArena::take`]). Must not touch: what the
+//! regions mean (the sessions' business).
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Alignment of every region (a cache line; what AVX loads like).
 pub const ARENA_ALIGN: usize = 64;
@@ -24,8 +28,83 @@ pub const fn region(bytes: usize) -> usize {
 }
 
 /// Slack for aligning the start of an arbitrary caller buffer: what
-/// `arena_bytes` adds to a layout's `bytes()`.
+/// `arena_bytes` adds to a layout's `bytes()`. An [`Arena`] needs none.
 pub const ARENA_SLACK: usize = ARENA_ALIGN;
+
+/// Memory of `N` bytes starting on a 64-byte boundary, so a layout of `N`
+/// bytes fits it exactly (no [`ARENA_SLACK`]). Firmware keeps one in a
+/// [`StaticArena`]; `Megabyte::session_in` and `Bigs::encoder_in` take it.
+#[repr(C, align(64))]
+pub struct Arena<const N: usize>([u8; N]);
+
+const _: () = assert!(core::mem::align_of::<Arena<0>>() == ARENA_ALIGN);
+
+impl<const N: usize> Arena<N> {
+    pub const fn new() -> Self {
+        Arena([0; N])
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl<const N: usize> Default for Arena<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An [`Arena`] for a `static`, handed out once as `&'static mut` by
+/// [`StaticArena::take`]: what firmware would otherwise write as a
+/// `static mut` buffer and an `unsafe` borrow of it. The taken flag shares
+/// the arena's alignment, so it occupies one 64-byte line: the RAM the
+/// aligned arena saves in slack.
+///
+/// ```
+/// use kilobyte_runtime::arena::StaticArena;
+/// static ARENA: StaticArena<4096> = StaticArena::new();
+/// let arena = ARENA.take().unwrap();
+/// assert!(ARENA.take().is_none()); // never a second reference
+/// # let _ = arena;
+/// ```
+pub struct StaticArena<const N: usize> {
+    taken: AtomicBool,
+    arena: UnsafeCell<Arena<N>>,
+}
+
+// SAFETY: the arena is reached only through `take`, which hands out its one
+// reference at most once (the flag is swapped atomically), so no two
+// threads, or callers, ever share it.
+unsafe impl<const N: usize> Sync for StaticArena<N> {}
+
+impl<const N: usize> StaticArena<N> {
+    pub const fn new() -> Self {
+        StaticArena {
+            taken: AtomicBool::new(false),
+            arena: UnsafeCell::new(Arena::new()),
+        }
+    }
+
+    /// The arena, the first time; `None` ever after.
+    // A `&mut` from `&self` is sound here only because the flag hands it
+    // out once: this is the one place that turns shared into unique.
+    #[allow(clippy::mut_from_ref)]
+    pub fn take(&'static self) -> Option<&'static mut Arena<N>> {
+        if self.taken.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: the flag was clear and is now set for good, so this is the
+        // only reference to the arena there will ever be.
+        Some(unsafe { &mut *self.arena.get() })
+    }
+}
+
+impl<const N: usize> Default for StaticArena<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Hands out consecutive aligned, zeroed regions of a buffer; used only by
 /// `arena_layout!`'s carving.
@@ -197,5 +276,15 @@ mod tests {
         }
         assert!(TestMem::carve(&LAYOUT, &mut buf[..10]).is_none());
         assert_eq!(TestLayout::EMPTY.bytes(), 0);
+    }
+
+    #[test]
+    fn a_static_arena_is_handed_out_once() {
+        static ARENA: StaticArena<100> = StaticArena::new();
+        let arena = ARENA.take().unwrap();
+        assert_eq!(arena.bytes_mut().as_ptr() as usize % ARENA_ALIGN, 0);
+        arena.bytes_mut()[99] = 1;
+        assert!(ARENA.take().is_none());
+        assert!(ARENA.take().is_none());
     }
 }

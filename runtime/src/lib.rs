@@ -88,6 +88,9 @@
 //!
 //! ## Modules
 //!
+//! - [`arena`]: working memory: each session type's regions declared once
+//!   (the layout that sizes the arena and the carving into it), and
+//!   [`Arena`] / [`StaticArena`] for aligned, `static` arenas without slack.
 //! - [`kernels`]: scalar reference ops and their SIMD versions (AVX2+FMA
 //!   chosen at run time, NEON on aarch64, SIMD128 on wasm32 with the
 //!   `simd128` feature, scalar elsewhere).
@@ -126,6 +129,7 @@ mod tensors;
 #[cfg(test)]
 mod testutil;
 
+pub use arena::{Arena, StaticArena};
 pub use bigs::{Bigs, Classification, Encoder, EncoderLayout};
 pub use error::RuntimeError;
 pub use megabyte::{ArenaSpec, Megabyte, Session, SessionLayout};

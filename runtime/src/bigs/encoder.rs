@@ -21,7 +21,7 @@
 
 use super::ssm::{ssm_conv, ssm_kernel};
 use super::{first_rows, Bigs, Linear, MlmHead};
-use crate::arena::{arena_layout, ARENA_SLACK};
+use crate::arena::{arena_layout, Arena, ARENA_SLACK};
 use crate::error::RuntimeError;
 use crate::kernels;
 use kilobyte_format::config::{BIGS_MASK, BIGS_VOCAB};
@@ -61,7 +61,8 @@ arena_layout! {
 impl<'m> Bigs<'m> {
     /// The element count of every region of an encoder's arena for inputs
     /// of up to `max_len` bytes (all empty when `max_len` is 0 or longer
-    /// than T_max).
+    /// than T_max). Its [`EncoderLayout::bytes`] is the size of an [`Arena`]
+    /// for [`Bigs::encoder_in`].
     pub const fn layout(config: &BigsConfig, max_len: usize) -> EncoderLayout {
         if max_len == 0 || max_len > config.max_seq as usize {
             return EncoderLayout::EMPTY;
@@ -114,6 +115,16 @@ impl<'m> Bigs<'m> {
         max_len: usize,
     ) -> Result<Encoder<'a, 'm>, RuntimeError> {
         Encoder::carve(self, arena, ARENA_SLACK, max_len)
+    }
+
+    /// [`Bigs::encoder`] in an aligned arena, which needs only
+    /// `Bigs::layout(&config, max_len).bytes()` bytes.
+    pub fn encoder_in<'a, const N: usize>(
+        &'a self,
+        arena: &'a mut Arena<N>,
+        max_len: usize,
+    ) -> Result<Encoder<'a, 'm>, RuntimeError> {
+        Encoder::carve(self, arena.bytes_mut(), 0, max_len)
     }
 }
 

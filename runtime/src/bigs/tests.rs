@@ -5,7 +5,7 @@
 extern crate std;
 
 use super::*;
-use crate::arena::ARENA_SLACK;
+use crate::arena::{Arena, ARENA_ALIGN, ARENA_SLACK};
 use crate::testutil::aligned;
 use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM, BIGS_MASK};
 use kilobyte_format::writer::KbmWriter;
@@ -383,5 +383,38 @@ fn an_encoder_carves_exactly_its_layout() {
         }
         assert_eq!(Bigs::layout(&config, t_max + 1), EncoderLayout::EMPTY);
         assert_eq!(Bigs::layout(&config, 0), EncoderLayout::EMPTY);
+    }
+}
+
+/// An aligned arena of exactly the layout's bytes holds an encoder (no
+/// slack), one of a block less is refused, and both kinds of arena
+/// classify alike.
+#[test]
+fn an_encoder_fits_an_arena_of_exactly_its_layout() {
+    const TINY: BigsConfig = BigsConfig {
+        heads: BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY,
+        n_classes: 3,
+        ..BigsConfig::preset(32, 64, 2, 4, 2, 24)
+    };
+    const N: usize = Bigs::layout(&TINY, 20).bytes();
+    assert_eq!(TINY, tiny());
+    let bytes = model_bytes(TINY, DType::Q8, 6);
+    let file = ModelFile::parse(&bytes).unwrap();
+    let model = Bigs::from_file(&file).unwrap();
+    let mut exact = std::boxed::Box::new(Arena::<N>::new());
+    let mut plain = vec![0u8; Bigs::arena_bytes(&TINY, 20)];
+    let mut e = model.encoder_in(&mut *exact, 20).unwrap();
+    let mut f = model.encoder(&mut plain, 20).unwrap();
+    assert_eq!(
+        e.class_logits(b"in the arena").unwrap(),
+        f.class_logits(b"in the arena").unwrap()
+    );
+    let mut small = std::boxed::Box::new(Arena::<{ N - ARENA_ALIGN }>::new());
+    match model.encoder_in(&mut *small, 20) {
+        Err(RuntimeError::ArenaTooSmall { needed, given }) => {
+            assert_eq!((needed, given), (N, N - ARENA_ALIGN))
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("accepted a small arena"),
     }
 }

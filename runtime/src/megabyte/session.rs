@@ -28,7 +28,7 @@
 //! stops because the context is full.
 
 use super::{Megabyte, Transformer};
-use crate::arena::{arena_layout, ARENA_SLACK};
+use crate::arena::{arena_layout, Arena, ARENA_SLACK};
 use crate::error::RuntimeError;
 use crate::kernels;
 use half::bf16;
@@ -114,7 +114,8 @@ impl ArenaSpec {
     }
 
     /// The element count of every region of the arena (all empty when
-    /// [`ArenaSpec::check`] fails).
+    /// [`ArenaSpec::check`] fails). Its [`SessionLayout::bytes`] is the size
+    /// of an [`Arena`] for [`Session::in_arena`].
     pub const fn layout(&self, config: &MegabyteConfig) -> SessionLayout {
         if self.check(config).is_some() {
             return SessionLayout::EMPTY;
@@ -240,6 +241,16 @@ impl<'a, 'm> Session<'a, 'm> {
         spec: ArenaSpec,
     ) -> Result<Self, RuntimeError> {
         Self::carve(model, arena, ARENA_SLACK, spec)
+    }
+
+    /// [`Session::new`] in an aligned arena, which needs only
+    /// `spec.layout(&model.config).bytes()` bytes.
+    pub fn in_arena<const N: usize>(
+        model: &'a Megabyte<'m>,
+        arena: &'a mut Arena<N>,
+        spec: ArenaSpec,
+    ) -> Result<Self, RuntimeError> {
+        Self::carve(model, arena.bytes_mut(), 0, spec)
     }
 
     /// Needs the layout plus `slack` bytes for aligning the start of `arena`.

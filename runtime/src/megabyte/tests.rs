@@ -5,7 +5,7 @@
 extern crate std;
 
 use super::*;
-use crate::arena::{ARENA_ALIGN, ARENA_SLACK};
+use crate::arena::{Arena, ARENA_ALIGN, ARENA_SLACK};
 use crate::testutil::aligned;
 use kilobyte_format::{AlignedBytes, DType, FormatError};
 use std::vec;
@@ -416,4 +416,32 @@ fn a_session_carves_exactly_its_layout() {
     let bad = ArenaSpec::new(5);
     assert_eq!(bad.layout(&tiny_config()), SessionLayout::EMPTY);
     assert_eq!(bad.arena_bytes(&tiny_config()), 0);
+}
+
+/// An aligned arena of exactly the layout's bytes holds a session (no
+/// slack), one of a block less is refused, and both kinds of arena run the
+/// same session.
+#[test]
+fn a_session_fits_an_arena_of_exactly_its_layout() {
+    const TINY: MegabyteConfig = MegabyteConfig::preset(4, 16, 2, 2, 32, 2, 2, 48);
+    const SPEC: ArenaSpec = ArenaSpec::new(48).with_i8_cache();
+    const N: usize = SPEC.layout(&TINY).bytes();
+    assert_eq!(TINY, tiny_config());
+    let bytes = model_bytes(TINY, DType::Q8, 6);
+    let file = ModelFile::parse(&bytes).unwrap();
+    let model = Megabyte::from_file(&file).unwrap();
+    let mut exact = std::boxed::Box::new(Arena::<N>::new());
+    let mut s = model.session_in(&mut *exact, SPEC).unwrap();
+    let mut plain = vec![0u8; SPEC.arena_bytes(&TINY)];
+    let mut t = model.session(&mut plain, SPEC).unwrap();
+    s.prefill(b"in the arena").unwrap();
+    t.prefill(b"in the arena").unwrap();
+    assert_eq!(s.logits(), t.logits());
+    let mut small = std::boxed::Box::new(Arena::<{ N - ARENA_ALIGN }>::new());
+    match model.session_in(&mut *small, SPEC) {
+        Err(RuntimeError::ArenaTooSmall { needed, given }) => {
+            assert_eq!((needed, given), (N, N - ARENA_ALIGN))
+        }
+        other => panic!("{:?}", other.err()),
+    }
 }

@@ -1,8 +1,10 @@
 //! Runs both model families on a Cortex-M4F from flash: greedy MEGABYTE
 //! generation and BiGS classification, with `static` arenas sized at compile
-//! time by the runtime's `const fn`s. Prints over semihosting (the output
-//! tests/firmware/run.sh compares with the host CLI), then the RAM and
-//! speed figures, and exits with semihosting's exit code.
+//! time by the runtime's `const fn` layouts (aligned, so without slack) and
+//! handed out by `StaticArena::take` (no `static mut`, no `unsafe`). Prints
+//! over semihosting (the output tests/firmware/run.sh compares with the host
+//! CLI), then the RAM and speed figures, and exits with semihosting's exit
+//! code.
 #![no_std]
 #![no_main]
 // The baseline build (see run_megabyte) leaves the model imports unused.
@@ -13,7 +15,7 @@ use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprint, hprintln};
 use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
 use kilobyte_format::{include_model, BigsConfig, MegabyteConfig, ModelConfig, ModelFile};
-use kilobyte_runtime::{ArenaSpec, Bigs, Megabyte};
+use kilobyte_runtime::{ArenaSpec, Bigs, Megabyte, StaticArena};
 
 static MEGABYTE_KBM: &[u8] = include_model!(env!("KILOBYTE_FW_MEGABYTE"));
 static BIGS_KBM: &[u8] = include_model!(env!("KILOBYTE_FW_BIGS"));
@@ -28,11 +30,11 @@ const BIGS: BigsConfig = BigsConfig {
 const CONTEXT: usize = 512;
 const BIGS_LEN: usize = 128;
 const SPEC: ArenaSpec = ArenaSpec::new(CONTEXT).with_i8_cache();
-const MEGABYTE_ARENA: usize = SPEC.arena_bytes(&MEGABYTE);
-const BIGS_ARENA: usize = Bigs::arena_bytes(&BIGS, BIGS_LEN);
+const MEGABYTE_ARENA: usize = SPEC.layout(&MEGABYTE).bytes();
+const BIGS_ARENA: usize = Bigs::layout(&BIGS, BIGS_LEN).bytes();
 
-static mut MEGABYTE_MEM: [u8; MEGABYTE_ARENA] = [0; MEGABYTE_ARENA];
-static mut BIGS_MEM: [u8; BIGS_ARENA] = [0; BIGS_ARENA];
+static MEGABYTE_MEM: StaticArena<MEGABYTE_ARENA> = StaticArena::new();
+static BIGS_MEM: StaticArena<BIGS_ARENA> = StaticArena::new();
 
 pub const PROMPT: &[u8] = b"Once upon a time";
 pub const GENERATE: usize = 32;
@@ -131,10 +133,9 @@ fn run_megabyte() -> (usize, usize, usize) {
         fail("the MEGABYTE model is not the micro preset");
     }
     let model = Megabyte::from_file(&file).unwrap_or_else(|_| fail("MEGABYTE load"));
-    // SAFETY: the only reference to the arena.
-    let arena = unsafe { &mut *addr_of_mut!(MEGABYTE_MEM) };
+    let arena = MEGABYTE_MEM.take().unwrap_or_else(|| fail("arena taken"));
     let mut s = model
-        .session(arena, SPEC)
+        .session_in(arena, SPEC)
         .unwrap_or_else(|_| fail("session"));
     let t0 = clock_cs();
     s.prefill(PROMPT).unwrap_or_else(|_| fail("prefill"));
@@ -158,10 +159,9 @@ fn run_bigs() -> (usize, usize) {
         fail("the BiGS model is not a micro classifier with 2 classes");
     }
     let bigs = Bigs::from_file(&file).unwrap_or_else(|_| fail("BiGS load"));
-    // SAFETY: the only reference to the arena.
-    let arena = unsafe { &mut *addr_of_mut!(BIGS_MEM) };
+    let arena = BIGS_MEM.take().unwrap_or_else(|| fail("arena taken"));
     let mut enc = bigs
-        .encoder(arena, BIGS_LEN)
+        .encoder_in(arena, BIGS_LEN)
         .unwrap_or_else(|_| fail("encoder"));
     let t3 = clock_cs();
     for text in SENTENCES {
@@ -182,7 +182,7 @@ fn run_megabyte() -> (usize, usize, usize) {
         hprint!(" {:02x}", b);
     }
     hprintln!("");
-    let _ = (addr_of!(MEGABYTE_KBM), addr_of_mut!(MEGABYTE_MEM));
+    let _ = (addr_of!(MEGABYTE_KBM), addr_of!(MEGABYTE_MEM));
     (t0, t0, clock_cs())
 }
 
@@ -192,7 +192,7 @@ fn run_bigs() -> (usize, usize) {
     for text in core::hint::black_box(SENTENCES) {
         hprintln!("class {}", text);
     }
-    let _ = (addr_of!(BIGS_KBM), addr_of_mut!(BIGS_MEM));
+    let _ = (addr_of!(BIGS_KBM), addr_of!(BIGS_MEM));
     (t3, clock_cs())
 }
 

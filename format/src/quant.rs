@@ -79,19 +79,51 @@ fn check_finite(x: &[f32], base: usize) -> Result<(), CodecError> {
     }
 }
 
-/// Quantises one block of 32 values into 34 bytes.
+/// The q8 block encoder, the one both weights (export, `quantize`) and the
+/// runtime's activations (every SIMD backend matches it bit for bit) go
+/// through: `d` is [`q8_scale`]'s and `q = round-half-even(x / d)` clamped
+/// to ±127, computed as `x * (1 / d)`, which vector units do in one
+/// multiply.
+pub fn encode_q8(x: &[f32; QK], out: &mut crate::BlockQ8) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let (d, inv) = q8_scale(amax);
+    out.d = d;
+    for (q, &v) in out.qs.iter_mut().zip(x) {
+        *q = libm::rintf((v * inv).clamp(-127.0, 127.0)) as i8;
+    }
+}
+
+/// A q8 block's f16 scale (as stored) for largest magnitude `amax`, and its
+/// inverse: the smallest f16 `d` with `127 d >= amax`, so the clamp never
+/// bites and every value is off by at most `d / 2` (f16's subnormals are
+/// coarse: rounding `amax / 127` to nearest could lose percents), capped at
+/// f16's largest value so huge activations saturate rather than overflow.
+/// Public so vector code that finds `amax` its own way scales exactly as
+/// [`encode_q8`] does.
+#[inline]
+pub fn q8_scale(amax: f32) -> ([u8; 2], f32) {
+    let d = scale_for(amax, 127.0).unwrap_or(f16::MAX);
+    let d32 = d.to_f32();
+    let inv = if d32 > 0.0 { 1.0 / d32 } else { 0.0 };
+    (d.to_le_bytes(), inv)
+}
+
+/// Quantises one block of 32 weights into 34 bytes with [`encode_q8`],
+/// refusing what a weight must not be: non-finite, or too large for the
+/// f16 scale (which would saturate).
 pub fn quantize_q8_block(x: &[f32], out: &mut [u8], base: usize) -> Result<(), CodecError> {
     check_finite(x, base)?;
+    let x: &[f32; QK] = x
+        .try_into()
+        .map_err(|_| CodecError::NotWholeBlocks { len: x.len() })?;
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = scale_for(amax, 127.0).ok_or(CodecError::OutOfRange { index: base })?;
-    out[..2].copy_from_slice(&d.to_le_bytes());
-    let df = d.to_f32();
-    for (o, &v) in out[2..2 + QK].iter_mut().zip(x) {
-        // Division rather than multiplication by the inverse keeps the
-        // rounding exactly at the half-step the bound promises.
-        let q = if df > 0.0 { libm::roundf(v / df) } else { 0.0 };
-        *o = (q.clamp(-127.0, 127.0) as i8) as u8;
-    }
+    scale_for(amax, 127.0).ok_or(CodecError::OutOfRange { index: base })?;
+    let mut block = crate::BlockQ8 {
+        d: [0; 2],
+        qs: [0; QK],
+    };
+    encode_q8(x, &mut block);
+    out[..Q8_BLOCK_BYTES].copy_from_slice(bytemuck::bytes_of(&block));
     Ok(())
 }
 

@@ -5,12 +5,12 @@
 //! lengths of the slices passed in (each loop runs to the shortest), so no
 //! argument can make them read or write out of bounds.
 
-use super::scalar::q8_scale;
 use super::tiles::{for_each_tile, shortest};
 use super::{Matrix, Weights};
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 use kilobyte_format::dtype::QK;
+use kilobyte_format::quant::q8_scale;
 use kilobyte_format::{BlockQ4, BlockQ8};
 
 /// A float weight type that loads as eight f32 lanes.

@@ -4,13 +4,13 @@
 //! need nothing that is not always there. Memory accesses are bounded by the
 //! lengths of the slices passed in (each loop runs to the shortest).
 
-use super::scalar::q8_scale;
 use super::tiles::{for_each_tile, shortest};
 use super::{Matrix, Weights};
 use core::arch::aarch64::*;
 use core::arch::asm;
 use half::{bf16, f16};
 use kilobyte_format::dtype::QK;
+use kilobyte_format::quant::q8_scale;
 use kilobyte_format::{BlockQ4, BlockQ8};
 
 /// Four f16 to f32. `fcvtl` is baseline AArch64, but Rust's f16 vector

@@ -7,7 +7,7 @@ use super::{
     check_at_least, check_attention, check_len, check_matmul, check_rows, Heads, I8Rows,
     KernelError, Matrix, Weights,
 };
-use half::{bf16, f16};
+use half::bf16;
 use kilobyte_format::dtype::QK;
 use kilobyte_format::{BlockQ4, BlockQ8};
 
@@ -17,13 +17,12 @@ use kilobyte_format::{BlockQ4, BlockQ8};
 /// Quantises `x` (a whole number of 32-value blocks) to q8 blocks in `out`,
 /// the form in which [`matmul`] multiplies it with q8/q4 weights.
 ///
-/// Per block, `d = f16(amax / 127)` and `q = round_half_even(x / d)`
-/// clamped to ±127, with `x / d` computed as `x * (1 / d)`: that is what
-/// SIMD does, so every backend produces identical blocks. Rounding `d` to
-/// f16 moves it by at most 2^-11 relative, so the clamp never cuts more
-/// than the rounding and each value is off by at most `d / 2`; a product
-/// with weights `w` is off by at most `sum_blocks(d / 2 * sum |w|)`
-/// (tested). Blocks whose `amax / 127` is below f16's normal range (6.1e-5)
+/// Per block, the format's one q8 encoder (`quant::encode_q8`): `d` the
+/// smallest f16 with `127 d >= amax` (capped at f16's largest) and `q =
+/// round_half_even(x / d)` clamped to ±127, with `x / d` computed as
+/// `x * (1 / d)`: that is what SIMD does, so every backend produces
+/// identical blocks. Each value is off by at most `d / 2`; a product with
+/// weights `w` is off by at most `sum_blocks(d / 2 * sum |w|)` (tested). Blocks whose `amax / 127` is below f16's normal range (6.1e-5)
 /// lose relative precision; activations after a norm are far above that.
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) -> Result<(), KernelError> {
     if x.len() % QK != 0 {
@@ -34,23 +33,12 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) -> Result<(), KernelError> {
     }
     check_at_least("out", x.len() / QK, out.len())?;
     for (src, dst) in x.chunks_exact(QK).zip(out) {
-        let amax = src.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let (d, inv) = q8_scale(amax);
-        dst.d = d;
-        for (q, &v) in dst.qs.iter_mut().zip(src) {
-            *q = libm::rintf((v * inv).clamp(-127.0, 127.0)) as i8;
+        // Whole blocks: the length was checked above.
+        if let Ok(src) = src.try_into() {
+            kilobyte_format::quant::encode_q8(src, dst);
         }
     }
     Ok(())
-}
-
-/// A block's f16 scale (as stored) and its inverse, shared by every backend.
-pub(super) fn q8_scale(amax: f32) -> ([u8; 2], f32) {
-    // Capping d keeps huge activations finite: they saturate at ±127.
-    let d = f16::from_f32((amax / 127.0).min(f16::MAX.to_f32()));
-    let d32 = d.to_f32();
-    let inv = if d32 > 0.0 { 1.0 / d32 } else { 0.0 };
-    (d.to_le_bytes(), inv)
 }
 
 /// The 32 values of a q4 block in element order: byte `j` holds element `j`

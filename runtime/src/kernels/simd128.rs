@@ -11,12 +11,12 @@
 //! float products round twice, as the scalar code does. Memory accesses are
 //! bounded by the lengths of the slices passed in.
 
-use super::scalar::q8_scale;
 use super::tiles::{for_each_tile, shortest};
 use super::{Matrix, Weights};
 use core::arch::wasm32::*;
 use half::{bf16, f16};
 use kilobyte_format::dtype::QK;
+use kilobyte_format::quant::q8_scale;
 use kilobyte_format::{BlockQ4, BlockQ8};
 
 #[inline]

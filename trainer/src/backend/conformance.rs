@@ -5,8 +5,8 @@
 //! backend runs the same function in its own tests.
 
 use super::cpu::CpuBackend;
-use super::{AdamWStep, Attention, Backend, Linear};
-use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
+use super::shapes::{AdamWStep, Attention, Direction, Linear, SsmDims, SsmShape};
+use super::Backend;
 use anyhow::{ensure, Result};
 use kilobyte_runtime::rng::Rng;
 

@@ -4,7 +4,7 @@
 //! A batch is `batch` sequences padded to a common length `seq` (at most the
 //! workspace's); `lengths[b]` says how many rows of sequence `b` are real.
 //! Only the SSMs mix rows, and they never read a padding row (see
-//! [`crate::bigs::ssm`]), so a sequence computes exactly what it computes
+//! [`crate::backend::cpu::ssm`]), so a sequence computes exactly what it computes
 //! alone; the losses count real rows only, so padding rows also get no
 //! gradient.
 //!
@@ -13,8 +13,7 @@
 //! `Uf = SSM_fwd(F) Wuf`, `Ub = SSM_bwd(Bk) Wub`,
 //! `X += (GELU((Uf * Ub) Wl) * V) Wo` (every linear layer with a bias).
 
-use crate::backend::{Backend, CrossEntropy, Linear};
-use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
+use crate::backend::{Backend, CrossEntropy, Direction, Linear, SsmDims, SsmShape};
 use crate::ngram::NgramRows;
 use crate::params::ParamSet;
 use crate::params::{download_params, find_param as find, ParamMeta};

@@ -12,7 +12,7 @@ use super::float::Float;
 use super::gemm::{check, gemm, View};
 use super::par::{axpy, dot, exp_shifted_sum, max_of, SyncPtr};
 use super::simd::simd_kernel;
-use crate::backend::Attention;
+use crate::backend::shapes::Attention;
 use rayon::prelude::*;
 
 /// Query rows per GEMM block.

@@ -3,7 +3,7 @@
 use super::float::Float;
 use super::par::{add_col_sums, map1, map2, map2_mut, rows_mut, CHUNK};
 use super::simd::simd_kernel;
-use crate::backend::AdamWStep;
+use crate::backend::shapes::AdamWStep;
 use rayon::prelude::*;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;

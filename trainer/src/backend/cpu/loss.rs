@@ -2,7 +2,7 @@
 
 use super::float::Float;
 use super::par::{exp_shifted_sum, max_of, ordered_sum, sum};
-use crate::backend::CrossEntropy;
+use crate::backend::shapes::CrossEntropy;
 use rayon::prelude::*;
 
 /// Rows per task (fixed, so the loss sums in the same order on every run).

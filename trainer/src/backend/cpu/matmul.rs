@@ -3,7 +3,7 @@
 use super::float::Float;
 use super::gemm::{check, gemm, View};
 use super::par::{add_col_sums, rows_mut};
-use crate::backend::Linear;
+use crate::backend::shapes::Linear;
 
 pub fn forward<T: Float>(out: &mut [T], inp: &[T], weight: &[T], bias: Option<&[T]>, d: Linear) {
     let Linear {

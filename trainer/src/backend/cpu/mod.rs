@@ -5,6 +5,7 @@
 mod attention;
 mod elementwise;
 mod embed;
+pub mod fft_conv;
 pub mod float;
 mod gemm;
 mod loss;
@@ -12,12 +13,16 @@ mod matmul;
 mod norm;
 pub mod par;
 pub mod simd;
+pub mod ssm;
+
+#[cfg(test)]
+mod ssm_tests;
 
 pub use float::Float;
 
-use super::{AdamWStep, Attention, Backend, CrossEntropy, Linear};
-use crate::bigs::fft_conv::{ssm_backward_fft, ssm_forward_fft, FFT_FROM_LEN};
-use crate::bigs::ssm::{self, Direction, SsmDims, SsmShape};
+use super::shapes::{AdamWStep, Attention, CrossEntropy, Direction, Linear, SsmDims, SsmShape};
+use super::Backend;
+use fft_conv::{ssm_backward_fft, ssm_forward_fft, FFT_FROM_LEN};
 use anyhow::Result;
 use rayon::prelude::*;
 use std::marker::PhantomData;

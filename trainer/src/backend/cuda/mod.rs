@@ -27,8 +27,8 @@ pub mod compile;
 mod tests;
 
 pub use super::Precision;
-use super::{AdamWStep, Attention, Backend, CrossEntropy, Linear};
-use crate::bigs::ssm::{Direction, SsmDims, SsmShape};
+use super::shapes::{AdamWStep, Attention, CrossEntropy, Direction, Linear, SsmDims, SsmShape};
+use super::Backend;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{

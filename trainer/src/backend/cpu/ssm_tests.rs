@@ -2,6 +2,7 @@
 //! agreement tests for the BiGS SSM.
 
 use super::ssm::*;
+use crate::backend::shapes::{Direction, SsmDims, SsmShape};
 use kilobyte_runtime::rng::Rng;
 
 const DIMS: SsmDims = SsmDims {

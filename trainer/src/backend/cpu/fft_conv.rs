@@ -16,12 +16,14 @@
 //! - `y  = F^-1(F K . F u)[..L] + D u`
 //! - `du = F^-1(conj(F K) . F dy)[..L] + D dy`   (correlation with K)
 //! - `dK = F^-1(sum over channels of conj(F u) . F dy)[..L]`
+//!
+//! A CPU kernel like [`super::ssm`]: the backend picks it by length.
 
 // Kernel signatures list their buffers and sizes explicitly, as the backend does.
 #![allow(clippy::too_many_arguments)]
 
-use super::ssm::{Direction, SsmShape};
-use crate::backend::cpu::Float;
+use super::float::Float;
+use crate::backend::shapes::{Direction, SsmShape};
 use rustfft::num_complex::Complex64;
 use rustfft::{Fft, FftPlanner};
 use std::cell::RefCell;

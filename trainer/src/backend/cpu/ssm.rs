@@ -31,32 +31,19 @@
 //! outputs are zero and their input gradients are left untouched. The
 //! backward direction runs from `lengths[b] - 1` down to 0, so a padded
 //! sequence gives exactly the result it gives unpadded.
+//!
+//! These are CPU kernels: models reach them only through
+//! [`crate::backend::Backend`]'s `ssm_*` ops (the CUDA backend has its own),
+//! and they must not know which model or parameter they serve.
 
 // Kernel signatures list their buffers and sizes explicitly, as the backend does.
 #![allow(clippy::too_many_arguments)]
 
-use crate::backend::cpu::Float;
+use super::float::Float;
+use crate::backend::shapes::{Direction, SsmDims, SsmShape};
 use core::ops::{Add, AddAssign, Div, Mul, Sub};
 
-/// Sizes of one SSM's parameters: `a, w [kernels, modes]`,
-/// `c [kernels, modes, 2]` as (re, im), `log_dt, d [kernels]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SsmDims {
-    pub kernels: usize,
-    pub modes: usize,
-}
-
-/// Sizes of an SSM application: `batch` sequences of `seq` rows of `width`
-/// channels (`[batch * seq, width]` row-major), the channels split evenly
-/// among `kernels` kernels. Kernel buffers are `[kernels, seq]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SsmShape {
-    pub batch: usize,
-    pub seq: usize,
-    pub width: usize,
-    pub kernels: usize,
-}
-
+// The CPU kernels' own checks of a shape.
 impl SsmShape {
     fn channels_per_kernel(&self) -> usize {
         assert!(
@@ -76,28 +63,6 @@ impl SsmShape {
         assert!(act.len() >= self.batch * self.seq * self.width);
         assert!(kernel.len() >= self.kernels * self.seq);
         assert!(d.len() >= self.kernels);
-    }
-}
-
-/// Which way information flows along the sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Left to right: `y[t]` depends on `u[0..=t]`.
-    Forward,
-    /// Right to left: `y[t]` depends on `u[t..len]`, the forward SSM on the
-    /// reversed (unpadded) sequence.
-    Backward,
-}
-
-impl Direction {
-    /// The row (within its sequence) of logical step `t` of a sequence of
-    /// real length `len`: both directions become a causal scan in steps.
-    #[inline]
-    pub(crate) fn row(self, t: usize, len: usize) -> usize {
-        match self {
-            Direction::Forward => t,
-            Direction::Backward => len - 1 - t,
-        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod budget;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod family;
 pub mod megabyte;
 pub mod ngram;
 pub mod optim;

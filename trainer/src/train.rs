@@ -1,7 +1,11 @@
 //! The training loop shared by both model families: data in, checkpoints,
 //! metrics and the best weights out, resumable bit for bit. A family plugs
-//! in as a [`Job`] (model, workspace and data position); MEGABYTE's is here,
-//! BiGS's in [`crate::bigs::jobs`].
+//! in as a [`Job`] (model, workspace and data position): MEGABYTE's in
+//! [`crate::megabyte::job`], BiGS's in [`crate::bigs::jobs`].
+//!
+//! It knows no family: it must not name a model, a model config or a job
+//! type ([`crate::family`] picks the job); what it owns is the loop, the
+//! run's options, data sources and the checks every family shares.
 //!
 //! Every number that shapes the trajectory (model config, hyperparameters,
 //! seed, data paths) is written to the run's `config.txt` when the run is
@@ -10,15 +14,12 @@
 //! AdamW's moments and step, and the sampler's position: the resumed run
 //! continues exactly as an uninterrupted one (tested bit for bit).
 
-use crate::backend::{Backend, Device};
+use crate::backend::Backend;
 use crate::checkpoint::{interrupted, Checkpoint, Metrics, RunConfig, RunDir, TrainState};
-use crate::data::{Corpus, Sampler, Split, Subset, ValBatches, DEFAULT_VAL_FRACTION};
-use crate::megabyte::{MegabyteModel, Workspace};
+use crate::data::{Corpus, Split, DEFAULT_VAL_FRACTION};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule, StepStats};
 use crate::params::ParamSet;
-use crate::with_backend;
 use anyhow::{bail, Context, Result};
-use kilobyte_format::{MegabyteConfig, ModelConfig};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -127,18 +128,6 @@ impl TrainOptions {
         })
     }
 
-    fn check(&self, config: &MegabyteConfig) -> Result<()> {
-        let p = config.patch_size as usize;
-        if self.seq == 0 || self.seq % p != 0 || self.seq > config.max_seq as usize {
-            bail!(
-                "--seq {}: must be a multiple of the patch size {p}, at most T_max = {}",
-                self.seq,
-                config.max_seq
-            );
-        }
-        self.check_common()
-    }
-
     /// The checks that do not depend on the model family.
     pub(crate) fn check_common(&self) -> Result<()> {
         if self.batch == 0 || self.accum == 0 || self.steps == 0 {
@@ -236,32 +225,6 @@ pub struct TrainReport {
     pub interrupted: bool,
 }
 
-/// Starts a new MEGABYTE run in `dir` (which must not hold one).
-pub fn start(
-    dir: &Path,
-    config: MegabyteConfig,
-    opts: TrainOptions,
-    data: DataSource,
-    quiet: bool,
-    device: Device,
-) -> Result<TrainReport> {
-    opts.check(&config)?;
-    ensure_new(dir)?;
-    let data = data.absolute()?;
-    let split = data.split(opts.val_fraction)?;
-    let run_config = opts
-        .write(RunConfig::new(ModelConfig::Megabyte(config)))
-        .with("data", data.to_entry())
-        .with(DATA_FINGERPRINT, split.fingerprint());
-    let run = RunDir::create(dir, run_config)?;
-    let params = ParamSet::init(ModelConfig::Megabyte(config), opts.seed)?;
-    with_backend!(device, |be| {
-        let job = MegabyteJob::new(be, &params, &opts, split, &TrainState::default())?;
-        let opt = optimizer(be, &opts, &params)?;
-        train_loop(be, run, job, opt, TrainState::default(), opts, quiet)
-    })
-}
-
 /// Refuses a run directory before any data is read (see
 /// [`RunDir::check_new`]).
 pub(crate) fn ensure_new(dir: &Path) -> Result<()> {
@@ -310,43 +273,26 @@ pub(crate) fn stored_split(run: &RunDir, val_fraction: f64) -> Result<Split> {
     Ok(split)
 }
 
-/// Continues the run in `dir` from its last checkpoint (either family, on
-/// either device: checkpoints are device-independent f32 tensors).
-pub fn resume(dir: &Path, quiet: bool, device: Device) -> Result<TrainReport> {
-    let (run, ckpt) = RunDir::resume(dir)?;
-    let opts = TrainOptions::read(run.config())?;
-    // config.txt is a file anyone can edit: its values pass the same checks
-    // as the flags they came from.
-    let checked = match &ckpt.params.config {
-        ModelConfig::Megabyte(c) => opts.check(c),
-        ModelConfig::Bigs(_) => opts.check_common(),
-    };
-    checked
-        .and_then(|()| crate::budget::check_here(&ckpt.params.config, opts.batch, opts.seq))
-        .with_context(|| format!("{}", dir.join(crate::checkpoint::CONFIG_FILE).display()))?;
-    with_backend!(device, |be| {
-        let mut opt = optimizer(be, &opts, &ckpt.params)?;
-        opt.load_state(be, &ckpt.optimizer)?;
-        if !quiet {
-            eprintln!(
-                "resuming {} at step {} on {}",
-                dir.display(),
-                ckpt.state.step,
-                be.name()
-            );
-        }
-        match ckpt.params.config {
-            ModelConfig::Megabyte(_) => {
-                let split = stored_split(&run, opts.val_fraction)?;
-                let job = MegabyteJob::new(be, &ckpt.params, &opts, split, &ckpt.state)?;
-                train_loop(be, run, job, opt, ckpt.state, opts, quiet)
-            }
-            ModelConfig::Bigs(_) => {
-                let job = crate::bigs::jobs::BigsJob::resume(be, &run, &ckpt, &opts)?;
-                train_loop(be, run, job, opt, ckpt.state, opts, quiet)
-            }
-        }
-    })
+/// The optimizer of a run being resumed from `ckpt` in `dir`: moments and
+/// step as the checkpoint left them.
+pub(crate) fn resumed_optimizer<B: Backend>(
+    be: &B,
+    dir: &Path,
+    ckpt: &Checkpoint,
+    opts: &TrainOptions,
+    quiet: bool,
+) -> Result<AdamW<B>> {
+    let mut opt = optimizer(be, opts, &ckpt.params)?;
+    opt.load_state(be, &ckpt.optimizer)?;
+    if !quiet {
+        eprintln!(
+            "resuming {} at step {} on {}",
+            dir.display(),
+            ckpt.state.step,
+            be.name()
+        );
+    }
+    Ok(opt)
 }
 
 pub(crate) fn optimizer<B: Backend>(
@@ -369,53 +315,6 @@ pub(crate) fn optimizer<B: Backend>(
         }),
         params,
     )
-}
-
-/// Mean cross-entropy (nats per byte) of the model over validation windows.
-pub fn evaluate<B: Backend>(
-    be: &B,
-    model: &mut MegabyteModel<B>,
-    ws: &mut Workspace<B>,
-    val: &Subset,
-    max_windows: usize,
-) -> Result<f64> {
-    let batches = ValBatches::new(val.clone(), ws.seq, ws.batch)?
-        .stride(ws.seq)
-        .max_windows(if max_windows == 0 {
-            None
-        } else {
-            Some(max_windows)
-        });
-    let (mut sum, mut count) = (0.0, 0.0);
-    let mut bytes = vec![0u8; ws.batch * ws.seq];
-    for batch in batches {
-        // A short last batch is padded by repeating its first window; only
-        // the real rows count.
-        let rows = batch.rows();
-        for r in 0..ws.batch {
-            bytes[r * ws.seq..(r + 1) * ws.seq].copy_from_slice(batch.row(r.min(rows - 1)));
-        }
-        let ce = model.step(be, ws, &bytes, false, 1.0)?;
-        if rows == ws.batch {
-            sum += ce.loss * ce.count;
-            count += ce.count;
-        } else {
-            // Rare: recompute the real rows alone so padding does not count.
-            let mut one = model.workspace(be, 1, ws.seq)?;
-            for r in 0..rows {
-                let ce = model.step(be, &mut one, batch.row(r), false, 1.0)?;
-                sum += ce.loss * ce.count;
-                count += ce.count;
-            }
-        }
-    }
-    if count == 0.0 {
-        bail!(
-            "the validation data holds no full window of {} bytes",
-            ws.seq
-        );
-    }
-    Ok(sum / count)
 }
 
 /// What a validation pass measured.
@@ -452,76 +351,6 @@ pub(crate) trait Job<B: Backend> {
     /// Training FLOPs per byte (for the MFU in the metrics), if known.
     fn train_flops_per_byte(&self) -> Option<f64> {
         None
-    }
-}
-
-/// MEGABYTE on random windows of a byte corpus.
-struct MegabyteJob<B: Backend> {
-    model: MegabyteModel<B>,
-    ws: Workspace<B>,
-    eval_ws: Workspace<B>,
-    sampler: Sampler,
-    val: Subset,
-    eval_windows: usize,
-}
-
-impl<B: Backend> MegabyteJob<B> {
-    fn new(
-        be: &B,
-        params: &ParamSet,
-        opts: &TrainOptions,
-        split: Split,
-        state: &TrainState,
-    ) -> Result<Self> {
-        let model = MegabyteModel::new(be, params)?;
-        let mut sampler = Sampler::new(split.train.clone(), opts.seq, opts.batch, opts.seed)?;
-        if state.step > 0 {
-            sampler.restore(state.sampler);
-        }
-        Ok(MegabyteJob {
-            ws: model.workspace(be, opts.batch, opts.seq)?,
-            eval_ws: model.workspace(be, opts.batch, opts.seq)?,
-            model,
-            sampler,
-            val: split.val,
-            eval_windows: opts.eval_windows,
-        })
-    }
-}
-
-impl<B: Backend> Job<B> for MegabyteJob<B> {
-    fn train_batch(&mut self, be: &B) -> Result<(f64, u64)> {
-        let batch = self.sampler.next_batch();
-        let ce = self.model.step(be, &mut self.ws, &batch.bytes, true, 1.0)?;
-        Ok((ce.loss, batch.bytes.len() as u64))
-    }
-    fn params_and_grads(&mut self) -> (&mut Vec<B::Buf>, &mut Vec<B::Buf>) {
-        (&mut self.model.params, &mut self.model.grads)
-    }
-    fn evaluate(&mut self, be: &B) -> Result<Eval> {
-        let loss = evaluate(
-            be,
-            &mut self.model,
-            &mut self.eval_ws,
-            &self.val,
-            self.eval_windows,
-        )?;
-        Ok(Eval {
-            loss,
-            accuracy: None,
-        })
-    }
-    fn to_param_set(&self, be: &B) -> Result<ParamSet> {
-        self.model.to_param_set(be)
-    }
-    fn save_state(&self, state: &mut TrainState) {
-        state.sampler = self.sampler.state();
-    }
-    fn train_flops_per_byte(&self) -> Option<f64> {
-        Some(crate::megabyte::train_flops_per_byte(
-            &self.model.config,
-            self.ws.seq,
-        ))
     }
 }
 

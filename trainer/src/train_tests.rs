@@ -4,7 +4,9 @@
 
 use super::*;
 use crate::backend::CpuBackend;
+use crate::megabyte::job::MegabyteJob;
 use crate::testutil::TempDir;
+use kilobyte_format::{MegabyteConfig, ModelConfig};
 use std::ops::Range;
 
 /// A job whose loss is NaN on the steps (1-based calls) in `bad`; it can

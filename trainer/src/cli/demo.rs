@@ -6,6 +6,7 @@
 use super::open::{run_weights, with_kbm};
 use crate::backend;
 use crate::data::{Corpus, Split};
+use crate::family::{self, Start};
 use crate::train::{self, DataSource, TrainOptions};
 use anyhow::{Context, Result};
 use kilobyte_format::{DType, MegabyteConfig};
@@ -78,14 +79,11 @@ pub fn run(a: Args) -> Result<()> {
         a.time,
         run.display()
     );
-    let report = train::start(
-        &run,
+    let what = Start::Megabyte {
         config,
-        opts,
-        data.clone(),
-        false,
-        backend::Device::Cpu,
-    )?;
+        data: data.clone(),
+    };
+    let report = family::start(&run, what, opts, false, backend::Device::Cpu)?;
     let model_path = run.join("demo-q8.kbm");
     let (params, _) = run_weights(&run, false)?;
     params

@@ -2,15 +2,14 @@
 //! runtime) or run directory (through the trainer) on some data, and the
 //! accuracy of a BiGS classifier (`.kbm` or run) on a labelled table. Owns
 //! the scoring loops over the runtime's sessions and encoders; the trainer's
-//! side is `crate::train::evaluate`'s and `crate::bigs::jobs`'s.
+//! side is `crate::megabyte::job::evaluate`'s and `crate::bigs::jobs`'s.
 
 use super::open::{label_name, run_weights, with_kbm, Head, Kbm};
 use crate::backend::CpuBackend;
 use crate::data::tsv::{model_text, read_labeled, Column};
 use crate::data::{Corpus, Split, Subset, ValBatches};
-use crate::megabyte::MegabyteModel;
+use crate::megabyte::{self, MegabyteModel};
 use crate::text::{shown, shown_list};
-use crate::train;
 use anyhow::{bail, Context, Result};
 use kilobyte_format::ModelConfig;
 use kilobyte_runtime::ArenaSpec;
@@ -76,8 +75,8 @@ pub fn run(a: Args) -> Result<()> {
         let mut model = MegabyteModel::new(&be, &params)?;
         let mut ws = model.workspace(&be, 8, seq)?;
         eprintln!("scoring the {what} weights of {}", a.model.display());
-        let bpb =
-            train::evaluate(&be, &mut model, &mut ws, &val, a.windows)? / std::f64::consts::LN_2;
+        let bpb = megabyte::job::evaluate(&be, &mut model, &mut ws, &val, a.windows)?
+            / std::f64::consts::LN_2;
         return report(&a, &val, bpb);
     }
     with_kbm(&a.model, |kbm| {

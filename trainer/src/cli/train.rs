@@ -1,13 +1,14 @@
 //! `kilobyte train`: a new run (MEGABYTE, or BiGS masked-byte pretraining
 //! or classification) or `--resume` of one. Owns the flags and what they
-//! mean; the training itself is `crate::train`'s and `crate::bigs::jobs`'s,
-//! which this only calls.
+//! mean; the training itself is `crate::family`'s (and the jobs and loop it
+//! calls), which this only calls.
 
 use super::model::ModelArgs;
 use crate::backend;
 use crate::bigs::jobs::{self, LabelledFiles};
 use crate::data::tsv::Column;
-use crate::train::{self, DataSource, Eval, TrainOptions};
+use crate::family::{self, Start};
+use crate::train::{DataSource, Eval, TrainOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use kilobyte_format::ModelConfig;
 use std::path::PathBuf;
@@ -158,7 +159,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let device = device(&a)?;
     set_threads(a.threads)?;
     let report = if let Some(dir) = &a.resume {
-        train::resume(dir, a.quiet, device)?
+        family::resume(dir, a.quiet, device)?
     } else {
         let dir = a
             .run
@@ -205,28 +206,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
                         })
                     }
                 };
-                jobs::start(
-                    dir,
+                let what = Start::Bigs {
                     config,
-                    opts,
                     objective,
-                    a.init.as_deref(),
-                    a.quiet,
-                    device,
-                )?
+                    init: a.init.clone(),
+                };
+                family::start(dir, what, opts, a.quiet, device)?
             }
             ModelConfig::Megabyte(config) => {
                 if a.data.is_empty() {
                     bail!("--data PATH... is required: the files or directories to train on");
                 }
-                train::start(
-                    dir,
+                let what = Start::Megabyte {
                     config,
-                    opts,
-                    DataSource::Paths(a.data.clone()),
-                    a.quiet,
-                    device,
-                )?
+                    data: DataSource::Paths(a.data.clone()),
+                };
+                family::start(dir, what, opts, a.quiet, device)?
             }
         }
     };

@@ -13,6 +13,7 @@
 //! 5. logits = h * E_L^T (tied), cross-entropy against the same bytes: the
 //!    shifts make logit row t depend only on bytes before t.
 
+pub mod job;
 pub mod transformer;
 
 use crate::backend::{Attention, Backend, CrossEntropy, Linear};

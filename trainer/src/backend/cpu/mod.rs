@@ -22,8 +22,8 @@ pub use float::Float;
 
 use super::shapes::{AdamWStep, Attention, CrossEntropy, Direction, Linear, SsmDims, SsmShape};
 use super::Backend;
-use fft_conv::{ssm_backward_fft, ssm_forward_fft, FFT_FROM_LEN};
 use anyhow::Result;
+use fft_conv::{ssm_backward_fft, ssm_forward_fft, FFT_FROM_LEN};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 

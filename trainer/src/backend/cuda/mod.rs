@@ -26,9 +26,9 @@ pub mod compile;
 #[cfg(test)]
 mod tests;
 
-pub use super::Precision;
 use super::shapes::{AdamWStep, Attention, CrossEntropy, Direction, Linear, SsmDims, SsmShape};
 use super::Backend;
+pub use super::Precision;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{

@@ -4,7 +4,6 @@
 
 use super::metrics::{memorisation_warning, metrics_to_jsonl, read_metrics, Metrics};
 use super::tensors::{load_optimizer, load_params, read_tensors, save_optimizer, save_params};
-use crate::data::SamplerState;
 use crate::optim::AdamWState;
 use crate::params::ParamSet;
 use crate::text::shown;
@@ -108,6 +107,14 @@ impl RunConfig {
         let model = config_from_metadata(&model)?;
         Ok(RunConfig { model, train })
     }
+}
+
+/// What a checkpoint must keep for the data sampler ([`crate::data::Sampler`]) to continue exactly where it
+/// stopped: the generator's state and how many batches it has drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplerState {
+    pub rng: [u64; 4],
+    pub step: u64,
 }
 
 /// What `state.txt` records besides the tensors: everything the training

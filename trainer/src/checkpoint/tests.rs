@@ -1,5 +1,4 @@
 use super::*;
-use crate::data::SamplerState;
 use crate::optim::AdamWState;
 use crate::params::ParamSet;
 use kilobyte_format::{BigsConfig, MegabyteConfig, ModelConfig, ModelFile};

@@ -4,30 +4,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::BufRead;
-use std::path::Path;
 
 /// A prompt read from standard input stops being a prompt long before this.
 pub const MAX_STDIN_BYTES: usize = 64 << 20;
 
-/// Refuses `path` unless it is a regular file: a device (`/dev/zero`), a
-/// FIFO or a directory has no size to check before it is read whole.
-pub fn regular_file(path: &Path) -> Result<u64> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if !meta.is_file() {
-        bail!(
-            "{}: not a regular file (a device, pipe or directory cannot be read whole)",
-            path.display()
-        );
-    }
-    Ok(meta.len())
-}
-
-/// A regular file's bytes.
-pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
-    regular_file(path)?;
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-}
+pub use crate::data::read_regular;
 
 /// Standard input, refused past `MAX_STDIN_BYTES`.
 pub fn read_stdin() -> Result<Vec<u8>> {

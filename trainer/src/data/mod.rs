@@ -7,7 +7,7 @@
 //! - [`Split`]: a deterministic train/validation split (by default the last
 //!   [`DEFAULT_VAL_FRACTION`] of the bytes validate), or separate sources.
 //! - [`Sampler`]: random training windows drawn with the seeded
-//!   [`kilobyte_runtime::rng::Rng`]; its [`SamplerState`] goes into
+//!   [`kilobyte_runtime::rng::Rng`]; its [`crate::checkpoint::SamplerState`] goes into
 //!   checkpoints so a resumed run draws exactly the batches it would have.
 //! - [`ValBatches`]: consecutive windows over the validation bytes.
 //! - [`tsv`]: labelled text (GLUE-style TSV/CSV) for classification.
@@ -29,12 +29,14 @@
 
 mod builtin;
 mod corpus;
+mod file;
 mod sampler;
 pub mod tsv;
 
 pub use builtin::{builtin_corpus, builtin_corpus_files};
 pub use corpus::{Corpus, CorpusFile, Split, Subset, DEFAULT_VAL_FRACTION};
-pub use sampler::{Batch, Sampler, SamplerState, ValBatches};
+pub use file::read_regular;
+pub use sampler::{Batch, Sampler, ValBatches};
 
 #[cfg(test)]
 mod tests;

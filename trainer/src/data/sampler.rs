@@ -1,6 +1,7 @@
 //! Batches: random training windows and consecutive validation windows.
 
 use super::corpus::Subset;
+use crate::checkpoint::SamplerState;
 use anyhow::{bail, Result};
 use kilobyte_runtime::rng::Rng;
 
@@ -43,14 +44,6 @@ impl Batch {
             data.read_at(o, &mut self.bytes[r * window..(r + 1) * window]);
         }
     }
-}
-
-/// What a checkpoint must keep for the sampler to continue exactly where it
-/// stopped: the generator's state and how many batches it has drawn.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SamplerState {
-    pub rng: [u64; 4],
-    pub step: u64,
 }
 
 /// Draws training batches: each row is a window starting at an offset

@@ -85,7 +85,7 @@ impl LabeledSet {
 /// few fields, an empty or non-UTF-8 label, or an unterminated quote is an
 /// error naming the line.
 pub fn read_labeled(path: &Path, text: &Column, label: &Column) -> Result<LabeledSet> {
-    let bytes = crate::cli::input::read_regular(path)?;
+    let bytes = super::read_regular(path)?;
     parse_labeled(path, &bytes, text, label)
 }
 

@@ -5,7 +5,10 @@
 //! backend runs the same function in its own tests.
 
 use super::cpu::CpuBackend;
-use super::shapes::{AdamWStep, Attention, Direction, Linear, SsmDims, SsmShape};
+use super::shapes::{
+    AdamWStep, Attention, Direction, LayerNorm, Linear, Logits, NormSaved, SsmConv, SsmDims,
+    SsmFilterGrads, SsmParams, SsmShape, WeightBias,
+};
 use super::Backend;
 use anyhow::{ensure, Result};
 use kilobyte_runtime::rng::Rng;
@@ -95,8 +98,28 @@ pub fn check_backend<B: Backend>(backend: &B, tol: f64, seed: u64) -> Result<Vec
     let (mut dx, mut dxh) = h.pair(d.rows * d.in_dim, 1.0)?;
     let (mut dw, mut dwh) = h.pair(d.out_dim * d.in_dim, 1.0)?;
     let (mut db, mut dbh) = h.pair(d.out_dim, 1.0)?;
-    backend.matmul_backward(Some(&mut dx), &mut dw, Some(&mut db), &dy, &x, &w, d);
-    r.matmul_backward(Some(&mut dxh), &mut dwh, Some(&mut dbh), &dyh, &xh, &wh, d);
+    backend.matmul_backward(
+        Some(&mut dx),
+        WeightBias {
+            weight: &mut dw,
+            bias: Some(&mut db),
+        },
+        &dy,
+        &x,
+        &w,
+        d,
+    );
+    r.matmul_backward(
+        Some(&mut dxh),
+        WeightBias {
+            weight: &mut dwh,
+            bias: Some(&mut dbh),
+        },
+        &dyh,
+        &xh,
+        &wh,
+        d,
+    );
     h.compare("matmul dinp", &dx, &dxh)?;
     h.compare("matmul dweight", &dw, &dwh)?;
     h.compare("matmul dbias", &db, &dbh)?;
@@ -111,9 +134,35 @@ pub fn check_backend<B: Backend>(backend: &B, tol: f64, seed: u64) -> Result<Vec
     let mut rstd = backend.alloc(rows)?;
     let mut yh = vec![0.0; rows * width];
     let (mut meanh, mut rstdh) = (vec![0.0; rows], vec![0.0; rows]);
-    backend.layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &g, &bb, rows, width, 1e-5);
+    backend.layernorm_forward(
+        &mut y,
+        &mut mean,
+        &mut rstd,
+        &x,
+        WeightBias {
+            weight: &g,
+            bias: &bb,
+        },
+        LayerNorm {
+            rows,
+            width,
+            eps: 1e-5,
+        },
+    );
     r.layernorm_forward(
-        &mut yh, &mut meanh, &mut rstdh, &xh, &gh, &bbh, rows, width, 1e-5,
+        &mut yh,
+        &mut meanh,
+        &mut rstdh,
+        &xh,
+        WeightBias {
+            weight: &gh,
+            bias: &bbh,
+        },
+        LayerNorm {
+            rows,
+            width,
+            eps: 1e-5,
+        },
     );
     h.compare("layernorm forward", &y, &yh)?;
     let (dy, dyh) = h.pair(rows * width, 1.0)?;
@@ -121,10 +170,42 @@ pub fn check_backend<B: Backend>(backend: &B, tol: f64, seed: u64) -> Result<Vec
     let (mut dg, mut dgh) = h.pair(width, 1.0)?;
     let (mut dbb, mut dbbh) = h.pair(width, 1.0)?;
     backend.layernorm_backward(
-        &mut dx, &mut dg, &mut dbb, &dy, &x, &g, &mean, &rstd, rows, width,
+        &mut dx,
+        WeightBias {
+            weight: &mut dg,
+            bias: &mut dbb,
+        },
+        &dy,
+        NormSaved {
+            inp: &x,
+            weight: &g,
+            mean: &mean,
+            rstd: &rstd,
+        },
+        LayerNorm {
+            rows,
+            width,
+            eps: 1e-5,
+        },
     );
     r.layernorm_backward(
-        &mut dxh, &mut dgh, &mut dbbh, &dyh, &xh, &gh, &meanh, &rstdh, rows, width,
+        &mut dxh,
+        WeightBias {
+            weight: &mut dgh,
+            bias: &mut dbbh,
+        },
+        &dyh,
+        NormSaved {
+            inp: &xh,
+            weight: &gh,
+            mean: &meanh,
+            rstd: &rstdh,
+        },
+        LayerNorm {
+            rows,
+            width,
+            eps: 1e-5,
+        },
     );
     h.compare("layernorm dinp", &dx, &dxh)?;
     h.compare("layernorm dweight", &dg, &dgh)?;
@@ -273,8 +354,28 @@ pub fn check_backend<B: Backend>(backend: &B, tol: f64, seed: u64) -> Result<Vec
         } else {
             (None, None)
         };
-        let got = backend.cross_entropy(&logits, &targets, m, Some(&mut dl), rows, vocab, 0.5);
-        let want = r.cross_entropy(&logitsh, &targetsh, mh, Some(&mut dlh), rows, vocab, 0.5);
+        let got = backend.cross_entropy(
+            &logits,
+            &targets,
+            m,
+            Some(&mut dl),
+            Logits {
+                rows,
+                classes: vocab,
+            },
+            0.5,
+        );
+        let want = r.cross_entropy(
+            &logitsh,
+            &targetsh,
+            mh,
+            Some(&mut dlh),
+            Logits {
+                rows,
+                classes: vocab,
+            },
+            0.5,
+        );
         let err = (got.loss - want.loss).abs() / want.loss.abs().max(1.0);
         h.out.push(Deviation {
             name: format!("cross-entropy loss (mask: {masked})"),
@@ -306,8 +407,28 @@ pub fn check_backend<B: Backend>(backend: &B, tol: f64, seed: u64) -> Result<Vec
     let log_dt = backend.upload_f64(&log_dt_h)?;
     let mut kern = backend.alloc(dims.kernels * len)?;
     let mut kernh = vec![0.0; dims.kernels * len];
-    backend.ssm_kernel_forward(&mut kern, &a, &w, &c, &log_dt, dims, len);
-    r.ssm_kernel_forward(&mut kernh, &ah, &wh, &ch, &log_dt_h, dims, len);
+    backend.ssm_kernel_forward(
+        &mut kern,
+        SsmParams {
+            a: &a,
+            w: &w,
+            c: &c,
+            log_dt: &log_dt,
+        },
+        dims,
+        len,
+    );
+    r.ssm_kernel_forward(
+        &mut kernh,
+        SsmParams {
+            a: &ah,
+            w: &wh,
+            c: &ch,
+            log_dt: &log_dt_h,
+        },
+        dims,
+        len,
+    );
     h.compare("ssm kernel forward", &kern, &kernh)?;
     let (dk, dkh) = h.pair(dims.kernels * len, 1.0)?;
     let (mut da, mut dah) = h.pair(km, 1.0)?;
@@ -315,10 +436,38 @@ pub fn check_backend<B: Backend>(backend: &B, tol: f64, seed: u64) -> Result<Vec
     let (mut dc, mut dch) = h.pair(2 * km, 1.0)?;
     let (mut ddt, mut ddth) = h.pair(dims.kernels, 1.0)?;
     backend.ssm_kernel_backward(
-        &mut da, &mut dw, &mut dc, &mut ddt, &dk, &a, &w, &c, &log_dt, dims, len,
+        SsmParams {
+            a: &mut da,
+            w: &mut dw,
+            c: &mut dc,
+            log_dt: &mut ddt,
+        },
+        &dk,
+        SsmParams {
+            a: &a,
+            w: &w,
+            c: &c,
+            log_dt: &log_dt,
+        },
+        dims,
+        len,
     );
     r.ssm_kernel_backward(
-        &mut dah, &mut dwh, &mut dch, &mut ddth, &dkh, &ah, &wh, &ch, &log_dt_h, dims, len,
+        SsmParams {
+            a: &mut dah,
+            w: &mut dwh,
+            c: &mut dch,
+            log_dt: &mut ddth,
+        },
+        &dkh,
+        SsmParams {
+            a: &ah,
+            w: &wh,
+            c: &ch,
+            log_dt: &log_dt_h,
+        },
+        dims,
+        len,
     );
     h.compare("ssm kernel da", &da, &dah)?;
     h.compare("ssm kernel dw", &dw, &dwh)?;
@@ -339,25 +488,62 @@ pub fn check_backend<B: Backend>(backend: &B, tol: f64, seed: u64) -> Result<Vec
         let (d, dh) = h.pair(dims.kernels, 1.0)?;
         let mut y = backend.alloc(n)?;
         let mut yh = vec![0.0; n];
-        backend.ssm_conv_forward(&mut y, &u, &kern, &d, &lengths, shape, dir);
-        r.ssm_conv_forward(&mut yh, &uh, &kernh, &dh, &lengths_r, shape, dir);
+        backend.ssm_conv_forward(
+            &mut y,
+            SsmConv {
+                u: &u,
+                kernel: &kern,
+                d: &d,
+                lengths: &lengths,
+            },
+            shape,
+            dir,
+        );
+        r.ssm_conv_forward(
+            &mut yh,
+            SsmConv {
+                u: &uh,
+                kernel: &kernh,
+                d: &dh,
+                lengths: &lengths_r,
+            },
+            shape,
+            dir,
+        );
         h.compare(&format!("ssm conv forward ({dir:?})"), &y, &yh)?;
         let (dy, dyh) = h.pair(n, 1.0)?;
         let (mut du, mut duh) = h.pair(n, 1.0)?;
         let (mut dkern, mut dkernh) = h.pair(dims.kernels * len, 1.0)?;
         let (mut dd, mut ddh) = h.pair(dims.kernels, 1.0)?;
         backend.ssm_conv_backward(
-            &mut du, &mut dkern, &mut dd, &dy, &u, &kern, &d, &lengths, shape, dir,
+            &mut du,
+            SsmFilterGrads {
+                kernel: &mut dkern,
+                d: &mut dd,
+            },
+            &dy,
+            SsmConv {
+                u: &u,
+                kernel: &kern,
+                d: &d,
+                lengths: &lengths,
+            },
+            shape,
+            dir,
         );
         r.ssm_conv_backward(
             &mut duh,
-            &mut dkernh,
-            &mut ddh,
+            SsmFilterGrads {
+                kernel: &mut dkernh,
+                d: &mut ddh,
+            },
             &dyh,
-            &uh,
-            &kernh,
-            &dh,
-            &lengths_r,
+            SsmConv {
+                u: &uh,
+                kernel: &kernh,
+                d: &dh,
+                lengths: &lengths_r,
+            },
             shape,
             dir,
         );

@@ -33,9 +33,6 @@
 //!   and targets as u32 in [`Backend::Ids`] buffers; masks and per-position
 //!   weights as ordinary float buffers (1.0 counts, 0.0 does not).
 
-// Kernel signatures list their buffers and sizes explicitly, as llm.c does.
-#![allow(clippy::too_many_arguments)]
-
 pub mod conformance;
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -43,7 +40,10 @@ pub mod cuda;
 pub mod shapes;
 
 pub use cpu::CpuBackend;
-pub use shapes::{AdamWStep, Attention, CrossEntropy, Direction, Linear, SsmDims, SsmShape};
+pub use shapes::{
+    AdamWStep, Attention, CrossEntropy, Direction, LayerNorm, Linear, Logits, NormSaved, SsmConv,
+    SsmDims, SsmFilterGrads, SsmParams, SsmShape, WeightBias,
+};
 
 /// How a CUDA run computes its matrix products (see [`cuda`]); other ops,
 /// master weights and optimizer state are fp32 either way.
@@ -192,8 +192,7 @@ pub trait Backend: Send + Sync {
     fn matmul_backward(
         &self,
         dinp: Option<&mut Self::Buf>,
-        dweight: &mut Self::Buf,
-        dbias: Option<&mut Self::Buf>,
+        dparams: WeightBias<&mut Self::Buf, Option<&mut Self::Buf>>,
         dout: &Self::Buf,
         inp: &Self::Buf,
         weight: &Self::Buf,
@@ -210,24 +209,18 @@ pub trait Backend: Send + Sync {
         mean: &mut Self::Buf,
         rstd: &mut Self::Buf,
         inp: &Self::Buf,
-        weight: &Self::Buf,
-        bias: &Self::Buf,
-        rows: usize,
-        width: usize,
-        eps: f32,
+        params: WeightBias<&Self::Buf>,
+        n: LayerNorm,
     );
+    /// Adds `dinp`, `dparams` (weight and bias) given `dout` and what the
+    /// forward saw and saved (`n.eps` is not used).
     fn layernorm_backward(
         &self,
         dinp: &mut Self::Buf,
-        dweight: &mut Self::Buf,
-        dbias: &mut Self::Buf,
+        dparams: WeightBias<&mut Self::Buf>,
         dout: &Self::Buf,
-        inp: &Self::Buf,
-        weight: &Self::Buf,
-        mean: &Self::Buf,
-        rstd: &Self::Buf,
-        rows: usize,
-        width: usize,
+        saved: NormSaved<'_, Self::Buf>,
+        n: LayerNorm,
     );
 
     /// `out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` elementwise.
@@ -374,30 +367,20 @@ pub trait Backend: Send + Sync {
 
     /// BiGS SSM kernels (see [`cpu::ssm`]): overwrites
     /// `kernel[kernels, len]` with `Re(sum_n C_n Bbar_n Abar_n^l)` from the
-    /// parameters `a, w [kernels, modes]`, `c [kernels, modes, 2]`,
-    /// `log_dt [kernels]`.
+    /// parameters `p`.
     fn ssm_kernel_forward(
         &self,
         kernel: &mut Self::Buf,
-        a: &Self::Buf,
-        w: &Self::Buf,
-        c: &Self::Buf,
-        log_dt: &Self::Buf,
+        p: SsmParams<&Self::Buf>,
         dims: SsmDims,
         len: usize,
     );
-    /// Adds the parameters' gradients given `dkernel[kernels, len]`.
+    /// Adds the parameters' gradients `dp` given `dkernel[kernels, len]`.
     fn ssm_kernel_backward(
         &self,
-        da: &mut Self::Buf,
-        dw: &mut Self::Buf,
-        dc: &mut Self::Buf,
-        dlog_dt: &mut Self::Buf,
+        dp: SsmParams<&mut Self::Buf>,
         dkernel: &Self::Buf,
-        a: &Self::Buf,
-        w: &Self::Buf,
-        c: &Self::Buf,
-        log_dt: &Self::Buf,
+        p: SsmParams<&Self::Buf>,
         dims: SsmDims,
         len: usize,
     );
@@ -408,30 +391,24 @@ pub trait Backend: Send + Sync {
     fn ssm_conv_forward(
         &self,
         y: &mut Self::Buf,
-        u: &Self::Buf,
-        kernel: &Self::Buf,
-        d: &Self::Buf,
-        lengths: &Self::Ids,
+        x: SsmConv<'_, Self::Buf, Self::Ids>,
         s: SsmShape,
         dir: Direction,
     );
-    /// Adds `du` (real rows only), `dkernel[kernels, seq]` and `dd[kernels]`.
+    /// Adds `du` (real rows only), `dfilter.kernel[kernels, seq]` and
+    /// `dfilter.d[kernels]`.
     fn ssm_conv_backward(
         &self,
         du: &mut Self::Buf,
-        dkernel: &mut Self::Buf,
-        dd: &mut Self::Buf,
+        dfilter: SsmFilterGrads<'_, Self::Buf>,
         dy: &Self::Buf,
-        u: &Self::Buf,
-        kernel: &Self::Buf,
-        d: &Self::Buf,
-        lengths: &Self::Ids,
+        x: SsmConv<'_, Self::Buf, Self::Ids>,
         s: SsmShape,
         dir: Direction,
     );
 
-    /// Softmax cross-entropy of `logits[rows, vocab]` against `targets[rows]`
-    /// (every id in `0..vocab` is an ordinary class, byte 0 included),
+    /// Softmax cross-entropy of `logits[l.rows, l.classes]` against
+    /// `targets[l.rows]` (every id in `0..l.classes` is an ordinary class, byte 0 included),
     /// averaged over the rows where `mask` is non-zero (weighted by it; all
     /// rows without a mask). When `dlogits` is given it is **overwritten**
     /// with `grad_scale * d(mean loss)/d(logits)`: `(softmax - onehot) *
@@ -443,8 +420,7 @@ pub trait Backend: Send + Sync {
         targets: &Self::Ids,
         mask: Option<&Self::Buf>,
         dlogits: Option<&mut Self::Buf>,
-        rows: usize,
-        vocab: usize,
+        l: Logits,
         grad_scale: f32,
     ) -> CrossEntropy;
 

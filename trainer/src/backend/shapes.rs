@@ -1,7 +1,10 @@
 //! The plain descriptors backend ops take besides buffers: sizes
-//! ([`Linear`], [`Attention`], [`SsmDims`], [`SsmShape`]), the SSM's
-//! [`Direction`], per-call hyper-parameters ([`AdamWStep`]) and results
-//! ([`CrossEntropy`]).
+//! ([`Linear`], [`Attention`], [`LayerNorm`], [`Logits`], [`SsmDims`],
+//! [`SsmShape`]), the SSM's [`Direction`], per-call hyper-parameters
+//! ([`AdamWStep`]), results ([`CrossEntropy`]), and the bundles that keep
+//! an op's related buffers together ([`WeightBias`], [`NormSaved`],
+//! [`SsmParams`], [`SsmConv`], [`SsmFilterGrads`]), generic over the
+//! buffer type so that kernels take them over slices.
 //!
 //! Kernels and models both name these, so they sit below both: this module
 //! holds data and the arithmetic on its own fields, no buffer and no op.
@@ -115,4 +118,67 @@ impl Direction {
             Direction::Backward => len - 1 - t,
         }
     }
+}
+
+/// A LayerNorm over the last dimension of `[rows, width]`, `eps` added to
+/// the variance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerNorm {
+    pub rows: usize,
+    pub width: usize,
+    pub eps: f32,
+}
+
+/// A weight and a bias (`bias` may be an `Option`), or their gradients.
+#[derive(Debug)]
+pub struct WeightBias<W, B = W> {
+    pub weight: W,
+    pub bias: B,
+}
+
+/// What a LayerNorm's backward reads: the forward's input and weight, and
+/// the per-row `mean[rows]` and `rstd[rows]` it saved.
+#[derive(Debug)]
+pub struct NormSaved<'a, B: ?Sized> {
+    pub inp: &'a B,
+    pub weight: &'a B,
+    pub mean: &'a B,
+    pub rstd: &'a B,
+}
+
+/// One SSM's kernel parameters `a, w [kernels, modes]`,
+/// `c [kernels, modes, 2]` as (re, im) and `log_dt [kernels]`, or their
+/// gradients.
+#[derive(Debug)]
+pub struct SsmParams<T> {
+    pub a: T,
+    pub w: T,
+    pub c: T,
+    pub log_dt: T,
+}
+
+/// An SSM convolution's operands: input `u [batch * seq, width]`, kernel
+/// `[kernels, seq]`, skip weights `d [kernels]` and the real length of each
+/// sequence.
+#[derive(Debug)]
+pub struct SsmConv<'a, B: ?Sized, I: ?Sized> {
+    pub u: &'a B,
+    pub kernel: &'a B,
+    pub d: &'a B,
+    pub lengths: &'a I,
+}
+
+/// The gradients of an SSM convolution's kernel `[kernels, seq]` and skip
+/// weights `[kernels]`.
+#[derive(Debug)]
+pub struct SsmFilterGrads<'a, B: ?Sized> {
+    pub kernel: &'a mut B,
+    pub d: &'a mut B,
+}
+
+/// Sizes of a cross-entropy: `rows` rows of `classes` logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logits {
+    pub rows: usize,
+    pub classes: usize,
 }

@@ -136,8 +136,10 @@ fn matmul_gradients() {
     let (mut gx, mut gw, mut gb) = (g0[0].clone(), g0[1].clone(), g0[2].clone());
     b.matmul_backward(
         Some(&mut gx),
-        &mut gw,
-        Some(&mut gb),
+        WeightBias {
+            weight: &mut gw,
+            bias: Some(&mut gb),
+        },
         &r,
         &inputs[0],
         &inputs[1],
@@ -147,7 +149,17 @@ fn matmul_gradients() {
     grad_check("matmul", &mut inputs, &grads, loss);
     // dinp = None leaves the weight gradient unchanged.
     let mut gw2 = g0[1].clone();
-    b.matmul_backward(None, &mut gw2, None, &r, &inputs[0], &inputs[1], d);
+    b.matmul_backward(
+        None,
+        WeightBias {
+            weight: &mut gw2,
+            bias: None,
+        },
+        &r,
+        &inputs[0],
+        &inputs[1],
+        d,
+    );
     assert_eq!(gw2, gw);
 }
 
@@ -180,7 +192,15 @@ fn layernorm_forward_and_gradients() {
     let mut y = vec![0.0; rows * width];
     let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
     b.layernorm_forward(
-        &mut y, &mut mean, &mut rstd, &inputs[0], &inputs[1], &inputs[2], rows, width, eps,
+        &mut y,
+        &mut mean,
+        &mut rstd,
+        &inputs[0],
+        WeightBias {
+            weight: &inputs[1],
+            bias: &inputs[2],
+        },
+        LayerNorm { rows, width, eps },
     );
     let want = naive_layernorm(&inputs[0], &inputs[1], &inputs[2], width, eps as f64);
     assert!(max_abs_diff(&y, &want) < 1e-12);
@@ -189,7 +209,15 @@ fn layernorm_forward_and_gradients() {
         let mut y = vec![0.0; rows * width];
         let (mut m, mut s) = (vec![0.0; rows], vec![0.0; rows]);
         b.layernorm_forward(
-            &mut y, &mut m, &mut s, &v[0], &v[1], &v[2], rows, width, eps,
+            &mut y,
+            &mut m,
+            &mut s,
+            &v[0],
+            WeightBias {
+                weight: &v[1],
+                bias: &v[2],
+            },
+            LayerNorm { rows, width, eps },
         );
         dotv(&y, &r)
     };
@@ -199,7 +227,19 @@ fn layernorm_forward_and_gradients() {
         .collect();
     let (mut gx, mut gw, mut gb) = (g0[0].clone(), g0[1].clone(), g0[2].clone());
     b.layernorm_backward(
-        &mut gx, &mut gw, &mut gb, &r, &inputs[0], &inputs[1], &mean, &rstd, rows, width,
+        &mut gx,
+        WeightBias {
+            weight: &mut gw,
+            bias: &mut gb,
+        },
+        &r,
+        NormSaved {
+            inp: &inputs[0],
+            weight: &inputs[1],
+            mean: &mean,
+            rstd: &rstd,
+        },
+        LayerNorm { rows, width, eps },
     );
     let grads = vec![minus(&gx, &g0[0]), minus(&gw, &g0[1]), minus(&gb, &g0[2])];
     grad_check("layernorm", &mut inputs, &grads, loss);
@@ -448,12 +488,32 @@ fn cross_entropy_value_and_gradients() {
     let mut inputs = vec![randn(&mut rng, rows * vocab, 2.0)];
     for (m, scale) in [(None, 1.0f32), (Some(&mask), 0.5)] {
         let mut d = vec![f64::NAN; rows * vocab];
-        let ce = b.cross_entropy(&inputs[0], &targets, m, Some(&mut d), rows, vocab, scale);
+        let ce = b.cross_entropy(
+            &inputs[0],
+            &targets,
+            m,
+            Some(&mut d),
+            Logits {
+                rows,
+                classes: vocab,
+            },
+            scale,
+        );
         let want = naive_cross_entropy(&inputs[0], &targets, m.map(|v| v.as_slice()), vocab);
         assert!((ce.loss - want).abs() < 1e-13, "{} vs {want}", ce.loss);
         assert_eq!(ce.count, if m.is_some() { 4.0 } else { 6.0 });
         // Without a gradient buffer the loss is the same.
-        let ce2 = b.cross_entropy(&inputs[0], &targets, m, None, rows, vocab, scale);
+        let ce2 = b.cross_entropy(
+            &inputs[0],
+            &targets,
+            m,
+            None,
+            Logits {
+                rows,
+                classes: vocab,
+            },
+            scale,
+        );
         assert_eq!(ce2, ce);
         if m.is_some() {
             assert!(d[vocab..2 * vocab].iter().all(|&v| v == 0.0), "masked row");
@@ -476,15 +536,27 @@ fn cross_entropy_value_and_gradients() {
         &targets,
         Some(&none),
         Some(&mut d),
-        rows,
-        vocab,
+        Logits {
+            rows,
+            classes: vocab,
+        },
         1.0,
     );
     assert_eq!((ce.loss, ce.count), (0.0, 0.0));
     assert!(d.iter().all(|&v| v == 0.0));
     // Uniform logits over 256 bytes: ln 256 nats = 8 bits per byte.
     let flat = vec![0.0; 2 * 256];
-    let ce = b.cross_entropy(&flat, &vec![0, 255], None, None, 2, 256, 1.0);
+    let ce = b.cross_entropy(
+        &flat,
+        &vec![0, 255],
+        None,
+        None,
+        Logits {
+            rows: 2,
+            classes: 256,
+        },
+        1.0,
+    );
     assert!((ce.loss / std::f64::consts::LN_2 - 8.0).abs() < 1e-12);
 }
 
@@ -683,7 +755,17 @@ fn determinism_workload() -> Vec<Vec<u32>> {
     b.matmul_forward(&mut y, &x, &w, Some(&bias), d);
     outs.push(bits(&y));
     let (mut dx, mut dw, mut db) = (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; 320]);
-    b.matmul_backward(Some(&mut dx), &mut dw, Some(&mut db), &dy, &x, &w, d);
+    b.matmul_backward(
+        Some(&mut dx),
+        WeightBias {
+            weight: &mut dw,
+            bias: Some(&mut db),
+        },
+        &dy,
+        &x,
+        &w,
+        d,
+    );
     outs.extend([bits(&dx), bits(&dw), bits(&db)]);
 
     for a in [
@@ -714,9 +796,41 @@ fn determinism_workload() -> Vec<Vec<u32>> {
     let (x, g, bb, dy) = (rnd(rows * width), rnd(width), rnd(width), rnd(rows * width));
     let mut y = vec![0f32; rows * width];
     let (mut m, mut s) = (vec![0f32; rows], vec![0f32; rows]);
-    b.layernorm_forward(&mut y, &mut m, &mut s, &x, &g, &bb, rows, width, 1e-5);
+    b.layernorm_forward(
+        &mut y,
+        &mut m,
+        &mut s,
+        &x,
+        WeightBias {
+            weight: &g,
+            bias: &bb,
+        },
+        LayerNorm {
+            rows,
+            width,
+            eps: 1e-5,
+        },
+    );
     let (mut dx, mut dg, mut dbb) = (vec![0f32; x.len()], vec![0f32; width], vec![0f32; width]);
-    b.layernorm_backward(&mut dx, &mut dg, &mut dbb, &dy, &x, &g, &m, &s, rows, width);
+    b.layernorm_backward(
+        &mut dx,
+        WeightBias {
+            weight: &mut dg,
+            bias: &mut dbb,
+        },
+        &dy,
+        NormSaved {
+            inp: &x,
+            weight: &g,
+            mean: &m,
+            rstd: &s,
+        },
+        LayerNorm {
+            rows,
+            width,
+            eps: 1e-5,
+        },
+    );
     outs.extend([bits(&y), bits(&dx), bits(&dg), bits(&dbb)]);
 
     let (rows, vocab) = (600, 256);
@@ -729,8 +843,10 @@ fn determinism_workload() -> Vec<Vec<u32>> {
         &targets,
         Some(&mask),
         Some(&mut dl),
-        rows,
-        vocab,
+        Logits {
+            rows,
+            classes: vocab,
+        },
         1.0,
     );
     outs.extend([
@@ -811,7 +927,19 @@ fn bench_cpu_kernels() {
         flops / s / 1e9
     );
     let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
-    let s = time(&mut || b.matmul_backward(Some(&mut dx), &mut dw, None, &y, &x, &w, d));
+    let s = time(&mut || {
+        b.matmul_backward(
+            Some(&mut dx),
+            WeightBias {
+                weight: &mut dw,
+                bias: None,
+            },
+            &y,
+            &x,
+            &w,
+            d,
+        )
+    });
     eprintln!(
         "matmul backward 2048x512x512: {:.1} GFLOP/s",
         2.0 * flops / s / 1e9
@@ -856,20 +984,60 @@ fn bench_cpu_kernels() {
     let lw = vec![1f32; width];
     let (mut m, mut r) = (vec![0f32; rows], vec![0f32; rows]);
     let s = time(&mut || {
-        b.layernorm_forward(&mut ys, &mut m, &mut r, &xs, &lw, &lw, rows, width, 1e-5)
+        b.layernorm_forward(
+            &mut ys,
+            &mut m,
+            &mut r,
+            &xs,
+            WeightBias {
+                weight: &lw,
+                bias: &lw,
+            },
+            LayerNorm {
+                rows,
+                width,
+                eps: 1e-5,
+            },
+        )
     });
     eprintln!("layernorm forward 8192x512: {:.2} ms", s * 1e3);
     let (mut dw, mut db) = (vec![0f32; width], vec![0f32; width]);
     let s = time(&mut || {
         b.layernorm_backward(
-            &mut ds, &mut dw, &mut db, &xs, &xs, &lw, &m, &r, rows, width,
+            &mut ds,
+            WeightBias {
+                weight: &mut dw,
+                bias: &mut db,
+            },
+            &xs,
+            NormSaved {
+                inp: &xs,
+                weight: &lw,
+                mean: &m,
+                rstd: &r,
+            },
+            LayerNorm {
+                rows,
+                width,
+                eps: 1e-5,
+            },
         )
     });
     eprintln!("layernorm backward 8192x512: {:.2} ms", s * 1e3);
     let (rows, vocab) = (16384, 256);
     let targets: Vec<u32> = (0..rows as u32).map(|i| i % 256).collect();
     let s = time(&mut || {
-        b.cross_entropy(&xs, &targets, None, Some(&mut ys), rows, vocab, 1.0);
+        b.cross_entropy(
+            &xs,
+            &targets,
+            None,
+            Some(&mut ys),
+            Logits {
+                rows,
+                classes: vocab,
+            },
+            1.0,
+        );
     });
     eprintln!("cross-entropy 16384x256 with gradient: {:.2} ms", s * 1e3);
 }

@@ -13,7 +13,10 @@
 //! `Uf = SSM_fwd(F) Wuf`, `Ub = SSM_bwd(Bk) Wub`,
 //! `X += (GELU((Uf * Ub) Wl) * V) Wo` (every linear layer with a bias).
 
-use crate::backend::{Backend, CrossEntropy, Direction, Linear, SsmDims, SsmShape};
+use crate::backend::{
+    Backend, CrossEntropy, Direction, LayerNorm, Linear, Logits, NormSaved, SsmConv, SsmDims,
+    SsmFilterGrads, SsmParams, SsmShape, WeightBias,
+};
 use crate::ngram::NgramRows;
 use crate::params::ParamSet;
 use crate::params::{download_params, find_param as find, ParamMeta};
@@ -507,11 +510,15 @@ impl<B: Backend> BigsModel<B> {
                     &mut ws.h_mean,
                     &mut ws.h_rstd,
                     &ws.hg,
-                    &p[ln.w],
-                    &p[ln.b],
-                    rows,
-                    d,
-                    self.config.norm_eps,
+                    WeightBias {
+                        weight: &p[ln.w],
+                        bias: &p[ln.b],
+                    },
+                    LayerNorm {
+                        rows,
+                        width: d,
+                        eps: self.config.norm_eps,
+                    },
                 );
                 // Tied output: the first 256 rows of the token embedding
                 // are the bytes' (PAD, MASK, SEP are never predicted).
@@ -526,8 +533,7 @@ impl<B: Backend> BigsModel<B> {
                     &ws.targets,
                     Some(&ws.weights),
                     backward.then_some(&mut ws.dlogits),
-                    rows,
-                    256,
+                    Logits { rows, classes: 256 },
                     grad_scale,
                 );
                 StepResult { ce, correct: 0 }
@@ -569,8 +575,7 @@ impl<B: Backend> BigsModel<B> {
                     &ws.targets,
                     None,
                     backward.then_some(&mut ws.dsmall1),
-                    nb,
-                    classes,
+                    Logits { rows: nb, classes },
                     grad_scale,
                 );
                 let logits = be.download_f64(&ws.class_logits)?;
@@ -608,11 +613,15 @@ impl<B: Backend> BigsModel<B> {
             &mut ws.emb_mean,
             &mut ws.emb_rstd,
             &ws.emb,
-            &p[ix.emb_ln.w],
-            &p[ix.emb_ln.b],
-            rows,
-            d,
-            eps,
+            WeightBias {
+                weight: &p[ix.emb_ln.w],
+                bias: &p[ix.emb_ln.b],
+            },
+            LayerNorm {
+                rows,
+                width: d,
+                eps,
+            },
         );
         let LayerShapes { dd, de, ed, shape } = layer_shapes(&self.config, nb, seq);
         let dims = self.dims();
@@ -624,11 +633,15 @@ impl<B: Backend> BigsModel<B> {
                 &mut a.mean,
                 &mut a.rstd,
                 x,
-                &p[l.ln_w],
-                &p[l.ln_b],
-                rows,
-                d,
-                eps,
+                WeightBias {
+                    weight: &p[l.ln_w],
+                    bias: &p[l.ln_b],
+                },
+                LayerNorm {
+                    rows,
+                    width: d,
+                    eps,
+                },
             );
             be.matmul_forward(&mut a.pv, &a.z, &p[l.v.w], Some(&p[l.v.b]), de);
             be.gelu_forward(&mut a.v, &a.pv, rows * e);
@@ -640,8 +653,28 @@ impl<B: Backend> BigsModel<B> {
                 (l.fwd, &mut a.kf, &a.f, &mut a.sf, Direction::Forward),
                 (l.bwd, &mut a.kb, &a.bk, &mut a.sb, Direction::Backward),
             ] {
-                be.ssm_kernel_forward(kern, &p[s.a], &p[s.w], &p[s.c], &p[s.log_dt], dims, seq);
-                be.ssm_conv_forward(out, inp, kern, &p[s.d], &ws.lengths, shape, dir);
+                be.ssm_kernel_forward(
+                    kern,
+                    SsmParams {
+                        a: &p[s.a],
+                        w: &p[s.w],
+                        c: &p[s.c],
+                        log_dt: &p[s.log_dt],
+                    },
+                    dims,
+                    seq,
+                );
+                be.ssm_conv_forward(
+                    out,
+                    SsmConv {
+                        u: inp,
+                        kernel: kern,
+                        d: &p[s.d],
+                        lengths: &ws.lengths,
+                    },
+                    shape,
+                    dir,
+                );
             }
             be.matmul_forward(&mut a.uf, &a.sf, &p[l.uf.w], Some(&p[l.uf.b]), dd);
             be.matmul_forward(&mut a.ub, &a.sb, &p[l.ub.w], Some(&p[l.ub.b]), dd);
@@ -658,11 +691,15 @@ impl<B: Backend> BigsModel<B> {
             &mut ws.f_mean,
             &mut ws.f_rstd,
             &ws.res[c.layers as usize],
-            &p[ix.ln_f.w],
-            &p[ix.ln_f.b],
-            rows,
-            d,
-            eps,
+            WeightBias {
+                weight: &p[ix.ln_f.w],
+                bias: &p[ix.ln_f.b],
+            },
+            LayerNorm {
+                rows,
+                width: d,
+                eps,
+            },
         );
     }
 
@@ -688,8 +725,10 @@ impl<B: Backend> BigsModel<B> {
                 };
                 be.matmul_backward(
                     Some(&mut ws.dd2),
-                    &mut g[ix.tok],
-                    None,
+                    WeightBias {
+                        weight: &mut g[ix.tok],
+                        bias: None,
+                    },
                     &ws.dlogits,
                     &ws.hn,
                     &p[ix.tok],
@@ -699,15 +738,22 @@ impl<B: Backend> BigsModel<B> {
                 let (gw, gb) = pair_mut(g, ln.w, ln.b);
                 be.layernorm_backward(
                     &mut ws.dd3,
-                    gw,
-                    gb,
+                    WeightBias {
+                        weight: gw,
+                        bias: gb,
+                    },
                     &ws.dd2,
-                    &ws.hg,
-                    &p[ln.w],
-                    &ws.h_mean,
-                    &ws.h_rstd,
-                    rows,
-                    d,
+                    NormSaved {
+                        inp: &ws.hg,
+                        weight: &p[ln.w],
+                        mean: &ws.h_mean,
+                        rstd: &ws.h_rstd,
+                    },
+                    LayerNorm {
+                        rows,
+                        width: d,
+                        eps: c.norm_eps,
+                    },
                 );
                 be.zero_prefix(&mut ws.dd4, rows * d);
                 be.gelu_backward(&mut ws.dd4, &ws.hp, &ws.dd3, rows * d);
@@ -719,8 +765,10 @@ impl<B: Backend> BigsModel<B> {
                 let (gw, gb) = pair_mut(g, dense.w, dense.b);
                 be.matmul_backward(
                     Some(&mut ws.dd1),
-                    gw,
-                    Some(gb),
+                    WeightBias {
+                        weight: gw,
+                        bias: Some(gb),
+                    },
                     &ws.dd4,
                     &ws.xf,
                     &p[dense.w],
@@ -739,8 +787,10 @@ impl<B: Backend> BigsModel<B> {
                 let (gw, gb) = pair_mut(g, out.w, out.b);
                 be.matmul_backward(
                     Some(&mut ws.dsmall2),
-                    gw,
-                    Some(gb),
+                    WeightBias {
+                        weight: gw,
+                        bias: Some(gb),
+                    },
                     &ws.dsmall1,
                     &ws.ct,
                     &p[out.w],
@@ -758,8 +808,10 @@ impl<B: Backend> BigsModel<B> {
                 let (gw, gb) = pair_mut(g, dense.w, dense.b);
                 be.matmul_backward(
                     Some(&mut ws.dsmall2),
-                    gw,
-                    Some(gb),
+                    WeightBias {
+                        weight: gw,
+                        bias: Some(gb),
+                    },
                     &ws.dsmall1,
                     &ws.pool,
                     &p[dense.w],
@@ -772,15 +824,22 @@ impl<B: Backend> BigsModel<B> {
         let (gw, gb) = pair_mut(g, ix.ln_f.w, ix.ln_f.b);
         be.layernorm_backward(
             &mut ws.d_res,
-            gw,
-            gb,
+            WeightBias {
+                weight: gw,
+                bias: gb,
+            },
             &ws.dd1,
-            &ws.res[c.layers as usize],
-            &p[ix.ln_f.w],
-            &ws.f_mean,
-            &ws.f_rstd,
-            rows,
-            d,
+            NormSaved {
+                inp: &ws.res[c.layers as usize],
+                weight: &p[ix.ln_f.w],
+                mean: &ws.f_mean,
+                rstd: &ws.f_rstd,
+            },
+            LayerNorm {
+                rows,
+                width: d,
+                eps: c.norm_eps,
+            },
         );
         let LayerShapes { dd, de, ed, shape } = layer_shapes(&self.config, nb, seq);
         for (i, (l, a)) in ix.layers.iter().zip(&ws.layers).enumerate().rev() {
@@ -790,8 +849,10 @@ impl<B: Backend> BigsModel<B> {
             let (gw, gb) = pair_mut(g, l.o.w, l.o.b);
             be.matmul_backward(
                 Some(&mut ws.de1),
-                gw,
-                Some(gb),
+                WeightBias {
+                    weight: gw,
+                    bias: Some(gb),
+                },
                 &ws.d_res,
                 &a.m,
                 &p[l.o.w],
@@ -808,8 +869,10 @@ impl<B: Backend> BigsModel<B> {
             let (gw, gb) = pair_mut(g, l.l.w, l.l.b);
             be.matmul_backward(
                 Some(&mut ws.dd1),
-                gw,
-                Some(gb),
+                WeightBias {
+                    weight: gw,
+                    bias: Some(gb),
+                },
                 &ws.de1,
                 &a.g,
                 &p[l.l.w],
@@ -850,8 +913,10 @@ impl<B: Backend> BigsModel<B> {
                 let (gw, gb) = pair_mut(g, lin_u.w, lin_u.b);
                 be.matmul_backward(
                     Some(&mut ws.dd1),
-                    gw,
-                    Some(gb),
+                    WeightBias {
+                        weight: gw,
+                        bias: Some(gb),
+                    },
                     du_out,
                     sout,
                     &p[lin_u.w],
@@ -862,27 +927,35 @@ impl<B: Backend> BigsModel<B> {
                 be.zero_prefix(&mut ws.dk, dims.kernels * seq);
                 be.ssm_conv_backward(
                     &mut ws.dd4,
-                    &mut ws.dk,
-                    &mut g[s.d],
+                    SsmFilterGrads {
+                        kernel: &mut ws.dk,
+                        d: &mut g[s.d],
+                    },
                     &ws.dd1,
-                    inp,
-                    kern,
-                    &p[s.d],
-                    &ws.lengths,
+                    SsmConv {
+                        u: inp,
+                        kernel: kern,
+                        d: &p[s.d],
+                        lengths: &ws.lengths,
+                    },
                     shape,
                     dir,
                 );
                 let (ga, gw, gc, gdt) = ssm_grads(g, s);
                 be.ssm_kernel_backward(
-                    ga,
-                    gw,
-                    gc,
-                    gdt,
+                    SsmParams {
+                        a: ga,
+                        w: gw,
+                        c: gc,
+                        log_dt: gdt,
+                    },
                     &ws.dk,
-                    &p[s.a],
-                    &p[s.w],
-                    &p[s.c],
-                    &p[s.log_dt],
+                    SsmParams {
+                        a: &p[s.a],
+                        w: &p[s.w],
+                        c: &p[s.c],
+                        log_dt: &p[s.log_dt],
+                    },
                     dims,
                     seq,
                 );
@@ -891,8 +964,10 @@ impl<B: Backend> BigsModel<B> {
                 let (gw, gb) = pair_mut(g, gate_lin.w, gate_lin.b);
                 be.matmul_backward(
                     Some(&mut ws.de2),
-                    gw,
-                    Some(gb),
+                    WeightBias {
+                        weight: gw,
+                        bias: Some(gb),
+                    },
                     &ws.dd1,
                     &a.z,
                     &p[gate_lin.w],
@@ -905,8 +980,10 @@ impl<B: Backend> BigsModel<B> {
             let (gw, gb) = pair_mut(g, l.v.w, l.v.b);
             be.matmul_backward(
                 Some(&mut ws.de2),
-                gw,
-                Some(gb),
+                WeightBias {
+                    weight: gw,
+                    bias: Some(gb),
+                },
                 &ws.de1,
                 &a.z,
                 &p[l.v.w],
@@ -915,30 +992,44 @@ impl<B: Backend> BigsModel<B> {
             let (gw, gb) = pair_mut(g, l.ln_w, l.ln_b);
             be.layernorm_backward(
                 &mut ws.d_res,
-                gw,
-                gb,
+                WeightBias {
+                    weight: gw,
+                    bias: gb,
+                },
                 &ws.de2,
-                &ws.res[i],
-                &p[l.ln_w],
-                &a.mean,
-                &a.rstd,
-                rows,
-                d,
+                NormSaved {
+                    inp: &ws.res[i],
+                    weight: &p[l.ln_w],
+                    mean: &a.mean,
+                    rstd: &a.rstd,
+                },
+                LayerNorm {
+                    rows,
+                    width: d,
+                    eps: c.norm_eps,
+                },
             );
         }
         be.zero_prefix(&mut ws.dd1, rows * d);
         let (gw, gb) = pair_mut(g, ix.emb_ln.w, ix.emb_ln.b);
         be.layernorm_backward(
             &mut ws.dd1,
-            gw,
-            gb,
+            WeightBias {
+                weight: gw,
+                bias: gb,
+            },
             &ws.d_res,
-            &ws.emb,
-            &p[ix.emb_ln.w],
-            &ws.emb_mean,
-            &ws.emb_rstd,
-            rows,
-            d,
+            NormSaved {
+                inp: &ws.emb,
+                weight: &p[ix.emb_ln.w],
+                mean: &ws.emb_mean,
+                rstd: &ws.emb_rstd,
+            },
+            LayerNorm {
+                rows,
+                width: d,
+                eps: c.norm_eps,
+            },
         );
         be.embedding_backward(&mut g[ix.tok], &ws.dd1, &ws.ids, rows, d);
         ws.ngram.backward(be, g, &ws.dd1, rows, d);

@@ -16,7 +16,7 @@
 pub mod job;
 pub mod transformer;
 
-use crate::backend::{Attention, Backend, CrossEntropy, Linear};
+use crate::backend::{Attention, Backend, CrossEntropy, Linear, Logits, WeightBias};
 use crate::ngram::NgramRows;
 use crate::params::{download_params, find_param as find, ParamMeta, ParamSet};
 use anyhow::{bail, ensure, Result};
@@ -224,8 +224,7 @@ impl<B: Backend> MegabyteModel<B> {
             } else {
                 None
             },
-            rows,
-            256,
+            Logits { rows, classes: 256 },
             grad_scale,
         );
         if backward {
@@ -304,6 +303,7 @@ impl<B: Backend> MegabyteModel<B> {
 
     fn backward(&mut self, be: &B, ws: &mut Workspace<B>) {
         let c = &self.config;
+        let eps = c.norm_eps;
         let p = &self.params;
         let g = &mut self.grads;
         let ix = &self.ix;
@@ -322,14 +322,16 @@ impl<B: Backend> MegabyteModel<B> {
         };
         be.matmul_backward(
             Some(&mut ws.d_local_out),
-            &mut g[ix.local_tok],
-            None,
+            WeightBias {
+                weight: &mut g[ix.local_tok],
+                bias: None,
+            },
             &ws.dlogits,
             &ws.local.out,
             &p[ix.local_tok],
             out,
         );
-        transformer::backward(be, p, g, &ix.local, &mut ws.local, &ws.d_local_out);
+        transformer::backward(be, p, g, &ix.local, &mut ws.local, &ws.d_local_out, eps);
         // local input = projection + shifted byte embeddings: both get d_input.
         let d_in = &ws.local.d_input;
         be.zero(&mut ws.d_local_emb);
@@ -351,14 +353,16 @@ impl<B: Backend> MegabyteModel<B> {
         };
         be.matmul_backward(
             Some(&mut ws.d_global_out),
-            &mut g[ix.global_to_local],
-            None,
+            WeightBias {
+                weight: &mut g[ix.global_to_local],
+                bias: None,
+            },
             d_in,
             &ws.global.out,
             &p[ix.global_to_local],
             gl,
         );
-        transformer::backward(be, p, g, &ix.global, &mut ws.global, &ws.d_global_out);
+        transformer::backward(be, p, g, &ix.global, &mut ws.global, &ws.d_global_out, eps);
         be.zero(&mut ws.d_emb);
         be.shift_backward(
             &mut ws.d_emb,

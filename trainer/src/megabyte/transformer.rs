@@ -4,7 +4,7 @@
 //! backend's ops. MEGABYTE uses two: the global one over patches and the
 //! local one over the bytes of each patch.
 
-use crate::backend::{Attention, Backend, Linear};
+use crate::backend::{Attention, Backend, LayerNorm, Linear, NormSaved, WeightBias};
 use anyhow::Result;
 
 /// Indices of one block's parameters in the model's parameter list.
@@ -135,11 +135,15 @@ pub fn forward<B: Backend>(
             &mut la.ln1_mean,
             &mut la.ln1_rstd,
             x,
-            &p[bp.ln1_weight],
-            &p[bp.ln1_bias],
-            r,
-            w,
-            eps,
+            WeightBias {
+                weight: &p[bp.ln1_weight],
+                bias: &p[bp.ln1_bias],
+            },
+            LayerNorm {
+                rows: r,
+                width: w,
+                eps,
+            },
         );
         be.matmul_forward(&mut la.qkv, &la.ln1, &p[bp.qkv], None, lin(r, w, 3 * w));
         be.attention_forward(&mut la.att, &mut la.att_saved, &la.qkv, a);
@@ -150,11 +154,15 @@ pub fn forward<B: Backend>(
             &mut la.ln2_mean,
             &mut la.ln2_rstd,
             &la.mid,
-            &p[bp.ln2_weight],
-            &p[bp.ln2_bias],
-            r,
-            w,
-            eps,
+            WeightBias {
+                weight: &p[bp.ln2_weight],
+                bias: &p[bp.ln2_bias],
+            },
+            LayerNorm {
+                rows: r,
+                width: w,
+                eps,
+            },
         );
         be.matmul_forward(&mut la.fc, &la.ln2, &p[bp.fc], None, lin(r, w, 4 * w));
         be.gelu_forward(&mut la.gelu, &la.fc, r * 4 * w);
@@ -173,11 +181,15 @@ pub fn forward<B: Backend>(
         &mut acts.out_mean,
         &mut acts.out_rstd,
         last,
-        &p[tp.ln_f_weight],
-        &p[tp.ln_f_bias],
-        r,
-        w,
-        eps,
+        WeightBias {
+            weight: &p[tp.ln_f_weight],
+            bias: &p[tp.ln_f_bias],
+        },
+        LayerNorm {
+            rows: r,
+            width: w,
+            eps,
+        },
     );
 }
 
@@ -190,6 +202,7 @@ pub fn backward<B: Backend>(
     tp: &TransformerParams,
     acts: &mut TransformerActs<B>,
     d_out: &B::Buf,
+    eps: f32,
 ) {
     let a = acts.a;
     let (r, w) = (a.rows(), a.width);
@@ -200,15 +213,22 @@ pub fn backward<B: Backend>(
     let (gw, gb) = two(g, tp.ln_f_weight, tp.ln_f_bias);
     be.layernorm_backward(
         dx,
-        gw,
-        gb,
+        WeightBias {
+            weight: gw,
+            bias: gb,
+        },
         d_out,
-        &acts.res[n_layers],
-        &p[tp.ln_f_weight],
-        &acts.out_mean,
-        &acts.out_rstd,
-        r,
-        w,
+        NormSaved {
+            inp: &acts.res[n_layers],
+            weight: &p[tp.ln_f_weight],
+            mean: &acts.out_mean,
+            rstd: &acts.out_rstd,
+        },
+        LayerNorm {
+            rows: r,
+            width: w,
+            eps,
+        },
     );
     for l in (0..n_layers).rev() {
         let bp = tp.blocks[l];
@@ -217,8 +237,10 @@ pub fn backward<B: Backend>(
         be.zero(&mut acts.d_gelu);
         be.matmul_backward(
             Some(&mut acts.d_gelu),
-            &mut g[bp.fc_proj],
-            None,
+            WeightBias {
+                weight: &mut g[bp.fc_proj],
+                bias: None,
+            },
             dx,
             &la.gelu,
             &p[bp.fc_proj],
@@ -229,8 +251,10 @@ pub fn backward<B: Backend>(
         be.zero(&mut acts.d_ln);
         be.matmul_backward(
             Some(&mut acts.d_ln),
-            &mut g[bp.fc],
-            None,
+            WeightBias {
+                weight: &mut g[bp.fc],
+                bias: None,
+            },
             &acts.d_fc,
             &la.ln2,
             &p[bp.fc],
@@ -240,22 +264,31 @@ pub fn backward<B: Backend>(
         let (gw, gb) = two(g, bp.ln2_weight, bp.ln2_bias);
         be.layernorm_backward(
             &mut acts.d_mid,
-            gw,
-            gb,
+            WeightBias {
+                weight: gw,
+                bias: gb,
+            },
             &acts.d_ln,
-            &la.mid,
-            &p[bp.ln2_weight],
-            &la.ln2_mean,
-            &la.ln2_rstd,
-            r,
-            w,
+            NormSaved {
+                inp: &la.mid,
+                weight: &p[bp.ln2_weight],
+                mean: &la.ln2_mean,
+                rstd: &la.ln2_rstd,
+            },
+            LayerNorm {
+                rows: r,
+                width: w,
+                eps,
+            },
         );
         // mid = res[l] + attention(ln1(res[l]) Wqkv) Wproj
         be.zero(&mut acts.d_att);
         be.matmul_backward(
             Some(&mut acts.d_att),
-            &mut g[bp.proj],
-            None,
+            WeightBias {
+                weight: &mut g[bp.proj],
+                bias: None,
+            },
             &acts.d_mid,
             &la.att,
             &p[bp.proj],
@@ -266,8 +299,10 @@ pub fn backward<B: Backend>(
         be.zero(&mut acts.d_ln);
         be.matmul_backward(
             Some(&mut acts.d_ln),
-            &mut g[bp.qkv],
-            None,
+            WeightBias {
+                weight: &mut g[bp.qkv],
+                bias: None,
+            },
             &acts.d_qkv,
             &la.ln1,
             &p[bp.qkv],
@@ -277,15 +312,22 @@ pub fn backward<B: Backend>(
         let (gw, gb) = two(g, bp.ln1_weight, bp.ln1_bias);
         be.layernorm_backward(
             dx,
-            gw,
-            gb,
+            WeightBias {
+                weight: gw,
+                bias: gb,
+            },
             &acts.d_ln,
-            &acts.res[l],
-            &p[bp.ln1_weight],
-            &la.ln1_mean,
-            &la.ln1_rstd,
-            r,
-            w,
+            NormSaved {
+                inp: &acts.res[l],
+                weight: &p[bp.ln1_weight],
+                mean: &la.ln1_mean,
+                rstd: &la.ln1_rstd,
+            },
+            LayerNorm {
+                rows: r,
+                width: w,
+                eps,
+            },
         );
     }
 }

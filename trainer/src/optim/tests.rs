@@ -2,7 +2,7 @@
 //! accumulation and state round trips.
 
 use super::*;
-use crate::backend::{Backend, CpuBackend};
+use crate::backend::{Backend, CpuBackend, WeightBias};
 use kilobyte_format::schema::Role;
 use kilobyte_runtime::rng::Rng;
 
@@ -183,7 +183,17 @@ fn gradient_accumulation_equals_one_big_batch() {
                     .iter()
                     .map(|v| v / rows as f64)
                     .collect();
-                b.matmul_backward(None, &mut grads[0], None, &dy, &x, &params[0], dl);
+                b.matmul_backward(
+                    None,
+                    WeightBias {
+                        weight: &mut grads[0],
+                        bias: None,
+                    },
+                    &dy,
+                    &x,
+                    &params[0],
+                    dl,
+                );
             }
             opt.step(&b, &mut params, &grads, 1.0 / micro as f32);
         }

@@ -29,6 +29,11 @@ struct Geom {
 }
 
 impl Geom {
+    /// The attention scores' scale, `1/sqrt(hd)`.
+    fn scale<T: Float>(&self) -> T {
+        T::from_f64(1.0 / (self.hd as f64).sqrt())
+    }
+
     fn new(a: Attention) -> Self {
         assert!(
             a.heads > 0 && a.width % a.heads == 0,
@@ -94,7 +99,7 @@ pub fn forward<T: Float>(
     if t == 0 || a.batch == 0 {
         return;
     }
-    let scale = T::from_f64(1.0 / (hd as f64).sqrt());
+    let scale = g.scale::<T>();
     let out_len = out.len();
     let outp = SyncPtr::new(out.as_mut_ptr());
     saved[..saved_len(a)]
@@ -174,7 +179,7 @@ pub fn backward<T: Float>(
     if t == 0 || a.batch == 0 {
         return;
     }
-    let scale = T::from_f64(1.0 / (hd as f64).sqrt());
+    let scale = g.scale::<T>();
     let dlen = dqkv.len();
     let dp = SyncPtr::new(dqkv.as_mut_ptr());
     let small = t <= small_seq;
@@ -185,7 +190,7 @@ pub fn backward<T: Float>(
             let (q0, k0, v0, o0) = g.offsets(idx);
             let probs = &saved[idx * t * t..][..t * t];
             if small {
-                small_backward(scratch, dp, dout, qkv, probs, &g, idx, scale);
+                small_backward(scratch, dp, dout, qkv, probs, &g, idx);
                 return;
             }
             for r0 in (0..t).step_by(BLOCK) {
@@ -324,8 +329,8 @@ simd_kernel! {
         probs: &[T],
         g: &Geom,
         idx: usize,
-        scale: T,
     ) {
+        let scale = g.scale::<T>();
         let (t, hd) = (g.t, g.hd);
         let (q0, k0, v0, o0) = g.offsets(idx);
         for i in 0..t {

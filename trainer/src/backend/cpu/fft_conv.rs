@@ -19,11 +19,8 @@
 //!
 //! A CPU kernel like [`super::ssm`]: the backend picks it by length.
 
-// Kernel signatures list their buffers and sizes explicitly, as the backend does.
-#![allow(clippy::too_many_arguments)]
-
 use super::float::Float;
-use crate::backend::shapes::{Direction, SsmShape};
+use crate::backend::shapes::{Direction, SsmConv, SsmFilterGrads, SsmShape};
 use rustfft::num_complex::Complex64;
 use rustfft::{Fft, FftPlanner};
 use std::cell::RefCell;
@@ -147,21 +144,30 @@ pub fn ssm_forward_fft<T: Float>(
     }
 }
 
-/// [`super::ssm::ssm_backward`] for one sequence (`s.batch == 1`): adds
-/// into `du` (real rows), `dkernel [kernels, seq]` and `dd [kernels]`.
+/// [`super::ssm::ssm_backward`] for one sequence (`s.batch == 1`, one
+/// length): adds into `du` (real rows), `dfilter.kernel [kernels, seq]`
+/// and `dfilter.d [kernels]`.
 pub fn ssm_backward_fft<T: Float>(
     s: SsmShape,
     dir: Direction,
-    len: usize,
-    u: &[T],
-    kernel: &[T],
-    d: &[T],
+    x: SsmConv<'_, [T], [usize]>,
     dy: &[T],
     du: &mut [T],
-    dkernel: &mut [T],
-    dd: &mut [T],
+    dfilter: SsmFilterGrads<'_, [T]>,
 ) {
+    let SsmConv {
+        u,
+        kernel,
+        d,
+        lengths,
+    } = x;
+    let SsmFilterGrads {
+        kernel: dkernel,
+        d: dd,
+    } = dfilter;
     assert_eq!(s.batch, 1, "one sequence at a time");
+    assert_eq!(lengths.len(), 1, "one sequence at a time");
+    let len = lengths[0];
     assert!(len <= s.seq);
     if len == 0 {
         return;
@@ -269,12 +275,36 @@ mod tests {
                 {
                     let (du, rest) = g1.split_at_mut(seq * width);
                     let (dk, dd) = rest.split_at_mut(kernels * seq);
-                    ssm_backward(s, dir, &[len], &u, &kern, &d, &dy, du, dk, dd);
+                    ssm_backward(
+                        s,
+                        dir,
+                        SsmConv {
+                            u: &u,
+                            kernel: &kern,
+                            d: &d,
+                            lengths: &[len],
+                        },
+                        &dy,
+                        du,
+                        SsmFilterGrads { kernel: dk, d: dd },
+                    );
                 }
                 {
                     let (du, rest) = g2.split_at_mut(seq * width);
                     let (dk, dd) = rest.split_at_mut(kernels * seq);
-                    ssm_backward_fft(s, dir, len, &u, &kern, &d, &dy, du, dk, dd);
+                    ssm_backward_fft(
+                        s,
+                        dir,
+                        SsmConv {
+                            u: &u,
+                            kernel: &kern,
+                            d: &d,
+                            lengths: &[len],
+                        },
+                        &dy,
+                        du,
+                        SsmFilterGrads { kernel: dk, d: dd },
+                    );
                 }
                 for (what, a, b) in [("y", &y1, &y2), ("grads", &g1, &g2)] {
                     let worst = a
@@ -321,14 +351,15 @@ mod tests {
                 ssm_backward(
                     s,
                     Direction::Forward,
-                    &[len],
-                    &u,
-                    &kern,
-                    &[0.5],
+                    SsmConv {
+                        u: &u,
+                        kernel: &kern,
+                        d: &[0.5],
+                        lengths: &[len],
+                    },
                     &dy,
                     du,
-                    dk,
-                    dd,
+                    SsmFilterGrads { kernel: dk, d: dd },
                 );
             }
             let direct_b = t0.elapsed().as_secs_f64() / reps as f64;
@@ -339,14 +370,15 @@ mod tests {
                 ssm_backward_fft(
                     s,
                     Direction::Forward,
-                    len,
-                    &u,
-                    &kern,
-                    &[0.5],
+                    SsmConv {
+                        u: &u,
+                        kernel: &kern,
+                        d: &[0.5],
+                        lengths: &[len],
+                    },
                     &dy,
                     du,
-                    dk,
-                    dd,
+                    SsmFilterGrads { kernel: dk, d: dd },
                 );
             }
             let fft_b = t0.elapsed().as_secs_f64() / reps as f64;

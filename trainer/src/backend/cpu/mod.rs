@@ -20,7 +20,10 @@ mod ssm_tests;
 
 pub use float::Float;
 
-use super::shapes::{AdamWStep, Attention, CrossEntropy, Direction, Linear, SsmDims, SsmShape};
+use super::shapes::{
+    AdamWStep, Attention, CrossEntropy, Direction, LayerNorm, Linear, Logits, NormSaved, SsmConv,
+    SsmDims, SsmFilterGrads, SsmParams, SsmShape, WeightBias,
+};
 use super::Backend;
 use anyhow::Result;
 use fft_conv::{ssm_backward_fft, ssm_forward_fft, FFT_FROM_LEN};
@@ -179,13 +182,16 @@ impl<T: Float> Backend for CpuBackend<T> {
     fn matmul_backward(
         &self,
         dinp: Option<&mut Vec<T>>,
-        dweight: &mut Vec<T>,
-        dbias: Option<&mut Vec<T>>,
+        dparams: WeightBias<&mut Vec<T>, Option<&mut Vec<T>>>,
         dout: &Vec<T>,
         inp: &Vec<T>,
         weight: &Vec<T>,
         d: Linear,
     ) {
+        let WeightBias {
+            weight: dweight,
+            bias: dbias,
+        } = dparams;
         if let Some(b) = dbias.as_deref() {
             prefix(b, d.out_dim, "matmul dbias");
         }
@@ -206,12 +212,10 @@ impl<T: Float> Backend for CpuBackend<T> {
         mean: &mut Vec<T>,
         rstd: &mut Vec<T>,
         inp: &Vec<T>,
-        weight: &Vec<T>,
-        bias: &Vec<T>,
-        rows: usize,
-        width: usize,
-        eps: f32,
+        params: WeightBias<&Vec<T>>,
+        ln: LayerNorm,
     ) {
+        let (WeightBias { weight, bias }, rows, width) = (params, ln.rows, ln.width);
         let n = rows * width;
         prefix(out, n, "layernorm out");
         prefix(inp, n, "layernorm inp");
@@ -219,21 +223,27 @@ impl<T: Float> Backend for CpuBackend<T> {
         prefix(rstd, rows, "layernorm rstd");
         prefix(weight, width, "layernorm weight");
         prefix(bias, width, "layernorm bias");
-        norm::forward(out, mean, rstd, inp, weight, bias, rows, width, eps);
+        norm::forward(out, mean, rstd, inp, weight, bias, ln);
     }
     fn layernorm_backward(
         &self,
         dinp: &mut Vec<T>,
-        dweight: &mut Vec<T>,
-        dbias: &mut Vec<T>,
+        dparams: WeightBias<&mut Vec<T>>,
         dout: &Vec<T>,
-        inp: &Vec<T>,
-        weight: &Vec<T>,
-        mean: &Vec<T>,
-        rstd: &Vec<T>,
-        rows: usize,
-        width: usize,
+        saved: NormSaved<'_, Vec<T>>,
+        ln: LayerNorm,
     ) {
+        let WeightBias {
+            weight: dweight,
+            bias: dbias,
+        } = dparams;
+        let NormSaved {
+            inp,
+            weight,
+            mean,
+            rstd,
+        } = saved;
+        let (rows, width) = (ln.rows, ln.width);
         let n = rows * width;
         prefix(dinp, n, "layernorm dinp");
         prefix(dout, n, "layernorm dout");
@@ -243,9 +253,13 @@ impl<T: Float> Backend for CpuBackend<T> {
         prefix(weight, width, "layernorm weight");
         prefix(mean, rows, "layernorm mean");
         prefix(rstd, rows, "layernorm rstd");
-        norm::backward(
-            dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, width,
-        );
+        let saved = NormSaved {
+            inp: inp.as_slice(),
+            weight: weight.as_slice(),
+            mean: mean.as_slice(),
+            rstd: rstd.as_slice(),
+        };
+        norm::backward(dinp, dweight, dbias, dout, saved, ln);
     }
 
     fn gelu_forward(&self, out: &mut Vec<T>, inp: &Vec<T>, n: usize) {
@@ -412,43 +426,49 @@ impl<T: Float> Backend for CpuBackend<T> {
     fn ssm_kernel_forward(
         &self,
         kernel: &mut Vec<T>,
-        a: &Vec<T>,
-        w: &Vec<T>,
-        c: &Vec<T>,
-        log_dt: &Vec<T>,
+        p: SsmParams<&Vec<T>>,
         dims: SsmDims,
         len: usize,
     ) {
         prefix(kernel, dims.kernels * len, "ssm kernel");
-        ssm::ssm_kernel(dims, len, a, w, c, log_dt, kernel);
+        ssm::ssm_kernel(dims, len, p.a, p.w, p.c, p.log_dt, kernel);
     }
     fn ssm_kernel_backward(
         &self,
-        da: &mut Vec<T>,
-        dw: &mut Vec<T>,
-        dc: &mut Vec<T>,
-        dlog_dt: &mut Vec<T>,
+        dp: SsmParams<&mut Vec<T>>,
         dkernel: &Vec<T>,
-        a: &Vec<T>,
-        w: &Vec<T>,
-        c: &Vec<T>,
-        log_dt: &Vec<T>,
+        p: SsmParams<&Vec<T>>,
         dims: SsmDims,
         len: usize,
     ) {
         prefix(dkernel, dims.kernels * len, "ssm dkernel");
-        ssm::ssm_kernel_backward(dims, len, a, w, c, log_dt, dkernel, da, dw, dc, dlog_dt);
+        let p = SsmParams {
+            a: p.a.as_slice(),
+            w: p.w.as_slice(),
+            c: p.c.as_slice(),
+            log_dt: p.log_dt.as_slice(),
+        };
+        let dp = SsmParams {
+            a: dp.a.as_mut_slice(),
+            w: dp.w.as_mut_slice(),
+            c: dp.c.as_mut_slice(),
+            log_dt: dp.log_dt.as_mut_slice(),
+        };
+        ssm::ssm_kernel_backward(dims, len, p, dkernel, dp);
     }
     fn ssm_conv_forward(
         &self,
         y: &mut Vec<T>,
-        u: &Vec<T>,
-        kernel: &Vec<T>,
-        d: &Vec<T>,
-        lengths: &Vec<u32>,
+        x: SsmConv<'_, Vec<T>, Vec<u32>>,
         s: SsmShape,
         dir: Direction,
     ) {
+        let SsmConv {
+            u,
+            kernel,
+            d,
+            lengths,
+        } = x;
         let per_seq = s.seq * s.width;
         prefix(y, s.batch * per_seq, "ssm y");
         prefix(u, s.batch * per_seq, "ssm u");
@@ -470,16 +490,22 @@ impl<T: Float> Backend for CpuBackend<T> {
     fn ssm_conv_backward(
         &self,
         du: &mut Vec<T>,
-        dkernel: &mut Vec<T>,
-        dd: &mut Vec<T>,
+        dfilter: SsmFilterGrads<'_, Vec<T>>,
         dy: &Vec<T>,
-        u: &Vec<T>,
-        kernel: &Vec<T>,
-        d: &Vec<T>,
-        lengths: &Vec<u32>,
+        x: SsmConv<'_, Vec<T>, Vec<u32>>,
         s: SsmShape,
         dir: Direction,
     ) {
+        let SsmFilterGrads {
+            kernel: dkernel,
+            d: dd,
+        } = dfilter;
+        let SsmConv {
+            u,
+            kernel,
+            d,
+            lengths,
+        } = x;
         let per_seq = s.seq * s.width;
         let nk = s.kernels * s.seq;
         prefix(du, s.batch * per_seq, "ssm du");
@@ -499,10 +525,17 @@ impl<T: Float> Backend for CpuBackend<T> {
                 let rows = b * per_seq..(b + 1) * per_seq;
                 let len = lengths[b] as usize;
                 let (u, dy) = (&u[rows.clone()], &dy[rows]);
+                let x = SsmConv {
+                    u,
+                    kernel: kernel.as_slice(),
+                    d: d.as_slice(),
+                    lengths: &[len][..],
+                };
+                let df = SsmFilterGrads { kernel: dk, d: dd };
                 if len >= FFT_FROM_LEN {
-                    ssm_backward_fft(one, dir, len, u, kernel, d, dy, du, dk, dd);
+                    ssm_backward_fft(one, dir, x, dy, du, df);
                 } else {
-                    ssm::ssm_backward(one, dir, &[len], u, kernel, d, dy, du, dk, dd);
+                    ssm::ssm_backward(one, dir, x, dy, du, df);
                 }
             });
         for part in partial.chunks(nk + s.kernels) {
@@ -521,10 +554,10 @@ impl<T: Float> Backend for CpuBackend<T> {
         targets: &Vec<u32>,
         mask: Option<&Vec<T>>,
         dlogits: Option<&mut Vec<T>>,
-        rows: usize,
-        vocab: usize,
+        l: Logits,
         grad_scale: f32,
     ) -> CrossEntropy {
+        let (rows, vocab) = (l.rows, l.classes);
         prefix(logits, rows * vocab, "cross-entropy logits");
         prefix(targets, rows, "cross-entropy targets");
         if let Some(m) = mask {

@@ -3,6 +3,7 @@
 use super::float::Float;
 use super::par::{add_to, dot, rows_per_task, sum};
 use super::simd::simd_kernel;
+use crate::backend::shapes::{LayerNorm, NormSaved};
 use rayon::prelude::*;
 
 pub fn forward<T: Float>(
@@ -12,10 +13,9 @@ pub fn forward<T: Float>(
     inp: &[T],
     weight: &[T],
     bias: &[T],
-    rows: usize,
-    width: usize,
-    eps: f32,
+    ln: LayerNorm,
 ) {
+    let LayerNorm { rows, width, eps } = ln;
     let (w, b) = (&weight[..width], &bias[..width]);
     let inp = &inp[..rows * width];
     let eps = T::from_f32(eps);
@@ -79,13 +79,16 @@ pub fn backward<T: Float>(
     dweight: &mut [T],
     dbias: &mut [T],
     dout: &[T],
-    inp: &[T],
-    weight: &[T],
-    mean: &[T],
-    rstd: &[T],
-    rows: usize,
-    width: usize,
+    saved: NormSaved<'_, [T]>,
+    ln: LayerNorm,
 ) {
+    let NormSaved {
+        inp,
+        weight,
+        mean,
+        rstd,
+    } = saved;
+    let (rows, width) = (ln.rows, ln.width);
     let w = &weight[..width];
     let (dout, inp) = (&dout[..rows * width], &inp[..rows * width]);
     let (mean, rstd) = (&mean[..rows], &rstd[..rows]);

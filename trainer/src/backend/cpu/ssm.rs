@@ -36,11 +36,8 @@
 //! [`crate::backend::Backend`]'s `ssm_*` ops (the CUDA backend has its own),
 //! and they must not know which model or parameter they serve.
 
-// Kernel signatures list their buffers and sizes explicitly, as the backend does.
-#![allow(clippy::too_many_arguments)]
-
 use super::float::Float;
-use crate::backend::shapes::{Direction, SsmDims, SsmShape};
+use crate::backend::shapes::{Direction, SsmConv, SsmDims, SsmFilterGrads, SsmParams, SsmShape};
 use core::ops::{Add, AddAssign, Div, Mul, Sub};
 
 // The CPU kernels' own checks of a shape.
@@ -208,16 +205,17 @@ pub fn ssm_kernel<T: Float>(
 pub fn ssm_kernel_backward<T: Float>(
     dims: SsmDims,
     len: usize,
-    a: &[T],
-    w: &[T],
-    c: &[T],
-    log_dt: &[T],
+    p: SsmParams<&[T]>,
     dkernel: &[T],
-    da: &mut [T],
-    dw: &mut [T],
-    dc: &mut [T],
-    dlog_dt: &mut [T],
+    dp: SsmParams<&mut [T]>,
 ) {
+    let SsmParams { a, w, c, log_dt } = p;
+    let SsmParams {
+        a: da,
+        w: dw,
+        c: dc,
+        log_dt: dlog_dt,
+    } = dp;
     for k in 0..dims.kernels {
         let g = &dkernel[k * len..(k + 1) * len];
         let dt = log_dt[k].to_f64().exp();
@@ -328,15 +326,21 @@ pub fn ssm_forward<T: Float>(
 pub fn ssm_backward<T: Float>(
     s: SsmShape,
     dir: Direction,
-    lengths: &[usize],
-    u: &[T],
-    kernel: &[T],
-    d: &[T],
+    x: SsmConv<'_, [T], [usize]>,
     dy: &[T],
     du: &mut [T],
-    dkernel: &mut [T],
-    dd: &mut [T],
+    dfilter: SsmFilterGrads<'_, [T]>,
 ) {
+    let SsmConv {
+        u,
+        kernel,
+        d,
+        lengths,
+    } = x;
+    let SsmFilterGrads {
+        kernel: dkernel,
+        d: dd,
+    } = dfilter;
     s.check(lengths, u, kernel, d);
     assert!(dy.len() >= s.batch * s.seq * s.width && du.len() >= s.batch * s.seq * s.width);
     assert!(dkernel.len() >= s.kernels * s.seq && dd.len() >= s.kernels);
@@ -381,6 +385,10 @@ pub fn ssm_backward<T: Float>(
 /// recurrence `x_l = Abar x_{l-1} + u_l`, `y_l = Re(sum_n C_n Bbar_n x_l,n)
 /// + D u_l` (complex state in f64), overwriting `y`. `O(seq * modes)` per
 /// channel instead of `O(seq^2)`: the form for step-by-step inference.
+// The one function that needs every operand of an SSM at once (its five
+// parameters, input, output, lengths, both sizes and the direction): the
+// reference the split kernel and convolution are checked against.
+#[allow(clippy::too_many_arguments)]
 pub fn ssm_recurrence<T: Float>(
     s: SsmShape,
     dims: SsmDims,

@@ -2,7 +2,7 @@
 //! agreement tests for the BiGS SSM.
 
 use super::ssm::*;
-use crate::backend::shapes::{Direction, SsmDims, SsmShape};
+use crate::backend::shapes::{Direction, SsmConv, SsmDims, SsmFilterGrads, SsmParams, SsmShape};
 use kilobyte_runtime::rng::Rng;
 
 const DIMS: SsmDims = SsmDims {
@@ -133,7 +133,21 @@ fn kernel_gradient_matches_finite_differences() {
     ];
     let [da, dw, dc, dlog_dt] = &mut grads;
     ssm_kernel_backward(
-        DIMS, len, &p.a, &p.w, &p.c, &p.log_dt, &g, da, dw, dc, dlog_dt,
+        DIMS,
+        len,
+        SsmParams {
+            a: &p.a,
+            w: &p.w,
+            c: &p.c,
+            log_dt: &p.log_dt,
+        },
+        &g,
+        SsmParams {
+            a: da,
+            w: dw,
+            c: dc,
+            log_dt: dlog_dt,
+        },
     );
     check_param_grads("kernel", &p, &grads, |p| dot(&g, &p.kernel(len)));
 
@@ -141,7 +155,21 @@ fn kernel_gradient_matches_finite_differences() {
     let mut twice = grads.clone();
     let [da, dw, dc, dlog_dt] = &mut twice;
     ssm_kernel_backward(
-        DIMS, len, &p.a, &p.w, &p.c, &p.log_dt, &g, da, dw, dc, dlog_dt,
+        DIMS,
+        len,
+        SsmParams {
+            a: &p.a,
+            w: &p.w,
+            c: &p.c,
+            log_dt: &p.log_dt,
+        },
+        &g,
+        SsmParams {
+            a: da,
+            w: dw,
+            c: dc,
+            log_dt: dlog_dt,
+        },
     );
     for (t, g) in twice.iter().zip(&grads) {
         for (t, g) in t.iter().zip(g) {
@@ -166,14 +194,18 @@ fn ssm_gradients_match_finite_differences_both_directions() {
         ssm_backward(
             SHAPE,
             dir,
-            &LENGTHS,
-            &u,
-            &kernel,
-            &p.d,
+            SsmConv {
+                u: &u,
+                kernel: &kernel,
+                d: &p.d,
+                lengths: &LENGTHS,
+            },
             &g,
             &mut du,
-            &mut dkernel,
-            &mut dd,
+            SsmFilterGrads {
+                kernel: &mut dkernel,
+                d: &mut dd,
+            },
         );
 
         // Inputs: pad rows get no gradient (they are absent).
@@ -206,7 +238,21 @@ fn ssm_gradients_match_finite_differences_both_directions() {
         {
             let [da, dw, dc, dlog_dt, _] = &mut grads;
             ssm_kernel_backward(
-                DIMS, SHAPE.seq, &p.a, &p.w, &p.c, &p.log_dt, &dkernel, da, dw, dc, dlog_dt,
+                DIMS,
+                SHAPE.seq,
+                SsmParams {
+                    a: &p.a,
+                    w: &p.w,
+                    c: &p.c,
+                    log_dt: &p.log_dt,
+                },
+                &dkernel,
+                SsmParams {
+                    a: da,
+                    w: dw,
+                    c: dc,
+                    log_dt: dlog_dt,
+                },
             );
         }
         check_param_grads(&format!("{dir:?}"), &p, &grads, |p| {
@@ -275,7 +321,20 @@ fn padding_does_not_leak() {
         let mut dk = vec![0.0; kernel.len()];
         let mut dd = vec![0.0; DIMS.kernels];
         ssm_backward(
-            SHAPE, dir, &LENGTHS, &u, &kernel, &p.d, &dy, &mut du, &mut dk, &mut dd,
+            SHAPE,
+            dir,
+            SsmConv {
+                u: &u,
+                kernel: &kernel,
+                d: &p.d,
+                lengths: &LENGTHS,
+            },
+            &dy,
+            &mut du,
+            SsmFilterGrads {
+                kernel: &mut dk,
+                d: &mut dd,
+            },
         );
         assert!(du[pad_start..].iter().all(|&v| v == 0.5));
         let mut du1 = vec![0.5; u1.len()];
@@ -284,14 +343,18 @@ fn padding_does_not_leak() {
         ssm_backward(
             alone,
             dir,
-            &LENGTHS[1..],
-            u1,
-            &kernel1,
-            &p.d,
+            SsmConv {
+                u: u1,
+                kernel: &kernel1,
+                d: &p.d,
+                lengths: &LENGTHS[1..],
+            },
             dy1,
             &mut du1,
-            &mut dk1,
-            &mut dd1,
+            SsmFilterGrads {
+                kernel: &mut dk1,
+                d: &mut dd1,
+            },
         );
         assert_eq!(&du[SHAPE.seq * w..pad_start], &du1[..], "{dir:?} du");
 
@@ -300,7 +363,20 @@ fn padding_does_not_leak() {
         let mut dk0 = vec![0.0; kernel.len()];
         let mut dd0 = vec![0.0; DIMS.kernels];
         ssm_backward(
-            first, dir, &LENGTHS, &u, &kernel, &p.d, &dy, &mut du0, &mut dk0, &mut dd0,
+            first,
+            dir,
+            SsmConv {
+                u: &u,
+                kernel: &kernel,
+                d: &p.d,
+                lengths: &LENGTHS,
+            },
+            &dy,
+            &mut du0,
+            SsmFilterGrads {
+                kernel: &mut dk0,
+                d: &mut dd0,
+            },
         );
         for k in 0..DIMS.kernels {
             let l1 = alone.seq;

@@ -19,14 +19,14 @@
 //! runs repeat bit for bit on one GPU (see `kernels.cu`); cuBLAS is
 //! deterministic for a fixed stream, size and GPU.
 
-// Kernel signatures list their buffers and sizes explicitly, as llm.c does.
-#![allow(clippy::too_many_arguments)]
-
 pub mod compile;
 #[cfg(test)]
 mod tests;
 
-use super::shapes::{AdamWStep, Attention, CrossEntropy, Direction, Linear, SsmDims, SsmShape};
+use super::shapes::{
+    AdamWStep, Attention, CrossEntropy, Direction, LayerNorm, Linear, Logits, NormSaved, SsmConv,
+    SsmDims, SsmFilterGrads, SsmParams, SsmShape, WeightBias,
+};
 use super::Backend;
 pub use super::Precision;
 use anyhow::{anyhow, bail, Context, Result};
@@ -62,6 +62,14 @@ struct Scratch {
 }
 
 /// The CUDA backend on one GPU.
+/// One operand of [`CudaBackend::gemm`]: a column-major matrix with leading
+/// dimension `ld`, used transposed when `trans`.
+struct Operand<'a> {
+    buf: &'a CudaSlice<f32>,
+    ld: usize,
+    trans: bool,
+}
+
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -269,17 +277,23 @@ impl CudaBackend {
     /// `matmul_forward`).
     fn gemm(
         &self,
-        transa: bool,
-        transb: bool,
         (m, n, k): (usize, usize, usize),
-        a: &CudaSlice<f32>,
-        lda: usize,
-        b: &CudaSlice<f32>,
-        ldb: usize,
+        a: Operand<'_>,
+        b: Operand<'_>,
         beta: f32,
         c: &mut CudaSlice<f32>,
         ldc: usize,
     ) {
+        let Operand {
+            buf: a,
+            ld: lda,
+            trans: transa,
+        } = a;
+        let Operand {
+            buf: b,
+            ld: ldb,
+            trans: transb,
+        } = b;
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         let op = |t| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
         let alpha = 1.0f32;
@@ -512,13 +526,17 @@ impl Backend for CudaBackend {
         // Row-major out = inp W^T is column-major out^T = W inp^T:
         // (out x rows) = op_T(W as in x out) * (inp^T as in x rows).
         self.gemm(
-            true,
-            false,
             (d.out_dim, d.rows, d.in_dim),
-            weight,
-            d.in_dim,
-            inp,
-            d.in_dim,
+            Operand {
+                buf: weight,
+                ld: d.in_dim,
+                trans: true,
+            },
+            Operand {
+                buf: inp,
+                ld: d.in_dim,
+                trans: false,
+            },
             0.0,
             out,
             d.out_dim,
@@ -532,13 +550,16 @@ impl Backend for CudaBackend {
     fn matmul_backward(
         &self,
         dinp: Option<&mut Self::Buf>,
-        dweight: &mut Self::Buf,
-        dbias: Option<&mut Self::Buf>,
+        dparams: WeightBias<&mut Self::Buf, Option<&mut Self::Buf>>,
         dout: &Self::Buf,
         inp: &Self::Buf,
         weight: &Self::Buf,
         d: Linear,
     ) {
+        let WeightBias {
+            weight: dweight,
+            bias: dbias,
+        } = dparams;
         check("matmul dout", dout.len(), d.rows * d.out_dim);
         check("matmul inp", inp.len(), d.rows * d.in_dim);
         check("matmul dweight", dweight.len(), d.out_dim * d.in_dim);
@@ -549,13 +570,17 @@ impl Backend for CudaBackend {
             check("matmul dinp", dinp.len(), d.rows * d.in_dim);
             // dinp^T (in x rows) += W^T (in x out) dout^T (out x rows).
             self.gemm(
-                false,
-                false,
                 (d.in_dim, d.rows, d.out_dim),
-                weight,
-                d.in_dim,
-                dout,
-                d.out_dim,
+                Operand {
+                    buf: weight,
+                    ld: d.in_dim,
+                    trans: false,
+                },
+                Operand {
+                    buf: dout,
+                    ld: d.out_dim,
+                    trans: false,
+                },
                 1.0,
                 dinp,
                 d.in_dim,
@@ -563,13 +588,17 @@ impl Backend for CudaBackend {
         }
         // dW^T (in x out) += inp^T (in x rows) op_T(dout^T as out x rows).
         self.gemm(
-            false,
-            true,
             (d.in_dim, d.out_dim, d.rows),
-            inp,
-            d.in_dim,
-            dout,
-            d.out_dim,
+            Operand {
+                buf: inp,
+                ld: d.in_dim,
+                trans: false,
+            },
+            Operand {
+                buf: dout,
+                ld: d.out_dim,
+                trans: true,
+            },
             1.0,
             dweight,
             d.in_dim,
@@ -586,12 +615,11 @@ impl Backend for CudaBackend {
         mean: &mut Self::Buf,
         rstd: &mut Self::Buf,
         inp: &Self::Buf,
-        weight: &Self::Buf,
-        bias: &Self::Buf,
-        rows: usize,
-        width: usize,
-        eps: f32,
+        params: WeightBias<&Self::Buf>,
+        ln: LayerNorm,
     ) {
+        let WeightBias { weight, bias } = params;
+        let LayerNorm { rows, width, eps } = ln;
         check("layernorm out", out.len(), rows * width);
         check("layernorm inp", inp.len(), rows * width);
         check("layernorm stats", mean.len().min(rstd.len()), rows);
@@ -603,16 +631,22 @@ impl Backend for CudaBackend {
     fn layernorm_backward(
         &self,
         dinp: &mut Self::Buf,
-        dweight: &mut Self::Buf,
-        dbias: &mut Self::Buf,
+        dparams: WeightBias<&mut Self::Buf>,
         dout: &Self::Buf,
-        inp: &Self::Buf,
-        weight: &Self::Buf,
-        mean: &Self::Buf,
-        rstd: &Self::Buf,
-        rows: usize,
-        width: usize,
+        saved: NormSaved<'_, Self::Buf>,
+        ln: LayerNorm,
     ) {
+        let WeightBias {
+            weight: dweight,
+            bias: dbias,
+        } = dparams;
+        let NormSaved {
+            inp,
+            weight,
+            mean,
+            rstd,
+        } = saved;
+        let (rows, width) = (ln.rows, ln.width);
         check("layernorm dinp", dinp.len(), rows * width);
         check("layernorm dout", dout.len(), rows * width);
         check("layernorm dparams", dweight.len().min(dbias.len()), width);
@@ -892,13 +926,11 @@ impl Backend for CudaBackend {
     fn ssm_kernel_forward(
         &self,
         kernel: &mut Self::Buf,
-        a: &Self::Buf,
-        w: &Self::Buf,
-        c: &Self::Buf,
-        log_dt: &Self::Buf,
+        p: SsmParams<&Self::Buf>,
         dims: SsmDims,
         len: usize,
     ) {
+        let SsmParams { a, w, c, log_dt } = p;
         check("ssm kernel", kernel.len(), dims.kernels * len);
         check(
             "ssm params",
@@ -913,18 +945,19 @@ impl Backend for CudaBackend {
     }
     fn ssm_kernel_backward(
         &self,
-        da: &mut Self::Buf,
-        dw: &mut Self::Buf,
-        dc: &mut Self::Buf,
-        dlog_dt: &mut Self::Buf,
+        dp: SsmParams<&mut Self::Buf>,
         dkernel: &Self::Buf,
-        a: &Self::Buf,
-        w: &Self::Buf,
-        c: &Self::Buf,
-        log_dt: &Self::Buf,
+        p: SsmParams<&Self::Buf>,
         dims: SsmDims,
         len: usize,
     ) {
+        let SsmParams {
+            a: da,
+            w: dw,
+            c: dc,
+            log_dt: dlog_dt,
+        } = dp;
+        let SsmParams { a, w, c, log_dt } = p;
         check("ssm dkernel", dkernel.len(), dims.kernels * len);
         check(
             "ssm dparams",
@@ -948,13 +981,16 @@ impl Backend for CudaBackend {
     fn ssm_conv_forward(
         &self,
         y: &mut Self::Buf,
-        u: &Self::Buf,
-        kernel: &Self::Buf,
-        d: &Self::Buf,
-        lengths: &Self::Ids,
+        x: SsmConv<'_, Self::Buf, Self::Ids>,
         s: SsmShape,
         dir: Direction,
     ) {
+        let SsmConv {
+            u,
+            kernel,
+            d,
+            lengths,
+        } = x;
         let n = s.batch * s.seq * s.width;
         check("ssm y", y.len().min(u.len()), n);
         check("ssm kernel", kernel.len(), s.kernels * s.seq);
@@ -977,16 +1013,22 @@ impl Backend for CudaBackend {
     fn ssm_conv_backward(
         &self,
         du: &mut Self::Buf,
-        dkernel: &mut Self::Buf,
-        dd: &mut Self::Buf,
+        dfilter: SsmFilterGrads<'_, Self::Buf>,
         dy: &Self::Buf,
-        u: &Self::Buf,
-        kernel: &Self::Buf,
-        d: &Self::Buf,
-        lengths: &Self::Ids,
+        x: SsmConv<'_, Self::Buf, Self::Ids>,
         s: SsmShape,
         dir: Direction,
     ) {
+        let SsmFilterGrads {
+            kernel: dkernel,
+            d: dd,
+        } = dfilter;
+        let SsmConv {
+            u,
+            kernel,
+            d,
+            lengths,
+        } = x;
         let n = s.batch * s.seq * s.width;
         check("ssm du", du.len().min(dy.len()).min(u.len()), n);
         check(
@@ -1023,10 +1065,10 @@ impl Backend for CudaBackend {
         targets: &Self::Ids,
         mask: Option<&Self::Buf>,
         dlogits: Option<&mut Self::Buf>,
-        rows: usize,
-        vocab: usize,
+        l: Logits,
         grad_scale: f32,
     ) -> CrossEntropy {
+        let (rows, vocab) = (l.rows, l.classes);
         check("cross_entropy logits", logits.len(), rows * vocab);
         check("cross_entropy targets", targets.len(), rows);
         if rows == 0 {

@@ -15,46 +15,72 @@ use std::path::PathBuf;
 /// The kernels' CUDA C source.
 pub const SOURCE: &str = include_str!("kernels.cu");
 
-/// Every `extern "C"` kernel in [`SOURCE`], loaded by name.
-pub const KERNEL_NAMES: &[&str] = &[
-    "kb_scale",
-    "kb_add_assign",
-    "kb_sum_squares_partial",
-    "kb_colsum_partial",
-    "kb_colsum_finish",
-    "kb_to_bf16",
-    "kb_bias_forward",
-    "kb_bias_inplace",
-    "kb_gelu_forward",
-    "kb_gelu_backward",
-    "kb_tanh_forward",
-    "kb_tanh_backward",
-    "kb_add_forward",
-    "kb_add_backward",
-    "kb_mul_forward",
-    "kb_mul_backward",
-    "kb_layernorm_forward",
-    "kb_layernorm_backward_input",
-    "kb_layernorm_backward_params_partial",
-    "kb_embedding_forward",
-    "kb_embedding_backward",
-    "kb_shift_forward",
-    "kb_shift_backward_input",
-    "kb_attention_forward",
-    "kb_attention_backward_query",
-    "kb_attention_backward_key",
-    "kb_mean_pool_forward",
-    "kb_mean_pool_backward",
-    "kb_ssm_kernel_forward",
-    "kb_ssm_kernel_backward_modes",
-    "kb_ssm_kernel_backward_dt",
-    "kb_ssm_conv_forward",
-    "kb_ssm_conv_backward_input",
-    "kb_ssm_conv_backward_kernel",
-    "kb_cross_entropy_rows",
-    "kb_cross_entropy_grad",
-    "kb_adamw",
-];
+/// Defines [`Kernel`] and [`KERNEL_NAMES`] from one list, so that a kernel
+/// is named once and every launch names an enum variant, not a string.
+macro_rules! kernels {
+    ($($variant:ident = $name:literal,)*) => {
+        /// Every `extern "C"` kernel in [`SOURCE`].
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Kernel {
+            $($variant,)*
+        }
+
+        impl Kernel {
+            /// Every kernel, in declaration order (`k as usize` indexes it).
+            pub const ALL: &[Kernel] = &[$(Kernel::$variant,)*];
+
+            /// The kernel's name in [`SOURCE`] and in the compiled module.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kernel::$variant => $name,)*
+                }
+            }
+        }
+
+        /// The names of [`Kernel::ALL`], in the same order.
+        pub const KERNEL_NAMES: &[&str] = &[$($name,)*];
+    };
+}
+
+kernels! {
+    Scale = "kb_scale",
+    AddAssign = "kb_add_assign",
+    SumSquaresPartial = "kb_sum_squares_partial",
+    ColsumPartial = "kb_colsum_partial",
+    ColsumFinish = "kb_colsum_finish",
+    ToBf16 = "kb_to_bf16",
+    BiasForward = "kb_bias_forward",
+    BiasInplace = "kb_bias_inplace",
+    GeluForward = "kb_gelu_forward",
+    GeluBackward = "kb_gelu_backward",
+    TanhForward = "kb_tanh_forward",
+    TanhBackward = "kb_tanh_backward",
+    AddForward = "kb_add_forward",
+    AddBackward = "kb_add_backward",
+    MulForward = "kb_mul_forward",
+    MulBackward = "kb_mul_backward",
+    LayernormForward = "kb_layernorm_forward",
+    LayernormBackwardInput = "kb_layernorm_backward_input",
+    LayernormBackwardParamsPartial = "kb_layernorm_backward_params_partial",
+    EmbeddingForward = "kb_embedding_forward",
+    EmbeddingBackward = "kb_embedding_backward",
+    ShiftForward = "kb_shift_forward",
+    ShiftBackwardInput = "kb_shift_backward_input",
+    AttentionForward = "kb_attention_forward",
+    AttentionBackwardQuery = "kb_attention_backward_query",
+    AttentionBackwardKey = "kb_attention_backward_key",
+    MeanPoolForward = "kb_mean_pool_forward",
+    MeanPoolBackward = "kb_mean_pool_backward",
+    SsmKernelForward = "kb_ssm_kernel_forward",
+    SsmKernelBackwardModes = "kb_ssm_kernel_backward_modes",
+    SsmKernelBackwardDt = "kb_ssm_kernel_backward_dt",
+    SsmConvForward = "kb_ssm_conv_forward",
+    SsmConvBackwardInput = "kb_ssm_conv_backward_input",
+    SsmConvBackwardKernel = "kb_ssm_conv_backward_kernel",
+    CrossEntropyRows = "kb_cross_entropy_rows",
+    CrossEntropyGrad = "kb_cross_entropy_grad",
+    Adamw = "kb_adamw",
+}
 
 /// Whether libnvrtc can be loaded (without letting cudarc panic).
 pub fn nvrtc_present() -> bool {

@@ -30,12 +30,12 @@ use super::shapes::{
 use super::Backend;
 pub use super::Precision;
 use anyhow::{anyhow, bail, Context, Result};
+use compile::Kernel;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
     LaunchConfig, PushKernelArg,
 };
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Whether the CUDA driver library can be loaded (checked without letting
@@ -75,7 +75,8 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     _module: Arc<CudaModule>,
-    functions: HashMap<&'static str, CudaFunction>,
+    /// Indexed by [`Kernel`].
+    functions: Vec<CudaFunction>,
     precision: Precision,
     device_name: String,
     /// Peak dense bf16 tensor-core rate in FLOP/s, when known (for MFU).
@@ -83,16 +84,17 @@ pub struct CudaBackend {
     scratch: Mutex<Scratch>,
 }
 
-/// Shorthand for a kernel argument list: `launch!(self, "kb_x", cfg; a, b, c)`.
+/// Shorthand for a kernel argument list: `launch!(self, Kernel::X, cfg; a, b, c)`.
 macro_rules! launch {
-    ($be:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+    ($be:expr, $kernel:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
         let cfg: LaunchConfig = $cfg;
-        let f = $be.function($name);
+        let kernel: Kernel = $kernel;
+        let f = $be.function(kernel);
         let mut b = $be.stream.launch_builder(f);
         $( b.arg($arg); )*
         // SAFETY: the argument list matches the kernel's signature in
         // kernels.cu, and the callers checked every buffer's length.
-        unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("CUDA kernel {}: {e:?}", $name));
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("CUDA kernel {}: {e:?}", kernel.name()));
     }};
 }
 
@@ -149,13 +151,15 @@ impl CudaBackend {
         let module = ctx
             .load_module(ptx)
             .map_err(|e| anyhow!("loading the CUDA kernels on {device_name}: {e:?}"))?;
-        let mut functions = HashMap::new();
-        for &name in compile::KERNEL_NAMES {
-            let f = module
-                .load_function(name)
-                .map_err(|e| anyhow!("kernel {name} missing from the module: {e:?}"))?;
-            functions.insert(name, f);
-        }
+        let functions = Kernel::ALL
+            .iter()
+            .map(|k| {
+                let name = k.name();
+                module
+                    .load_function(name)
+                    .map_err(|e| anyhow!("kernel {name} missing from the module: {e:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| {
             anyhow!("cuBLAS could not be loaded ({e:?}); install the CUDA libraries or use --device cpu")
@@ -196,10 +200,8 @@ impl CudaBackend {
         &self.device_name
     }
 
-    fn function(&self, name: &'static str) -> &CudaFunction {
-        self.functions
-            .get(name)
-            .unwrap_or_else(|| panic!("kernel {name} not loaded"))
+    fn function(&self, kernel: Kernel) -> &CudaFunction {
+        &self.functions[kernel as usize]
     }
 
     fn fail<T, E: std::fmt::Debug>(r: std::result::Result<T, E>, what: &str) -> T {
@@ -256,7 +258,7 @@ impl CudaBackend {
                 row_stride as i64,
                 COLSUM_CHUNK as i32,
             );
-            launch!(self, "kb_colsum_partial", cfg; x, &r, &w, &st, &ch, &mut *partial);
+            launch!(self, Kernel::ColsumPartial, cfg; x, &r, &w, &st, &ch, &mut *partial);
             self.colsum_finish(out, partial, chunks, width);
         });
     }
@@ -269,7 +271,7 @@ impl CudaBackend {
         width: usize,
     ) {
         let (c, w) = (i32_of(chunks), i32_of(width));
-        launch!(self, "kb_colsum_finish", grid_for(width); partial, &c, &w, out);
+        launch!(self, Kernel::ColsumFinish, grid_for(width); partial, &c, &w, out);
     }
 
     /// `c[m, n] (col-major, ldc) = alpha op(a) op(b) + beta c` in the
@@ -330,7 +332,7 @@ impl CudaBackend {
                 let (a16, b16) = (a16.as_mut().unwrap(), b16.as_mut().unwrap());
                 for (src, dst) in [(a, &mut *a16), (b, &mut *b16)] {
                     let n = src.len() as i64;
-                    launch!(self, "kb_to_bf16", grid_for(src.len()); src, &mut *dst, &n);
+                    launch!(self, Kernel::ToBf16, grid_for(src.len()); src, &mut *dst, &n);
                 }
                 let (pa, _ra) = a16.device_ptr(&self.stream);
                 let (pb, _rb) = b16.device_ptr(&self.stream);
@@ -475,12 +477,12 @@ impl Backend for CudaBackend {
     }
     fn scale(&self, buf: &mut Self::Buf, s: f32) {
         let n = buf.len() as i64;
-        launch!(self, "kb_scale", grid_for(buf.len()); &mut *buf, &s, &n);
+        launch!(self, Kernel::Scale, grid_for(buf.len()); &mut *buf, &s, &n);
     }
     fn add_assign(&self, dst: &mut Self::Buf, src: &Self::Buf) {
         assert_eq!(dst.len(), src.len(), "add_assign: lengths differ");
         let n = dst.len() as i64;
-        launch!(self, "kb_add_assign", grid_for(dst.len()); &mut *dst, src, &n);
+        launch!(self, Kernel::AddAssign, grid_for(dst.len()); &mut *dst, src, &n);
     }
     fn sum_squares(&self, buf: &Self::Buf) -> f64 {
         self.sum_squares_many(std::slice::from_ref(buf))
@@ -494,7 +496,7 @@ impl Backend for CudaBackend {
                 let n = b.len() as i64;
                 let cfg = blocks((SUMSQ_BLOCKS as u32, 1, 1), BLOCK);
                 let mut part = out.slice_mut(i * SUMSQ_BLOCKS..(i + 1) * SUMSQ_BLOCKS);
-                launch!(self, "kb_sum_squares_partial", cfg; b, &n, &mut part);
+                launch!(self, Kernel::SumSquaresPartial, cfg; b, &n, &mut part);
             }
             Self::fail(
                 self.stream
@@ -544,7 +546,7 @@ impl Backend for CudaBackend {
         if let Some(bias) = bias {
             check("matmul bias", bias.len(), d.out_dim);
             let (r, w) = (i32_of(d.rows), i32_of(d.out_dim));
-            launch!(self, "kb_bias_inplace", grid_for(d.rows * d.out_dim); &mut *out, bias, &r, &w);
+            launch!(self, Kernel::BiasInplace, grid_for(d.rows * d.out_dim); &mut *out, bias, &r, &w);
         }
     }
     fn matmul_backward(
@@ -625,7 +627,7 @@ impl Backend for CudaBackend {
         check("layernorm stats", mean.len().min(rstd.len()), rows);
         check("layernorm params", weight.len().min(bias.len()), width);
         let (r, w) = (i32_of(rows), i32_of(width));
-        launch!(self, "kb_layernorm_forward", warp_rows(rows);
+        launch!(self, Kernel::LayernormForward, warp_rows(rows);
             &mut *out, &mut *mean, &mut *rstd, inp, weight, bias, &r, &w, &eps);
     }
     fn layernorm_backward(
@@ -654,7 +656,7 @@ impl Backend for CudaBackend {
             return;
         }
         let (r, w) = (i32_of(rows), i32_of(width));
-        launch!(self, "kb_layernorm_backward_input", warp_rows(rows);
+        launch!(self, Kernel::LayernormBackwardInput, warp_rows(rows);
             &mut *dinp, dout, inp, weight, mean, rstd, &r, &w);
         let chunks = rows.div_ceil(COLSUM_CHUNK);
         self.with_f32_scratch(&[chunks * width, chunks * width], |s| {
@@ -664,7 +666,7 @@ impl Backend for CudaBackend {
                 BLOCK,
             );
             let ch = COLSUM_CHUNK as i32;
-            launch!(self, "kb_layernorm_backward_params_partial", cfg;
+            launch!(self, Kernel::LayernormBackwardParamsPartial, cfg;
                 &mut pw[0], &mut pb[0], dout, inp, mean, rstd, &r, &w, &ch);
             self.colsum_finish(dweight, &pw[0], chunks, width);
             self.colsum_finish(dbias, &pb[0], chunks, width);
@@ -674,7 +676,7 @@ impl Backend for CudaBackend {
     fn gelu_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize) {
         check("gelu", out.len().min(inp.len()), n);
         let n64 = n as i64;
-        launch!(self, "kb_gelu_forward", grid_for(n); &mut *out, inp, &n64);
+        launch!(self, Kernel::GeluForward, grid_for(n); &mut *out, inp, &n64);
     }
     fn gelu_backward(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, n: usize) {
         check(
@@ -683,12 +685,12 @@ impl Backend for CudaBackend {
             n,
         );
         let n64 = n as i64;
-        launch!(self, "kb_gelu_backward", grid_for(n); &mut *dinp, inp, dout, &n64);
+        launch!(self, Kernel::GeluBackward, grid_for(n); &mut *dinp, inp, dout, &n64);
     }
     fn tanh_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize) {
         check("tanh", out.len().min(inp.len()), n);
         let n64 = n as i64;
-        launch!(self, "kb_tanh_forward", grid_for(n); &mut *out, inp, &n64);
+        launch!(self, Kernel::TanhForward, grid_for(n); &mut *out, inp, &n64);
     }
     fn tanh_backward(&self, dinp: &mut Self::Buf, out: &Self::Buf, dout: &Self::Buf, n: usize) {
         check(
@@ -697,22 +699,22 @@ impl Backend for CudaBackend {
             n,
         );
         let n64 = n as i64;
-        launch!(self, "kb_tanh_backward", grid_for(n); &mut *dinp, out, dout, &n64);
+        launch!(self, Kernel::TanhBackward, grid_for(n); &mut *dinp, out, dout, &n64);
     }
     fn add_forward(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, n: usize) {
         check("add", out.len().min(a.len()).min(b.len()), n);
         let n64 = n as i64;
-        launch!(self, "kb_add_forward", grid_for(n); &mut *out, a, b, &n64);
+        launch!(self, Kernel::AddForward, grid_for(n); &mut *out, a, b, &n64);
     }
     fn add_backward(&self, da: &mut Self::Buf, db: &mut Self::Buf, dout: &Self::Buf, n: usize) {
         check("add backward", da.len().min(db.len()).min(dout.len()), n);
         let n64 = n as i64;
-        launch!(self, "kb_add_backward", grid_for(n); &mut *da, &mut *db, dout, &n64);
+        launch!(self, Kernel::AddBackward, grid_for(n); &mut *da, &mut *db, dout, &n64);
     }
     fn mul_forward(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, n: usize) {
         check("mul", out.len().min(a.len()).min(b.len()), n);
         let n64 = n as i64;
-        launch!(self, "kb_mul_forward", grid_for(n); &mut *out, a, b, &n64);
+        launch!(self, Kernel::MulForward, grid_for(n); &mut *out, a, b, &n64);
     }
     fn mul_backward(
         &self,
@@ -725,7 +727,7 @@ impl Backend for CudaBackend {
     ) {
         check("mul backward", da.len().min(db.len()).min(dout.len()), n);
         let n64 = n as i64;
-        launch!(self, "kb_mul_backward", grid_for(n); &mut *da, &mut *db, dout, a, b, &n64);
+        launch!(self, Kernel::MulBackward, grid_for(n); &mut *da, &mut *db, dout, a, b, &n64);
     }
 
     fn bias_forward(
@@ -739,7 +741,7 @@ impl Backend for CudaBackend {
         check("bias", out.len().min(inp.len()), rows * width);
         check("bias vector", bias.len(), width);
         let (r, w) = (i32_of(rows), i32_of(width));
-        launch!(self, "kb_bias_forward", grid_for(rows * width); &mut *out, inp, bias, &r, &w);
+        launch!(self, Kernel::BiasForward, grid_for(rows * width); &mut *out, inp, bias, &r, &w);
     }
     fn bias_backward(
         &self,
@@ -755,7 +757,7 @@ impl Backend for CudaBackend {
             let n = (rows * width) as i64;
             let mut view = dinp.slice_mut(0..rows * width);
             let src = dout.slice(0..rows * width);
-            launch!(self, "kb_add_assign", grid_for(rows * width); &mut view, &src, &n);
+            launch!(self, Kernel::AddAssign, grid_for(rows * width); &mut view, &src, &n);
         }
         self.colsum_into(dbias, dout, rows, width, width);
     }
@@ -772,7 +774,7 @@ impl Backend for CudaBackend {
         check("embedding out", out.len(), rows * width);
         check("embedding ids", ids.len(), rows);
         let (r, w, acc) = (i32_of(rows), i32_of(width), accumulate as i32);
-        launch!(self, "kb_embedding_forward", grid_for(rows * width);
+        launch!(self, Kernel::EmbeddingForward, grid_for(rows * width);
             &mut *out, table, ids, &r, &w, &acc);
     }
     fn embedding_backward(
@@ -797,7 +799,7 @@ impl Backend for CudaBackend {
             BLOCK,
         );
         let (r, w) = (i32_of(rows), i32_of(width));
-        launch!(self, "kb_embedding_backward", cfg; &mut *dtable, dout, ids, &r, &w);
+        launch!(self, Kernel::EmbeddingBackward, cfg; &mut *dtable, dout, ids, &r, &w);
     }
 
     fn shift_forward(
@@ -813,7 +815,7 @@ impl Backend for CudaBackend {
         check("shift", out.len().min(inp.len()), n);
         check("shift pad", pad.len(), width);
         let (s, l, w) = (i32_of(seqs), i32_of(len), i32_of(width));
-        launch!(self, "kb_shift_forward", grid_for(n); &mut *out, inp, pad, &s, &l, &w);
+        launch!(self, Kernel::ShiftForward, grid_for(n); &mut *out, inp, pad, &s, &l, &w);
     }
     fn shift_backward(
         &self,
@@ -827,7 +829,7 @@ impl Backend for CudaBackend {
         let n = seqs * len * width;
         check("shift backward", dinp.len().min(dout.len()), n);
         let (s, l, w) = (i32_of(seqs), i32_of(len), i32_of(width));
-        launch!(self, "kb_shift_backward_input", grid_for(n); &mut *dinp, dout, &s, &l, &w);
+        launch!(self, Kernel::ShiftBackwardInput, grid_for(n); &mut *dinp, dout, &s, &l, &w);
         self.colsum_into(dpad, dout, seqs, width, len * width);
     }
 
@@ -856,7 +858,7 @@ impl Backend for CudaBackend {
             i32_of(a.width),
             i32_of(a.heads),
         );
-        launch!(self, "kb_attention_forward", cfg; &mut *out, &mut *saved, qkv, &b, &s, &w, &h);
+        launch!(self, Kernel::AttentionForward, cfg; &mut *out, &mut *saved, qkv, &b, &s, &w, &h);
     }
     fn attention_backward(
         &self,
@@ -883,9 +885,9 @@ impl Backend for CudaBackend {
         self.with_f32_scratch(&[probs_len], |scr| {
             let probs = saved.slice(0..probs_len);
             let ds = &mut scr[0];
-            launch!(self, "kb_attention_backward_query", cfg;
+            launch!(self, Kernel::AttentionBackwardQuery, cfg;
                 &mut *dqkv, &mut *ds, dout, qkv, &probs, &b, &s, &w, &h);
-            launch!(self, "kb_attention_backward_key", cfg;
+            launch!(self, Kernel::AttentionBackwardKey, cfg;
                 &mut *dqkv, &*ds, dout, qkv, &probs, &b, &s, &w, &h);
         });
     }
@@ -904,7 +906,7 @@ impl Backend for CudaBackend {
         check("mean_pool mask", mask.len(), batch * seq);
         let cfg = blocks((batch.max(1) as u32, 1, 1), BLOCK);
         let (b, s, w) = (i32_of(batch), i32_of(seq), i32_of(width));
-        launch!(self, "kb_mean_pool_forward", cfg; &mut *out, inp, mask, &b, &s, &w);
+        launch!(self, Kernel::MeanPoolForward, cfg; &mut *out, inp, mask, &b, &s, &w);
     }
     fn mean_pool_backward(
         &self,
@@ -920,7 +922,7 @@ impl Backend for CudaBackend {
         check("mean_pool mask", mask.len(), batch * seq);
         let cfg = blocks((batch.max(1) as u32, 1, 1), BLOCK);
         let (b, s, w) = (i32_of(batch), i32_of(seq), i32_of(width));
-        launch!(self, "kb_mean_pool_backward", cfg; &mut *dinp, dout, mask, &b, &s, &w);
+        launch!(self, Kernel::MeanPoolBackward, cfg; &mut *dinp, dout, mask, &b, &s, &w);
     }
 
     fn ssm_kernel_forward(
@@ -940,7 +942,7 @@ impl Backend for CudaBackend {
         check("ssm c", c.len(), 2 * dims.kernels * dims.modes);
         check("ssm log_dt", log_dt.len(), dims.kernels);
         let (k, m, l) = (i32_of(dims.kernels), i32_of(dims.modes), i32_of(len));
-        launch!(self, "kb_ssm_kernel_forward", grid_for(dims.kernels * len);
+        launch!(self, Kernel::SsmKernelForward, grid_for(dims.kernels * len);
             &mut *kernel, a, w, c, log_dt, &k, &m, &l);
     }
     fn ssm_kernel_backward(
@@ -972,9 +974,9 @@ impl Backend for CudaBackend {
         }
         let (k, m, l) = (i32_of(dims.kernels), i32_of(dims.modes), i32_of(len));
         self.with_f64_scratch(n, |ddt| {
-            launch!(self, "kb_ssm_kernel_backward_modes", grid_for(n);
+            launch!(self, Kernel::SsmKernelBackwardModes, grid_for(n);
                 &mut *da, &mut *dw, &mut *dc, &mut *ddt, dkernel, a, w, c, log_dt, &k, &m, &l);
-            launch!(self, "kb_ssm_kernel_backward_dt", grid_for(dims.kernels);
+            launch!(self, Kernel::SsmKernelBackwardDt, grid_for(dims.kernels);
                 &mut *dlog_dt, &*ddt, log_dt, &k, &m);
         });
     }
@@ -1007,7 +1009,7 @@ impl Backend for CudaBackend {
             i32_of(s.kernels),
         );
         let dir = (dir == Direction::Backward) as i32;
-        launch!(self, "kb_ssm_conv_forward", grid_for(n);
+        launch!(self, Kernel::SsmConvForward, grid_for(n);
             &mut *y, u, kernel, d, lengths, &b, &q, &w, &k, &dir);
     }
     fn ssm_conv_backward(
@@ -1052,10 +1054,10 @@ impl Backend for CudaBackend {
             i32_of(s.kernels),
         );
         let dir = (dir == Direction::Backward) as i32;
-        launch!(self, "kb_ssm_conv_backward_input", grid_for(n);
+        launch!(self, Kernel::SsmConvBackwardInput, grid_for(n);
             &mut *du, dy, kernel, d, lengths, &b, &q, &w, &k, &dir);
         let cfg = blocks((s.seq as u32, s.kernels as u32, 1), BLOCK);
-        launch!(self, "kb_ssm_conv_backward_kernel", cfg;
+        launch!(self, Kernel::SsmConvBackwardKernel, cfg;
             &mut *dkernel, &mut *dd, dy, u, lengths, &b, &q, &w, &k, &dir);
     }
 
@@ -1096,7 +1098,7 @@ impl Backend for CudaBackend {
             let (loss, rest) = s.split_at_mut(1);
             let (weight, lse) = rest.split_at_mut(1);
             let (loss, weight, lse) = (&mut loss[0], &mut weight[0], &mut lse[0]);
-            launch!(self, "kb_cross_entropy_rows", warp_rows(rows);
+            launch!(self, Kernel::CrossEntropyRows, warp_rows(rows);
                 &mut *loss, &mut *weight, &mut *lse, logits, targets, mask, &has_mask, &r, &v);
             let losses = Self::fail(self.stream.clone_dtoh(&loss.slice(0..rows)), "download");
             let weights = Self::fail(self.stream.clone_dtoh(&weight.slice(0..rows)), "download");
@@ -1110,7 +1112,7 @@ impl Backend for CudaBackend {
                 } else {
                     0.0
                 };
-                launch!(self, "kb_cross_entropy_grad", grid_for(rows * vocab);
+                launch!(self, Kernel::CrossEntropyGrad, grid_for(rows * vocab);
                     &mut *dlogits, logits, &*lse, targets, mask, &has_mask, &r, &v, &scale);
             }
             CrossEntropy {
@@ -1133,7 +1135,7 @@ impl Backend for CudaBackend {
         let (bc1, bc2) = s.bias_corrections();
         let (bc1, bc2) = (bc1 as f32, bc2 as f32);
         let n64 = n as i64;
-        launch!(self, "kb_adamw", grid_for(n);
+        launch!(self, Kernel::Adamw, grid_for(n);
             &mut *param, grad, &mut *m, &mut *v, &n64, &s.lr, &s.beta1, &s.beta2, &s.eps,
             &s.weight_decay, &s.grad_scale, &bc1, &bc2);
     }

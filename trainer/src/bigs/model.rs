@@ -8,14 +8,13 @@
 //! alone; the losses count real rows only, so padding rows also get no
 //! gradient.
 //!
-//! Per layer, on the residual stream X (`[rows, d]`):
-//! `Z = LN(X)`, `V = GELU(Z Wv)`, `F = GELU(Z Wf)`, `Bk = GELU(Z Wb)`,
-//! `Uf = SSM_fwd(F) Wuf`, `Ub = SSM_bwd(Bk) Wub`,
-//! `X += (GELU((Uf * Ub) Wl) * V) Wo` (every linear layer with a bias).
+//! The layers themselves are [`super::layer`]'s; this module owns the
+//! embeddings, the heads, the batch and the order of the passes, and finds
+//! the parameters' indices.
 
+use super::layer::{self, LayerActs, LayerGrads, LayerIx, LayerShapes, Lin, SsmIx};
 use crate::backend::{
-    Backend, CrossEntropy, Direction, LayerNorm, Linear, Logits, NormSaved, SsmConv, SsmDims,
-    SsmFilterGrads, SsmParams, SsmShape, WeightBias,
+    Backend, CrossEntropy, LayerNorm, Linear, Logits, NormSaved, SsmDims, SsmShape, WeightBias,
 };
 use crate::ngram::NgramRows;
 use crate::params::ParamSet;
@@ -76,36 +75,6 @@ pub struct StepResult {
     pub correct: usize,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Lin {
-    w: usize,
-    b: usize,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct SsmIx {
-    a: usize,
-    w: usize,
-    c: usize,
-    log_dt: usize,
-    d: usize,
-}
-
-#[derive(Clone, Debug)]
-struct LayerIx {
-    ln_w: usize,
-    ln_b: usize,
-    v: Lin,
-    f: Lin,
-    b: Lin,
-    uf: Lin,
-    ub: Lin,
-    l: Lin,
-    o: Lin,
-    fwd: SsmIx,
-    bwd: SsmIx,
-}
-
 #[derive(Clone, Debug)]
 struct Indices {
     tok: usize,
@@ -125,29 +94,6 @@ pub struct BigsModel<B: Backend> {
     pub grads: Vec<B::Buf>,
     pub labels: Vec<String>,
     ix: Indices,
-}
-
-/// One layer's saved activations.
-struct LayerActs<B: Backend> {
-    z: B::Buf,
-    mean: B::Buf,
-    rstd: B::Buf,
-    pv: B::Buf,
-    v: B::Buf,
-    pf: B::Buf,
-    f: B::Buf,
-    pb: B::Buf,
-    bk: B::Buf,
-    kf: B::Buf,
-    kb: B::Buf,
-    sf: B::Buf,
-    uf: B::Buf,
-    sb: B::Buf,
-    ub: B::Buf,
-    g: B::Buf,
-    pl: B::Buf,
-    h: B::Buf,
-    m: B::Buf,
 }
 
 /// Activation buffers for batches of up to `batch` sequences of up to `seq`.
@@ -184,19 +130,20 @@ pub struct Workspace<B: Backend> {
     ct: B::Buf,
     /// Class logits `[batch, classes]`.
     pub class_logits: B::Buf,
-    // Gradient scratch, reused by every layer.
+    // Gradients: the heads', the residual stream's (down the layers), the
+    // layers' own (shared) and the embeddings'.
     dlogits: B::Buf,
+    d_hn: B::Buf,
+    d_hg: B::Buf,
+    d_hp: B::Buf,
+    d_class_logits: B::Buf,
+    d_ct: B::Buf,
+    d_cp: B::Buf,
+    d_pool: B::Buf,
+    d_xf: B::Buf,
     d_res: B::Buf,
-    dd1: B::Buf,
-    dd2: B::Buf,
-    dd3: B::Buf,
-    dd4: B::Buf,
-    de1: B::Buf,
-    de2: B::Buf,
-    de3: B::Buf,
-    dk: B::Buf,
-    dsmall1: B::Buf,
-    dsmall2: B::Buf,
+    layer_grads: LayerGrads<B>,
+    d_emb: B::Buf,
     host_pos: Vec<u32>,
 }
 
@@ -237,16 +184,8 @@ pub fn train_flops_per_byte(c: &BigsConfig, seq: usize) -> f64 {
     layers * (6.0 * matrices + 3.0 * 2.0 * d * seq as f64)
 }
 
-/// A layer's product sizes (`d -> d`, `d -> e`, `e -> d`) and SSM shape.
-struct LayerShapes {
-    dd: Linear,
-    de: Linear,
-    ed: Linear,
-    shape: SsmShape,
-}
-
-/// The sizes of one layer's products and SSMs for `batch` sequences of
-/// `seq` rows (forward and backward use the same ones).
+/// The sizes of one layer's products, norm and SSMs for `batch` sequences
+/// of `seq` rows (forward and backward use the same ones).
 fn layer_shapes(config: &BigsConfig, batch: usize, seq: usize) -> LayerShapes {
     let (d, e, rows) = (
         config.d_model as usize,
@@ -262,11 +201,20 @@ fn layer_shapes(config: &BigsConfig, batch: usize, seq: usize) -> LayerShapes {
         dd: lin(d, d),
         de: lin(d, e),
         ed: lin(e, d),
-        shape: SsmShape {
+        ln: LayerNorm {
+            rows,
+            width: d,
+            eps: config.norm_eps,
+        },
+        ssm: SsmShape {
             batch,
             seq,
             width: d,
             kernels: config.ssm_kernels as usize,
+        },
+        dims: SsmDims {
+            kernels: config.ssm_kernels as usize,
+            modes: config.n_modes as usize,
         },
     }
 }
@@ -346,13 +294,6 @@ impl<B: Backend> BigsModel<B> {
         download_params(be, config, &self.labels, &self.meta, &self.params)
     }
 
-    fn dims(&self) -> SsmDims {
-        SsmDims {
-            kernels: self.config.ssm_kernels as usize,
-            modes: self.config.n_modes as usize,
-        }
-    }
-
     /// Buffers for up to `batch` sequences of up to `seq` rows (<= T_max).
     pub fn workspace(&self, be: &B, batch: usize, seq: usize) -> Result<Workspace<B>> {
         let c = &self.config;
@@ -371,31 +312,8 @@ impl<B: Backend> BigsModel<B> {
         let classes = c.n_classes.max(1) as usize;
         let buf = |n: usize| be.alloc(n);
         let layers = (0..c.layers)
-            .map(|_| {
-                Ok(LayerActs {
-                    z: buf(rows * d)?,
-                    mean: buf(rows)?,
-                    rstd: buf(rows)?,
-                    pv: buf(rows * e)?,
-                    v: buf(rows * e)?,
-                    pf: buf(rows * d)?,
-                    f: buf(rows * d)?,
-                    pb: buf(rows * d)?,
-                    bk: buf(rows * d)?,
-                    kf: buf(k * seq)?,
-                    kb: buf(k * seq)?,
-                    sf: buf(rows * d)?,
-                    uf: buf(rows * d)?,
-                    sb: buf(rows * d)?,
-                    ub: buf(rows * d)?,
-                    g: buf(rows * d)?,
-                    pl: buf(rows * e)?,
-                    h: buf(rows * e)?,
-                    m: buf(rows * e)?,
-                })
-            })
+            .map(|_| LayerActs::new(be, rows, d, e, k, seq))
             .collect::<Result<_>>()?;
-        let ssm_small = k * seq + c.n_modes as usize * 2 * k;
         Ok(Workspace {
             batch,
             seq,
@@ -427,17 +345,17 @@ impl<B: Backend> BigsModel<B> {
             ct: buf(batch * d)?,
             class_logits: buf(batch * classes)?,
             dlogits: buf(rows * 256)?,
+            d_hn: buf(rows * d)?,
+            d_hg: buf(rows * d)?,
+            d_hp: buf(rows * d)?,
+            d_class_logits: buf(batch * classes)?,
+            d_ct: buf(batch * d)?,
+            d_cp: buf(batch * d)?,
+            d_pool: buf(batch * d)?,
+            d_xf: buf(rows * d)?,
             d_res: buf(rows * d)?,
-            dd1: buf(rows * d)?,
-            dd2: buf(rows * d)?,
-            dd3: buf(rows * d)?,
-            dd4: buf(rows * d)?,
-            de1: buf(rows * e)?,
-            de2: buf(rows * e)?,
-            de3: buf(rows * e)?,
-            dk: buf(ssm_small)?,
-            dsmall1: buf(batch * d.max(classes))?,
-            dsmall2: buf(batch * d.max(classes))?,
+            layer_grads: LayerGrads::new(be, rows, d, e, k, seq)?,
+            d_emb: buf(rows * d)?,
             host_pos: vec![0; rows],
         })
     }
@@ -574,7 +492,7 @@ impl<B: Backend> BigsModel<B> {
                     &ws.class_logits,
                     &ws.targets,
                     None,
-                    backward.then_some(&mut ws.dsmall1),
+                    backward.then_some(&mut ws.d_class_logits),
                     Logits { rows: nb, classes },
                     grad_scale,
                 );
@@ -602,9 +520,9 @@ impl<B: Backend> BigsModel<B> {
         let c = &self.config;
         let p = &self.params;
         let ix = &self.ix;
-        let (d, e) = (c.d_model as usize, c.d_expand as usize);
+        let d = c.d_model as usize;
         let rows = nb * seq;
-        let eps = c.norm_eps;
+        let sh = layer_shapes(c, nb, seq);
         be.embedding_forward(&mut ws.emb, &p[ix.tok], &ws.ids, rows, d, false);
         ws.ngram.forward(be, p, &mut ws.emb, rows, d);
         be.embedding_forward(&mut ws.emb, &p[ix.pos], &ws.pos, rows, d, true);
@@ -613,93 +531,22 @@ impl<B: Backend> BigsModel<B> {
             &mut ws.emb_mean,
             &mut ws.emb_rstd,
             &ws.emb,
-            WeightBias {
-                weight: &p[ix.emb_ln.w],
-                bias: &p[ix.emb_ln.b],
-            },
-            LayerNorm {
-                rows,
-                width: d,
-                eps,
-            },
+            layer::wb(p, ix.emb_ln),
+            sh.ln,
         );
-        let LayerShapes { dd, de, ed, shape } = layer_shapes(&self.config, nb, seq);
-        let dims = self.dims();
         for (i, (l, a)) in ix.layers.iter().zip(&mut ws.layers).enumerate() {
             let (before, after) = ws.res.split_at_mut(i + 1);
-            let x = &before[i];
-            be.layernorm_forward(
-                &mut a.z,
-                &mut a.mean,
-                &mut a.rstd,
-                x,
-                WeightBias {
-                    weight: &p[l.ln_w],
-                    bias: &p[l.ln_b],
-                },
-                LayerNorm {
-                    rows,
-                    width: d,
-                    eps,
-                },
-            );
-            be.matmul_forward(&mut a.pv, &a.z, &p[l.v.w], Some(&p[l.v.b]), de);
-            be.gelu_forward(&mut a.v, &a.pv, rows * e);
-            be.matmul_forward(&mut a.pf, &a.z, &p[l.f.w], Some(&p[l.f.b]), dd);
-            be.gelu_forward(&mut a.f, &a.pf, rows * d);
-            be.matmul_forward(&mut a.pb, &a.z, &p[l.b.w], Some(&p[l.b.b]), dd);
-            be.gelu_forward(&mut a.bk, &a.pb, rows * d);
-            for (s, kern, inp, out, dir) in [
-                (l.fwd, &mut a.kf, &a.f, &mut a.sf, Direction::Forward),
-                (l.bwd, &mut a.kb, &a.bk, &mut a.sb, Direction::Backward),
-            ] {
-                be.ssm_kernel_forward(
-                    kern,
-                    SsmParams {
-                        a: &p[s.a],
-                        w: &p[s.w],
-                        c: &p[s.c],
-                        log_dt: &p[s.log_dt],
-                    },
-                    dims,
-                    seq,
-                );
-                be.ssm_conv_forward(
-                    out,
-                    SsmConv {
-                        u: inp,
-                        kernel: kern,
-                        d: &p[s.d],
-                        lengths: &ws.lengths,
-                    },
-                    shape,
-                    dir,
-                );
-            }
-            be.matmul_forward(&mut a.uf, &a.sf, &p[l.uf.w], Some(&p[l.uf.b]), dd);
-            be.matmul_forward(&mut a.ub, &a.sb, &p[l.ub.w], Some(&p[l.ub.b]), dd);
-            be.mul_forward(&mut a.g, &a.uf, &a.ub, rows * d);
-            be.matmul_forward(&mut a.pl, &a.g, &p[l.l.w], Some(&p[l.l.b]), de);
-            be.gelu_forward(&mut a.h, &a.pl, rows * e);
-            be.mul_forward(&mut a.m, &a.h, &a.v, rows * e);
-            // Y goes through the final residual buffer as scratch.
-            be.matmul_forward(&mut ws.d_res, &a.m, &p[l.o.w], Some(&p[l.o.b]), ed);
-            be.add_forward(&mut after[0], x, &ws.d_res, rows * d);
+            // The layer's branch output goes through d_res as scratch.
+            let io = (&before[i], &mut after[0], &mut ws.d_res);
+            layer::forward(be, p, l, a, io, &ws.lengths, sh);
         }
         be.layernorm_forward(
             &mut ws.xf,
             &mut ws.f_mean,
             &mut ws.f_rstd,
             &ws.res[c.layers as usize],
-            WeightBias {
-                weight: &p[ix.ln_f.w],
-                bias: &p[ix.ln_f.b],
-            },
-            LayerNorm {
-                rows,
-                width: d,
-                eps,
-            },
+            layer::wb(p, ix.ln_f),
+            sh.ln,
         );
     }
 
@@ -707,355 +554,131 @@ impl<B: Backend> BigsModel<B> {
         let c = self.config;
         let (nb, seq) = (batch.batch, batch.seq);
         let rows = nb * seq;
-        let (d, e) = (c.d_model as usize, c.d_expand as usize);
-        let dims = self.dims();
+        let d = c.d_model as usize;
+        let sh = layer_shapes(&c, nb, seq);
         let p = &self.params;
         let g = &mut self.grads;
         let ix = &self.ix;
-        // dxf: the gradient of the final norm's output, in dd1.
-        be.zero_prefix(&mut ws.dd1, rows * d);
+        be.zero_prefix(&mut ws.d_xf, rows * d);
         match &batch.task {
             Task::Mlm { .. } => {
                 let (dense, ln) = ix.mlm.expect("checked in step");
-                be.zero_prefix(&mut ws.dd2, rows * d);
+                be.zero_prefix(&mut ws.d_hn, rows * d);
                 let out = Linear {
                     rows,
                     in_dim: d,
                     out_dim: 256,
                 };
+                let d_tok = WeightBias {
+                    weight: &mut g[ix.tok],
+                    bias: None,
+                };
                 be.matmul_backward(
-                    Some(&mut ws.dd2),
-                    WeightBias {
-                        weight: &mut g[ix.tok],
-                        bias: None,
-                    },
+                    Some(&mut ws.d_hn),
+                    d_tok,
                     &ws.dlogits,
                     &ws.hn,
                     &p[ix.tok],
                     out,
                 );
-                be.zero_prefix(&mut ws.dd3, rows * d);
-                let (gw, gb) = pair_mut(g, ln.w, ln.b);
-                be.layernorm_backward(
-                    &mut ws.dd3,
-                    WeightBias {
-                        weight: gw,
-                        bias: gb,
-                    },
-                    &ws.dd2,
-                    NormSaved {
-                        inp: &ws.hg,
-                        weight: &p[ln.w],
-                        mean: &ws.h_mean,
-                        rstd: &ws.h_rstd,
-                    },
-                    LayerNorm {
-                        rows,
-                        width: d,
-                        eps: c.norm_eps,
-                    },
-                );
-                be.zero_prefix(&mut ws.dd4, rows * d);
-                be.gelu_backward(&mut ws.dd4, &ws.hp, &ws.dd3, rows * d);
-                let lin = Linear {
-                    rows,
-                    in_dim: d,
-                    out_dim: d,
+                be.zero_prefix(&mut ws.d_hg, rows * d);
+                let saved = NormSaved {
+                    inp: &ws.hg,
+                    weight: &p[ln.w],
+                    mean: &ws.h_mean,
+                    rstd: &ws.h_rstd,
                 };
-                let (gw, gb) = pair_mut(g, dense.w, dense.b);
+                be.layernorm_backward(&mut ws.d_hg, layer::wb_mut(g, ln), &ws.d_hn, saved, sh.ln);
+                be.zero_prefix(&mut ws.d_hp, rows * d);
+                be.gelu_backward(&mut ws.d_hp, &ws.hp, &ws.d_hg, rows * d);
                 be.matmul_backward(
-                    Some(&mut ws.dd1),
-                    WeightBias {
-                        weight: gw,
-                        bias: Some(gb),
-                    },
-                    &ws.dd4,
+                    Some(&mut ws.d_xf),
+                    layer::grads(g, dense),
+                    &ws.d_hp,
                     &ws.xf,
                     &p[dense.w],
-                    lin,
+                    sh.dd,
                 );
             }
             Task::Classify { .. } => {
                 let (dense, out) = ix.cls.expect("checked in step");
                 let classes = c.n_classes as usize;
-                be.zero_prefix(&mut ws.dsmall2, nb * d);
+                be.zero_prefix(&mut ws.d_ct, nb * d);
                 let lin = Linear {
                     rows: nb,
                     in_dim: d,
                     out_dim: classes,
                 };
-                let (gw, gb) = pair_mut(g, out.w, out.b);
                 be.matmul_backward(
-                    Some(&mut ws.dsmall2),
-                    WeightBias {
-                        weight: gw,
-                        bias: Some(gb),
-                    },
-                    &ws.dsmall1,
+                    Some(&mut ws.d_ct),
+                    layer::grads(g, out),
+                    &ws.d_class_logits,
                     &ws.ct,
                     &p[out.w],
                     lin,
                 );
-                // dsmall1 (the logits' gradient) is no longer needed.
-                be.zero_prefix(&mut ws.dsmall1, nb * d);
-                be.tanh_backward(&mut ws.dsmall1, &ws.ct, &ws.dsmall2, nb * d);
-                be.zero_prefix(&mut ws.dsmall2, nb * d);
+                be.zero_prefix(&mut ws.d_cp, nb * d);
+                be.tanh_backward(&mut ws.d_cp, &ws.ct, &ws.d_ct, nb * d);
+                be.zero_prefix(&mut ws.d_pool, nb * d);
                 let lin = Linear {
                     rows: nb,
                     in_dim: d,
                     out_dim: d,
                 };
-                let (gw, gb) = pair_mut(g, dense.w, dense.b);
                 be.matmul_backward(
-                    Some(&mut ws.dsmall2),
-                    WeightBias {
-                        weight: gw,
-                        bias: Some(gb),
-                    },
-                    &ws.dsmall1,
+                    Some(&mut ws.d_pool),
+                    layer::grads(g, dense),
+                    &ws.d_cp,
                     &ws.pool,
                     &p[dense.w],
                     lin,
                 );
-                be.mean_pool_backward(&mut ws.dd1, &ws.dsmall2, &ws.real, nb, seq, d);
+                be.mean_pool_backward(&mut ws.d_xf, &ws.d_pool, &ws.real, nb, seq, d);
             }
         }
         be.zero_prefix(&mut ws.d_res, rows * d);
-        let (gw, gb) = pair_mut(g, ix.ln_f.w, ix.ln_f.b);
+        let saved = NormSaved {
+            inp: &ws.res[c.layers as usize],
+            weight: &p[ix.ln_f.w],
+            mean: &ws.f_mean,
+            rstd: &ws.f_rstd,
+        };
         be.layernorm_backward(
             &mut ws.d_res,
-            WeightBias {
-                weight: gw,
-                bias: gb,
-            },
-            &ws.dd1,
-            NormSaved {
-                inp: &ws.res[c.layers as usize],
-                weight: &p[ix.ln_f.w],
-                mean: &ws.f_mean,
-                rstd: &ws.f_rstd,
-            },
-            LayerNorm {
-                rows,
-                width: d,
-                eps: c.norm_eps,
-            },
+            layer::wb_mut(g, ix.ln_f),
+            &ws.d_xf,
+            saved,
+            sh.ln,
         );
-        let LayerShapes { dd, de, ed, shape } = layer_shapes(&self.config, nb, seq);
         for (i, (l, a)) in ix.layers.iter().zip(&ws.layers).enumerate().rev() {
-            // d_res holds dL/dX_out; X_out = X + Y, so it is also dL/dY and
-            // the identity part of dL/dX, to which the branch is added last.
-            be.zero_prefix(&mut ws.de1, rows * e);
-            let (gw, gb) = pair_mut(g, l.o.w, l.o.b);
-            be.matmul_backward(
-                Some(&mut ws.de1),
-                WeightBias {
-                    weight: gw,
-                    bias: Some(gb),
-                },
-                &ws.d_res,
-                &a.m,
-                &p[l.o.w],
-                ed,
-            );
-            // de2 = dH, de3 = dV.
-            be.zero_prefix(&mut ws.de2, rows * e);
-            be.zero_prefix(&mut ws.de3, rows * e);
-            be.mul_backward(&mut ws.de2, &mut ws.de3, &ws.de1, &a.h, &a.v, rows * e);
-            be.zero_prefix(&mut ws.de1, rows * e);
-            be.gelu_backward(&mut ws.de1, &a.pl, &ws.de2, rows * e);
-            // dd1 = dG.
-            be.zero_prefix(&mut ws.dd1, rows * d);
-            let (gw, gb) = pair_mut(g, l.l.w, l.l.b);
-            be.matmul_backward(
-                Some(&mut ws.dd1),
-                WeightBias {
-                    weight: gw,
-                    bias: Some(gb),
-                },
-                &ws.de1,
-                &a.g,
-                &p[l.l.w],
-                de,
-            );
-            // dd2 = dUf, dd3 = dUb.
-            be.zero_prefix(&mut ws.dd2, rows * d);
-            be.zero_prefix(&mut ws.dd3, rows * d);
-            be.mul_backward(&mut ws.dd2, &mut ws.dd3, &ws.dd1, &a.uf, &a.ub, rows * d);
-            // de2 (dH) is free again: dZ ([rows, d]) accumulates there.
-            be.zero_prefix(&mut ws.de2, rows * e);
-            for (s, lin_u, du_out, kern, inp, sout, gate_pre, gate_lin, dir) in [
-                (
-                    l.fwd,
-                    l.uf,
-                    &ws.dd2,
-                    &a.kf,
-                    &a.f,
-                    &a.sf,
-                    &a.pf,
-                    l.f,
-                    Direction::Forward,
-                ),
-                (
-                    l.bwd,
-                    l.ub,
-                    &ws.dd3,
-                    &a.kb,
-                    &a.bk,
-                    &a.sb,
-                    &a.pb,
-                    l.b,
-                    Direction::Backward,
-                ),
-            ] {
-                // dd1 = dS (the SSM output).
-                be.zero_prefix(&mut ws.dd1, rows * d);
-                let (gw, gb) = pair_mut(g, lin_u.w, lin_u.b);
-                be.matmul_backward(
-                    Some(&mut ws.dd1),
-                    WeightBias {
-                        weight: gw,
-                        bias: Some(gb),
-                    },
-                    du_out,
-                    sout,
-                    &p[lin_u.w],
-                    dd,
-                );
-                // dd4 = d(SSM input), dk = dkernel.
-                be.zero_prefix(&mut ws.dd4, rows * d);
-                be.zero_prefix(&mut ws.dk, dims.kernels * seq);
-                be.ssm_conv_backward(
-                    &mut ws.dd4,
-                    SsmFilterGrads {
-                        kernel: &mut ws.dk,
-                        d: &mut g[s.d],
-                    },
-                    &ws.dd1,
-                    SsmConv {
-                        u: inp,
-                        kernel: kern,
-                        d: &p[s.d],
-                        lengths: &ws.lengths,
-                    },
-                    shape,
-                    dir,
-                );
-                let (ga, gw, gc, gdt) = ssm_grads(g, s);
-                be.ssm_kernel_backward(
-                    SsmParams {
-                        a: ga,
-                        w: gw,
-                        c: gc,
-                        log_dt: gdt,
-                    },
-                    &ws.dk,
-                    SsmParams {
-                        a: &p[s.a],
-                        w: &p[s.w],
-                        c: &p[s.c],
-                        log_dt: &p[s.log_dt],
-                    },
-                    dims,
-                    seq,
-                );
-                be.zero_prefix(&mut ws.dd1, rows * d);
-                be.gelu_backward(&mut ws.dd1, gate_pre, &ws.dd4, rows * d);
-                let (gw, gb) = pair_mut(g, gate_lin.w, gate_lin.b);
-                be.matmul_backward(
-                    Some(&mut ws.de2),
-                    WeightBias {
-                        weight: gw,
-                        bias: Some(gb),
-                    },
-                    &ws.dd1,
-                    &a.z,
-                    &p[gate_lin.w],
-                    dd,
-                );
-            }
-            // V's branch: de3 = dV.
-            be.zero_prefix(&mut ws.de1, rows * e);
-            be.gelu_backward(&mut ws.de1, &a.pv, &ws.de3, rows * e);
-            let (gw, gb) = pair_mut(g, l.v.w, l.v.b);
-            be.matmul_backward(
-                Some(&mut ws.de2),
-                WeightBias {
-                    weight: gw,
-                    bias: Some(gb),
-                },
-                &ws.de1,
-                &a.z,
-                &p[l.v.w],
-                de,
-            );
-            let (gw, gb) = pair_mut(g, l.ln_w, l.ln_b);
-            be.layernorm_backward(
-                &mut ws.d_res,
-                WeightBias {
-                    weight: gw,
-                    bias: gb,
-                },
-                &ws.de2,
-                NormSaved {
-                    inp: &ws.res[i],
-                    weight: &p[l.ln_w],
-                    mean: &a.mean,
-                    rstd: &a.rstd,
-                },
-                LayerNorm {
-                    rows,
-                    width: d,
-                    eps: c.norm_eps,
-                },
+            let bufs = (a, &mut ws.layer_grads);
+            layer::backward(
+                be,
+                (p, g),
+                l,
+                bufs,
+                (&ws.res[i], &mut ws.d_res),
+                &ws.lengths,
+                sh,
             );
         }
-        be.zero_prefix(&mut ws.dd1, rows * d);
-        let (gw, gb) = pair_mut(g, ix.emb_ln.w, ix.emb_ln.b);
+        be.zero_prefix(&mut ws.d_emb, rows * d);
+        let saved = NormSaved {
+            inp: &ws.emb,
+            weight: &p[ix.emb_ln.w],
+            mean: &ws.emb_mean,
+            rstd: &ws.emb_rstd,
+        };
         be.layernorm_backward(
-            &mut ws.dd1,
-            WeightBias {
-                weight: gw,
-                bias: gb,
-            },
+            &mut ws.d_emb,
+            layer::wb_mut(g, ix.emb_ln),
             &ws.d_res,
-            NormSaved {
-                inp: &ws.emb,
-                weight: &p[ix.emb_ln.w],
-                mean: &ws.emb_mean,
-                rstd: &ws.emb_rstd,
-            },
-            LayerNorm {
-                rows,
-                width: d,
-                eps: c.norm_eps,
-            },
+            saved,
+            sh.ln,
         );
-        be.embedding_backward(&mut g[ix.tok], &ws.dd1, &ws.ids, rows, d);
-        ws.ngram.backward(be, g, &ws.dd1, rows, d);
-        be.embedding_backward(&mut g[ix.pos], &ws.dd1, &ws.pos, rows, d);
-    }
-}
-
-/// The gradients of an SSM's `a, w, c, log_dt`, which the schema keeps
-/// next to each other (checked in [`BigsModel::new`]).
-fn ssm_grads<T>(g: &mut [T], s: SsmIx) -> (&mut T, &mut T, &mut T, &mut T) {
-    let [a, w, c, dt] = &mut g[s.a..s.a + 4] else {
-        unreachable!("a slice of 4")
-    };
-    (a, w, c, dt)
-}
-
-/// Two distinct elements of a slice, mutably (a weight's and a bias's
-/// gradients).
-fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
-    assert_ne!(a, b, "two different parameters");
-    if a < b {
-        let (x, y) = v.split_at_mut(b);
-        (&mut x[a], &mut y[0])
-    } else {
-        let (x, y) = v.split_at_mut(a);
-        (&mut y[0], &mut x[b])
+        be.embedding_backward(&mut g[ix.tok], &ws.d_emb, &ws.ids, rows, d);
+        ws.ngram.backward(be, g, &ws.d_emb, rows, d);
+        be.embedding_backward(&mut g[ix.pos], &ws.d_emb, &ws.pos, rows, d);
     }
 }
 

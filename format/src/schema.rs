@@ -172,7 +172,7 @@ pub enum BigsPart {
 
 /// A tensor of either family, typed: code names a tensor by building one of
 /// these, so a misspelt name is a compile error rather than a missing tensor
-/// at load time. [`TensorId::pieces`] is the only place names are
+/// at load time. `TensorId::pieces` (private) is the only place names are
 /// spelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TensorId {

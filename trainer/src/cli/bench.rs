@@ -168,8 +168,16 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
                 let r = measure_best(&kbm, &model, args.bytes)?;
                 let macs = model.macs_per_byte();
                 let wbytes = model.weight_bytes_per_byte();
-                // Over one patch every weight and the whole arena are touched.
-                let bound = roof.bound(macs, dtype.is_quantized(), wbytes, bytes.len() + r.arena);
+                // The local model is re-read every byte from a working set of
+                // itself and the arena; the global model once per patch, from
+                // one of every weight and the arena.
+                let w = model.weight_bytes();
+                let p = config.patch_size as f64;
+                let reads = [
+                    (w.local_per_byte as f64, w.local_per_byte + r.arena),
+                    (w.global_per_patch as f64 / p, bytes.len() + r.arena),
+                ];
+                let bound = roof.bound(macs, dtype.is_quantized(), &reads);
                 println!(
                     "{:<6} {:<5} {:>10} {:>10} {:>11.1} {:>11.1} {:>9.0} {:>9.0} {:>7.2} {:>8} {:>7.1}%{}",
                     preset.name(),
@@ -366,7 +374,11 @@ fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
                 .flat_map(|l| [l.v, l.f, l.b, l.uf, l.ub, l.l, l.o])
                 .map(|lin| kilobyte_runtime::megabyte::matrix_bytes(&lin.weight) as f64)
                 .sum::<f64>();
-            let bound = roof.bound(macs, dtype.is_quantized(), wbytes, bytes.len() + arena_len);
+            let bound = roof.bound(
+                macs,
+                dtype.is_quantized(),
+                &[(wbytes, bytes.len() + arena_len)],
+            );
             println!(
                 "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12.1} {:>10.0} {:>10.0} {:>7.2} {:>8} {:>7.1}%",
                 preset.name(),

@@ -72,24 +72,8 @@ fn an_output_removes_a_killed_writers_temporaries_and_follows_no_planted_link() 
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A tiny MEGABYTE, so training takes seconds.
-const TINY: [&str; 24] = [
-    "--patch-size",
-    "2",
-    "--d-global",
-    "16",
-    "--layers-global",
-    "1",
-    "--heads-global",
-    "2",
-    "--d-local",
-    "16",
-    "--layers-local",
-    "1",
-    "--heads-local",
-    "2",
-    "--max-seq",
-    "32",
+/// Run flags beside `common::TINY`'s shape, so training takes seconds.
+const QUICK: [&str; 8] = [
     "--batch",
     "4",
     "--seq",
@@ -122,7 +106,8 @@ fn train_refuses_a_directory_that_is_not_a_run() {
     let before = names_in(&hf);
     let mut args = vec!["train", "--data", "data.txt", "--run", "hf-model"];
     args.extend(["--steps", "2", "--quiet"]);
-    args.extend(TINY);
+    args.extend(common::TINY);
+    args.extend(QUICK);
     let e = fails(&args, &dir);
     assert!(
         e.contains("hf-model") && e.contains("not a kilobyte run"),
@@ -146,7 +131,8 @@ fn a_second_process_on_a_run_being_trained_is_refused() {
     write_corpus(&dir);
     let mut args = vec!["train", "--data", "data.txt", "--run", "run"];
     args.extend(["--steps", "1000000", "--checkpoint-every", "5", "--quiet"]);
-    args.extend(TINY);
+    args.extend(common::TINY);
+    args.extend(QUICK);
     let mut first = Command::new(env!("CARGO_BIN_EXE_kilobyte"))
         .args(&args)
         .current_dir(&dir)

@@ -130,9 +130,10 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
         return bench_bigs(args, &roof);
     }
     println!(
-        "{:<6} {:<5} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>7} {:>8} {:>8}",
+        "{:<6} {:<5} {:>10} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>7} {:>8} {:>8}",
         "preset",
         "dtype",
+        "params",
         "model B",
         "arena B",
         "gen B/s",
@@ -150,6 +151,7 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
     for &preset in presets {
         let config = preset.megabyte();
         let params = ParamSet::init(ModelConfig::Megabyte(config), 1)?;
+        let multiplied = multiplied_params(&params);
         for &dtype in &args.dtypes {
             let bytes = AlignedBytes::from_slice(&params.to_writer(dtype, dtype)?.to_bytes()?);
             let kbm = Kbm::parse(format!("{} {dtype}", preset.name()), &bytes)?;
@@ -179,9 +181,10 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
                 ];
                 let bound = roof.bound(macs, dtype.is_quantized(), &reads);
                 println!(
-                    "{:<6} {:<5} {:>10} {:>10} {:>11.1} {:>11.1} {:>9.0} {:>9.0} {:>7.2} {:>8} {:>7.1}%{}",
+                    "{:<6} {:<5} {:>10} {:>10} {:>10} {:>11.1} {:>11.1} {:>9.0} {:>9.0} {:>7.2} {:>8} {:>7.1}%{}",
                     preset.name(),
                     dtype.name(),
+                    multiplied,
                     bytes.len(),
                     r.arena,
                     r.gen,
@@ -303,6 +306,18 @@ fn measure<'m>(kbm: &Kbm<'m>, model: &Megabyte<'m>, n: usize) -> Result<Speeds> 
     })
 }
 
+/// The parameters a model multiplies: all but the hashed n-gram tables,
+/// which are looked up a row per byte. This is the count a peer model of
+/// "the same size" is matched to (trainer/bench/peers.sh).
+fn multiplied_params(params: &ParamSet) -> usize {
+    params
+        .params
+        .iter()
+        .filter(|p| p.role != kilobyte_format::schema::Role::NgramEmbedding)
+        .map(|p| p.data.len())
+        .sum()
+}
+
 /// BiGS classification: sentences per second for inputs of `--bytes`
 /// bytes on one thread, against the roofline of its MACs and weight bytes
 /// (every weight is read once per sentence: the dense layers run over all
@@ -312,9 +327,10 @@ fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
     use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
     use kilobyte_runtime::Bigs;
     println!(
-        "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12} {:>11} {:>10} {:>7} {:>8} {:>8}",
+        "{:<6} {:<5} {:>10} {:>10} {:>10} {:>6} {:>12} {:>11} {:>10} {:>7} {:>8} {:>8}",
         "preset",
         "dtype",
+        "params",
         "model B",
         "arena B",
         "bytes",
@@ -340,6 +356,7 @@ fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
         config.n_classes = 2;
         let n = args.bytes.clamp(1, config.max_seq as usize);
         let params = ParamSet::init(ModelConfig::Bigs(config), 1)?;
+        let multiplied = multiplied_params(&params);
         for &dtype in &args.dtypes {
             let bytes = AlignedBytes::from_slice(&params.to_writer(dtype, dtype)?.to_bytes()?);
             let kbm = Kbm::parse(format!("{} {dtype}", preset.name()), &bytes)?;
@@ -380,9 +397,10 @@ fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
                 &[(wbytes, bytes.len() + arena_len)],
             );
             println!(
-                "{:<6} {:<5} {:>10} {:>10} {:>6} {:>12.1} {:>10.0} {:>10.0} {:>7.2} {:>8} {:>7.1}%",
+                "{:<6} {:<5} {:>10} {:>10} {:>10} {:>6} {:>12.1} {:>10.0} {:>10.0} {:>7.2} {:>8} {:>7.1}%",
                 preset.name(),
                 dtype.name(),
+                multiplied,
                 bytes.len(),
                 arena_len,
                 n,

@@ -38,22 +38,23 @@ def count(dim, hidden, layers):
 
 
 def shape(params):
-    """The Llama shape nearest `params`: dims in multiples of 64 (heads of
-    64, runq's groups of 64), hidden = 8/3 dim rounded to 64 (Llama's rule),
-    and among shapes within 3% of the count, the one whose dim/layers ratio is
-    nearest 64 (kilobyte's ref4m global model: 256 / 4; llama2.c's 15M model
-    has 288 / 6)."""
-    best = None
-    for layers in range(1, 25):
-        for dim in range(64, 4097, 64):
-            hidden = max(64, round(dim * 8 / 3 / 64) * 64)
-            n = count(dim, hidden, layers)
-            err = abs(n - params) / params
-            key = (err > 0.03, abs(dim / layers - 64) if err <= 0.03 else err)
-            if best is None or key < best[0]:
-                best = (key, dim, hidden, layers)
-    _, dim, hidden, layers = best
-    return dim, hidden, layers, dim // HEAD
+    """A Llama shape of `params` parameters (within 3%), as wide as it can
+    be: the fewest layers (at least 2), dims in multiples of 64 (heads of 64,
+    runq's groups of 64) and a hidden size between 2 and 4 times the width in
+    multiples of 64 (Llama's own rule, 8/3, is in that range). Wide matrices
+    are a Llama engine's best case, so the peer is not handicapped by a
+    shape it would never be run at."""
+    for layers in range(2, 65):
+        best = None
+        for dim in range(64, 8193, 64):
+            for hidden in range(2 * dim, 4 * dim + 1, 64):
+                err = abs(count(dim, hidden, layers) - params) / params
+                if err <= 0.03 and (best is None or err < best[0]):
+                    best = (err, dim, hidden)
+        if best:
+            _, dim, hidden = best
+            return dim, hidden, layers, dim // HEAD
+    raise SystemExit(f"peer_models.py: no Llama shape within 3% of {params} parameters")
 
 
 def tensors(dim, hidden, layers, seed=0):

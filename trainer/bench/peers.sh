@@ -20,7 +20,9 @@
 #
 # Environment: PEERS_BYTES (bytes generated per run, default 1000),
 # PEERS_PRESETS (MEGABYTE presets, default micro,ref4m,small),
-# PEERS_THREADS (default "1 2").
+# PEERS_THREADS (default "1 2"), PEERS_LLAMACPP_BUILD (llama.cpp's cmake
+# build directory, default LLAMACPP_DIR/build as its README has it: a
+# second run rebuilds nothing).
 #
 # How the columns are counted, the same for every engine:
 # - MAC/byte: kilobyte's own count (`bench runtime`); for a Llama, its
@@ -41,6 +43,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 bytes=${PEERS_BYTES:-1000}
 presets=${PEERS_PRESETS:-micro,ref4m,small}
 threads=${PEERS_THREADS:-1 2}
+lbuild=$(realpath -m "${PEERS_LLAMACPP_BUILD:-$lcpp/build}")
 [ -f "$l2c/run.c" ] && [ -f "$l2c/runq.c" ] || { echo "peers.sh: $l2c has no run.c/runq.c (a llama2.c checkout?)" >&2; exit 2; }
 [ -f "$lcpp/tools/llama-bench/llama-bench.cpp" ] || { echo "peers.sh: $lcpp has no tools/llama-bench (a llama.cpp checkout?)" >&2; exit 2; }
 
@@ -49,12 +52,12 @@ echo "== building (kilobyte, llama2.c, llama.cpp) into $out" >&2
 kb="$repo/target/release/kilobyte"
 gcc -Ofast -march=native -fopenmp "$l2c/run.c" -o "$out/run" -lm
 gcc -Ofast -march=native -fopenmp "$l2c/runq.c" -o "$out/runq" -lm
-cmake -S "$lcpp" -B "$out/llama.cpp-build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+cmake -S "$lcpp" -B "$lbuild" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >"$out/cmake.log"
-cmake --build "$out/llama.cpp-build" --target llama-bench llama-quantize -j "$(nproc)" >"$out/build.log"
-lbench="$out/llama.cpp-build/bin/llama-bench"
-lquant="$out/llama.cpp-build/bin/llama-quantize"
+cmake --build "$lbuild" --target llama-bench llama-quantize -j "$(nproc)" >"$out/build.log"
+lbench="$lbuild/bin/llama-bench"
+lquant="$lbuild/bin/llama-quantize"
 export PYTHONPATH="$lcpp/gguf-py${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== kilobyte bench runtime" >&2

@@ -327,7 +327,7 @@ fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
     use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
     use kilobyte_runtime::Bigs;
     println!(
-        "{:<6} {:<5} {:>10} {:>10} {:>10} {:>6} {:>12} {:>11} {:>10} {:>7} {:>8} {:>8}",
+        "{:<6} {:<5} {:>10} {:>10} {:>10} {:>6} {:>12} {:>12} {:>12} {:>7} {:>8} {:>8}",
         "preset",
         "dtype",
         "params",
@@ -336,7 +336,7 @@ fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
         "bytes",
         "sentences/s",
         "MAC/sent",
-        "wbytes/s",
+        "wbytes/sent",
         "GMAC/s",
         "bound",
         "of bound"
@@ -397,7 +397,7 @@ fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
                 &[(wbytes, bytes.len() + arena_len)],
             );
             println!(
-                "{:<6} {:<5} {:>10} {:>10} {:>10} {:>6} {:>12.1} {:>10.0} {:>10.0} {:>7.2} {:>8} {:>7.1}%",
+                "{:<6} {:<5} {:>10} {:>10} {:>10} {:>6} {:>12.1} {:>12.0} {:>12.0} {:>7.2} {:>8} {:>7.1}%",
                 preset.name(),
                 dtype.name(),
                 multiplied,

@@ -403,7 +403,11 @@ mod tests {
         for n in [0u64, 64, 128, 640] {
             let v: Vec<u64> = (0..n).collect();
             for streams in [1, 4] {
-                assert_eq!(sum(&v, streams), n * n.saturating_sub(1) / 2, "{n} {streams}");
+                assert_eq!(
+                    sum(&v, streams),
+                    n * n.saturating_sub(1) / 2,
+                    "{n} {streams}"
+                );
             }
         }
     }

@@ -9,7 +9,6 @@
 use crate::config::{BigsConfig, MegabyteConfig, ModelConfig, NgramConfig, BIGS_VOCAB};
 use crate::dtype::{DType, QK};
 use crate::error::{Shape, TensorName};
-use core::fmt::Write;
 
 /// What a tensor is for; decides which dtypes it may have and whether the
 /// optimiser decays it.
@@ -214,9 +213,24 @@ pub enum TensorId {
 }
 
 impl TensorId {
-    /// The name the file stores this tensor under.
+    /// The name the file stores this tensor under. Built with `push_str`
+    /// and a digit loop rather than `core::fmt`: the schema walk names every
+    /// tensor, and formatting machinery per name cost the firmware about a
+    /// kilobyte. Every generated name is far shorter than `MAX_NAME_LEN` for
+    /// configs that pass validation (layer indices are at most 7 digits).
+    #[inline(never)]
     pub fn name(&self) -> TensorName {
-        name(format_args!("{self}"))
+        let (head, index, mid, tail) = self.pieces();
+        let mut s = TensorName::new();
+        let _ = (|| {
+            s.push_str(head)?;
+            if let Some(i) = index {
+                s.push_str(decimal(i, &mut [0; 10]))?;
+            }
+            s.push_str(mid)?;
+            s.push_str(tail)
+        })();
+        s
     }
 
     /// The name as `head`, then the layer index or n-gram order if any,
@@ -305,14 +319,24 @@ impl TensorId {
 
 impl core::fmt::Display for TensorId {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let (head, index, mid, tail) = self.pieces();
-        f.write_str(head)?;
-        if let Some(i) = index {
-            write!(f, "{i}")?;
-        }
-        f.write_str(mid)?;
-        f.write_str(tail)
+        f.write_str(&self.name())
     }
+}
+
+/// `n` in decimal, written into the end of `digits` (what `write!(s,
+/// "{n}")` would append, without `core::fmt`).
+fn decimal(mut n: u32, digits: &mut [u8; 10]) -> &str {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits: always UTF-8.
+    core::str::from_utf8(&digits[start..]).unwrap_or("")
 }
 
 /// One required tensor.
@@ -330,14 +354,6 @@ pub struct TensorSpec {
 /// newline-separated UTF-8, one per class in class order.
 pub const LABELS_TENSOR: &str = "meta.labels";
 
-fn name(args: core::fmt::Arguments<'_>) -> TensorName {
-    let mut s = TensorName::new();
-    // Every generated name is far shorter than MAX_NAME_LEN for configs that
-    // pass validation (layer indices are at most 7 digits).
-    let _ = s.write_fmt(args);
-    s
-}
-
 /// Calls `f` with every tensor `config` needs, in a fixed canonical order.
 pub fn for_each_tensor<E>(
     config: &ModelConfig,
@@ -352,29 +368,35 @@ pub fn for_each_tensor<E>(
 
 /// Calls `f` with every tensor, stopping at its first `Err`.
 fn walk(config: &ModelConfig, f: &mut dyn FnMut(&TensorSpec) -> Result<(), ()>) -> Result<(), ()> {
-    let mut emit = |id: TensorId, dims: &[u32], role: Role| {
-        f(&TensorSpec {
-            id,
-            name: id.name(),
-            shape: Some(Shape::new(dims)),
-            role,
-        })
-    };
+    let mut emit = |id: TensorId, dims: &[u32], role: Role| emit_spec(f, id, Some(dims), role);
     match config {
         ModelConfig::Megabyte(c) => megabyte_tensors(c, &mut emit),
         ModelConfig::Bigs(c) => {
             bigs_tensors(c, &mut emit)?;
             if c.has_classifier() {
-                f(&TensorSpec {
-                    id: TensorId::Labels,
-                    name: TensorId::Labels.name(),
-                    shape: None,
-                    role: Role::Meta,
-                })?;
+                emit_spec(f, TensorId::Labels, None, Role::Meta)?;
             }
             Ok(())
         }
     }
+}
+
+/// Builds one spec and hands it to `f`. Not inlined: the walk has some forty
+/// call sites, and a copy of the spec building (name, shape, a 120-byte
+/// struct) at each cost the firmware kilobytes.
+#[inline(never)]
+fn emit_spec(
+    f: &mut dyn FnMut(&TensorSpec) -> Result<(), ()>,
+    id: TensorId,
+    dims: Option<&[u32]>,
+    role: Role,
+) -> Result<(), ()> {
+    f(&TensorSpec {
+        id,
+        name: id.name(),
+        shape: dims.map(Shape::new),
+        role,
+    })
 }
 
 /// The spec for one name, if the config has such a tensor.
@@ -424,6 +446,8 @@ fn transformer_block(level: Level, layer: u32, w: u32, emit: &mut Emit<'_>) -> R
 }
 
 /// A layer norm's (or linear layer's) weight `[out, ..]` and bias `[out]`.
+/// Not inlined, for the reason `emit_spec` is not.
+#[inline(never)]
 fn affine_pair(
     id: &dyn Fn(Affine) -> TensorId,
     weight: &[u32],

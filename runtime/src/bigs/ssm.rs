@@ -10,36 +10,61 @@ use super::Ssm;
 use crate::error::RuntimeError;
 use crate::kernels;
 
-/// `exp(re + i im)` in f64, by scaling and squaring: a Taylor series on
-/// `z / 2^m` (`|z / 2^m| <= 1/16`, 12 terms, truncation below 1e-23), squared
-/// `m` times. Each squaring can double the relative error, so it ends near
-/// `2^m` ulp: 1e-13 for `|z|` = 100, far below the f32 kernel's rounding.
-/// It stands in for libm's f64 `exp`, `sin` and `cos`, whose argument
-/// reduction costs firmware about 6 KB of code. Non-finite inputs give
-/// non-finite outputs, never a panic.
-fn cexp(re: f64, im: f64) -> (f64, f64) {
+/// `1/k` for the Taylor terms: multiplying by a table rather than dividing
+/// keeps f64 division (soft-float on Cortex-M, about 1 KB of code) out of the
+/// firmware; a term moves by at most an ulp of f64.
+const INV_K: [f64; 13] = {
+    let mut t = [0.0; 13];
+    let mut k = 1;
+    while k < t.len() {
+        t[k] = 1.0 / k as f64;
+        k += 1;
+    }
+    t
+};
+
+/// `exp(z)` and `phi(z) = (exp(z) - 1) / z` for `z = re + i im` in f64, by
+/// scaling and squaring: a Taylor series on `w = z / 2^m` (`|w| <= 1/16`,
+/// 12 terms, truncation below 1e-23), then `m` doublings, `exp(2w) =
+/// exp(w)^2` and `phi(2w) = phi(w) (exp(w) + 1) / 2`. Each doubling can
+/// double the relative error, so it ends near `2^m` ulp: 1e-13 for `|z|` =
+/// 100, far below the f32 kernel's rounding. It stands in for libm's f64
+/// `exp`, `sin` and `cos`, whose argument reduction costs firmware about 6 KB
+/// of code, and `phi` gives the discretised `Bbar = dt phi(dt A)` without a
+/// complex division (and without the cancellation of `exp(z) - 1` for small
+/// `z`). Non-finite inputs give non-finite outputs, never a panic.
+fn cexp_phi(re: f64, im: f64) -> ((f64, f64), (f64, f64)) {
     let mut size = re.abs() + im.abs();
+    let mut scale = 1.0;
     let mut m = 0;
     // Bounded: 2^1100 exceeds every finite f64.
     while size > 1.0 / 16.0 && m < 1100 {
         size *= 0.5;
+        scale *= 0.5;
         m += 1;
     }
-    let scale = 1.0 / libm::ldexp(1.0, m);
     let (wre, wim) = (re * scale, im * scale);
-    // 1 + w (1 + w/2 (1 + w/3 (...))), Horner from the highest term.
+    // 1 + w (1 + w/2 (1 + w/3 (...))), Horner from the highest term; the
+    // value before the last step (k = 1) is phi(w) = 1 + w/2 (1 + w/3 (...)).
     let (mut tre, mut tim) = (1.0, 0.0);
-    for k in (1..=12).rev() {
+    for inv in INV_K[2..].iter().rev() {
         let (pre, pim) = (wre * tre - wim * tim, wre * tim + wim * tre);
-        tre = 1.0 + pre / k as f64;
-        tim = pim / k as f64;
+        tre = 1.0 + pre * inv;
+        tim = pim * inv;
     }
+    let (mut pre, mut pim) = (tre, tim);
+    let (mut ere, mut eim) = (1.0 + (wre * tre - wim * tim), wre * tim + wim * tre);
     for _ in 0..m {
-        let t = tre * tre - tim * tim;
-        tim *= 2.0 * tre;
-        tre = t;
+        let (hre, him) = (0.5 * (ere + 1.0), 0.5 * eim);
+        (pre, pim) = (pre * hre - pim * him, pre * him + pim * hre);
+        (ere, eim) = (ere * ere - eim * eim, 2.0 * ere * eim);
     }
-    (tre, tim)
+    ((ere, eim), (pre, pim))
+}
+
+/// `exp(re + i im)` (see [`cexp_phi`]).
+fn cexp(re: f64, im: f64) -> (f64, f64) {
+    cexp_phi(re, im).0
 }
 
 /// `(re + i im)^n` by binary exponentiation.
@@ -77,11 +102,9 @@ pub(super) fn ssm_kernel(s: &Ssm<'_>, kernel: usize, modes: usize, out: &mut [f3
         for n in 0..modes {
             let i = kernel * modes + n;
             let (are, aim) = (-cexp(s.a[i] as f64, 0.0).0, s.w[i] as f64);
-            // Abar = exp(dt A); Bbar = (Abar - 1) / A.
-            let (abre, abim) = cexp(dt * are, dt * aim);
-            let (nre, nim) = (abre - 1.0, abim);
-            let den = are * are + aim * aim;
-            let (bbre, bbim) = ((nre * are + nim * aim) / den, (nim * are - nre * aim) / den);
+            // Abar = exp(dt A); Bbar = (Abar - 1) / A = dt phi(dt A).
+            let ((abre, abim), (phre, phim)) = cexp_phi(dt * are, dt * aim);
+            let (bbre, bbim) = (dt * phre, dt * phim);
             let (cre, cim) = (s.c[2 * i] as f64, s.c[2 * i + 1] as f64);
             // z = C Bbar Abar^start, the power by squaring: a chunk costs
             // O(log start) to enter, so the whole kernel stays linear in

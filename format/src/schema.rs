@@ -432,17 +432,21 @@ fn ngram_tables(
 }
 
 fn transformer_block(level: Level, layer: u32, w: u32, emit: &mut Emit<'_>) -> Result<(), ()> {
-    let mut part = |part: BlockPart, dims: &[u32], role: Role| {
-        emit(TensorId::Block { level, layer, part }, dims, role)
-    };
-    part(BlockPart::Ln1(Affine::Weight), &[w], Role::Vector)?;
-    part(BlockPart::Ln1(Affine::Bias), &[w], Role::Vector)?;
-    part(BlockPart::Qkv, &[3 * w, w], Role::Matrix)?;
-    part(BlockPart::AttnProj, &[w, w], Role::Matrix)?;
-    part(BlockPart::Ln2(Affine::Weight), &[w], Role::Vector)?;
-    part(BlockPart::Ln2(Affine::Bias), &[w], Role::Vector)?;
-    part(BlockPart::MlpFc, &[4 * w, w], Role::Matrix)?;
-    part(BlockPart::MlpProj, &[w, 4 * w], Role::Matrix)
+    // A table and one call site, not eight inlined calls.
+    let parts: [(BlockPart, &[u32], Role); 8] = [
+        (BlockPart::Ln1(Affine::Weight), &[w], Role::Vector),
+        (BlockPart::Ln1(Affine::Bias), &[w], Role::Vector),
+        (BlockPart::Qkv, &[3 * w, w], Role::Matrix),
+        (BlockPart::AttnProj, &[w, w], Role::Matrix),
+        (BlockPart::Ln2(Affine::Weight), &[w], Role::Vector),
+        (BlockPart::Ln2(Affine::Bias), &[w], Role::Vector),
+        (BlockPart::MlpFc, &[4 * w, w], Role::Matrix),
+        (BlockPart::MlpProj, &[w, 4 * w], Role::Matrix),
+    ];
+    for (part, dims, role) in parts {
+        emit(TensorId::Block { level, layer, part }, dims, role)?;
+    }
+    Ok(())
 }
 
 /// A layer norm's (or linear layer's) weight `[out, ..]` and bias `[out]`.

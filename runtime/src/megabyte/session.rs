@@ -232,6 +232,22 @@ pub struct Session<'a, 'm> {
     len: usize,
 }
 
+/// Moves `v[from..end]` to the front of `v`, as `v.copy_within(from..end,
+/// 0)` would, in chunks of `from` bytes: no chunk overlaps its destination,
+/// so each is a `memcpy`. `copy_within` is a `memmove`, whose
+/// compiler_builtins version is 1.5 KB of firmware code; the window slides
+/// rarely, and then rebuilds both caches, so the extra calls cost nothing.
+fn move_to_front(v: &mut [u8], from: usize, end: usize) {
+    let n = end - from;
+    let mut done = 0;
+    while from > 0 && done < n {
+        let chunk = from.min(n - done);
+        let (front, back) = v.split_at_mut(from + done);
+        front[done..done + chunk].copy_from_slice(&back[..chunk]);
+        done += chunk;
+    }
+}
+
 impl<'a, 'm> Session<'a, 'm> {
     /// Lays the session out in `arena` and computes the logits of the first
     /// byte. `arena` needs `spec.arena_bytes(&model.config)` bytes.
@@ -351,9 +367,7 @@ impl<'a, 'm> Session<'a, 'm> {
             let drop = drops * step;
             // The window keeps bytes [drop, total) of old ++ new.
             let keep_old = self.len.saturating_sub(drop);
-            self.mem
-                .tokens
-                .copy_within(self.len - keep_old..self.len, 0);
+            move_to_front(self.mem.tokens, self.len - keep_old, self.len);
             let skip_new = drop.saturating_sub(self.len);
             let new = &bytes[skip_new..];
             self.mem.tokens[keep_old..keep_old + new.len()].copy_from_slice(new);
@@ -376,7 +390,7 @@ impl<'a, 'm> Session<'a, 'm> {
 
     fn slide_window(&mut self) -> Result<(), RuntimeError> {
         let drop = self.slide * self.patch;
-        self.mem.tokens.copy_within(drop..self.len, 0);
+        move_to_front(self.mem.tokens, drop, self.len);
         self.len -= drop;
         self.rebuild()
     }

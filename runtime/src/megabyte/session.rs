@@ -649,3 +649,23 @@ impl<'a, 'm> Session<'a, 'm> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The chunked move equals `copy_within` for every range of short buffers
+    /// (shorter and longer than the distance moved, and empty).
+    #[test]
+    fn move_to_front_is_copy_within() {
+        for len in 0..12u8 {
+            for from in 0..=len as usize {
+                for end in from..=len as usize {
+                    let mut want: [u8; 12] = core::array::from_fn(|i| i as u8);
+                    let mut got = want;
+                    want[..len as usize].copy_within(from..end, 0);
+                    super::move_to_front(&mut got[..len as usize], from, end);
+                    assert_eq!(got, want, "len {len} from {from} end {end}");
+                }
+            }
+        }
+    }
+}

@@ -25,11 +25,13 @@ pub enum Start {
         data: DataSource,
     },
     /// BiGS on `objective`; `init` names a run (pretrained with `--objective
-    /// mlm`) whose encoder weights it starts from.
+    /// mlm`) whose encoder weights it starts from; a classifier without one
+    /// pretrains on its own texts first for `pretrain_fraction` of the run.
     Bigs {
         config: BigsConfig,
         objective: Objective,
         init: Option<PathBuf>,
+        pretrain_fraction: f64,
     },
 }
 
@@ -49,13 +51,28 @@ pub fn start(
             config,
             objective,
             init,
-        } => bigs_job::start(dir, config, opts, objective, init.as_deref(), quiet, device),
+            pretrain_fraction,
+        } => bigs_job::start(
+            dir,
+            config,
+            opts,
+            objective,
+            init.as_deref(),
+            pretrain_fraction,
+            quiet,
+            device,
+        ),
     }
 }
 
 /// Continues the run in `dir` from its last checkpoint (either family, on
 /// either device: checkpoints are device-independent f32 tensors).
 pub fn resume(dir: &Path, quiet: bool, device: Device) -> Result<TrainReport> {
+    // A BiGS classifier still in its pretraining phase has no checkpoint of
+    // its own yet: its job continues that phase, then fine-tunes.
+    if bigs_job::in_pretraining(dir) {
+        return bigs_job::resume_pretraining(dir, quiet, device);
+    }
     let (run, ckpt) = RunDir::resume(dir)?;
     let opts = TrainOptions::read(run.config())?;
     // config.txt is a file anyone can edit: its values pass the same checks

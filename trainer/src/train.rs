@@ -232,9 +232,8 @@ pub(crate) fn ensure_new(dir: &Path) -> Result<()> {
 }
 
 /// The data source a run's `config.txt` names.
-pub(crate) fn stored_data(run: &RunDir) -> Result<DataSource> {
-    let data: String = run
-        .config()
+pub(crate) fn stored_data_of(c: &RunConfig) -> Result<DataSource> {
+    let data: String = c
         .get("data")?
         .context("config.txt has no train.data entry")?;
     Ok(match data.strip_prefix("builtin:") {
@@ -247,13 +246,20 @@ pub(crate) fn stored_data(run: &RunDir) -> Result<DataSource> {
 /// the training data (BiGS classification: of each table, by file key).
 pub(crate) const DATA_FINGERPRINT: &str = "data_fingerprint";
 
-/// Refuses to resume on data that is not what the run started on. Runs
-/// from before fingerprints were kept have none to compare.
-pub(crate) fn check_fingerprint(run: &RunDir, key: &str, what: &str, found: &str) -> Result<()> {
-    match run.config().get::<String>(key)? {
+/// Refuses to resume on data that is not what the run started on (the run
+/// in `dir`, whose config is `c`). Runs from before fingerprints were kept
+/// have none to compare.
+pub(crate) fn check_fingerprint_of(
+    c: &RunConfig,
+    dir: &Path,
+    key: &str,
+    what: &str,
+    found: &str,
+) -> Result<()> {
+    match c.get::<String>(key)? {
         Some(recorded) if recorded != found => bail!(
             "{}: the training data changed since the run started ({what} now has {found}; the run recorded {recorded}): restore it, or start a new run",
-            run.path().display()
+            dir.display()
         ),
         _ => Ok(()),
     }
@@ -262,10 +268,16 @@ pub(crate) fn check_fingerprint(run: &RunDir, key: &str, what: &str, found: &str
 /// The split of the data a run's config.txt names, checked against the
 /// fingerprint it recorded.
 pub(crate) fn stored_split(run: &RunDir, val_fraction: f64) -> Result<Split> {
-    let data = stored_data(run)?;
+    stored_split_of(run.config(), run.path(), val_fraction)
+}
+
+/// [`stored_split`] for the config `c` of the run in `dir`.
+pub(crate) fn stored_split_of(c: &RunConfig, dir: &Path, val_fraction: f64) -> Result<Split> {
+    let data = stored_data_of(c)?;
     let split = data.split(val_fraction)?;
-    check_fingerprint(
-        run,
+    check_fingerprint_of(
+        c,
+        dir,
         DATA_FINGERPRINT,
         &data.describe().replace('\n', " "),
         &split.fingerprint(),

@@ -218,3 +218,165 @@ fn pretrain_finetune_resume_export_and_run() {
     assert!(e.contains("bad.tsv: line 3"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Spawns `kilobyte args` and kills it once `run` has a checkpoint at step
+/// `at` or later (it must not finish first).
+fn kill_at(args: &[&str], dir: &Path, run: &Path, at: u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kilobyte"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if state_step(run).is_some_and(|s| s >= at) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+fn same_weights(a: &Path, b: &Path) {
+    let load = |p: &Path| kilobyte_trainer::checkpoint::load_params(p).unwrap().0;
+    let (a, b) = (load(a), load(b));
+    assert_eq!(a.config, b.config);
+    for (x, y) in a.params.iter().zip(&b.params) {
+        assert!(
+            x.data
+                .iter()
+                .zip(&y.data)
+                .all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{} differs after kill and resume",
+            x.name
+        );
+    }
+}
+
+/// The one-command recipe: masked-byte pretraining on the training table's
+/// texts (in RUN/pretrain), then fine-tuning from it (in RUN). Killed in
+/// the pretraining and again in the fine-tuning, each time resumed with
+/// `--resume RUN`, it ends bit for bit where a straight run ends; the
+/// classifier exports and evaluates as any other.
+#[test]
+fn classify_pretrains_first_and_resumes_in_either_phase() {
+    let dir = temp_dir("recipe");
+    write_tables(&dir);
+    let args = |run: &'static str| {
+        let mut a = classify_args(run, "160");
+        a.extend(["--pretrain-fraction", "0.5"]);
+        a
+    };
+    ok(&args("straight"), &dir);
+    let straight = dir.join("straight");
+    assert_eq!(state_step(&straight.join("pretrain")), Some(80));
+    assert_eq!(state_step(&straight), Some(80));
+    // The pretraining text is the training table's text column, no dev text.
+    let text = std::fs::read_to_string(straight.join("pretrain.txt")).unwrap();
+    assert_eq!(text.lines().count(), 400);
+    assert!(text.starts_with("the film was great 0\nthe plot was bad 1\n"));
+    assert!(!text.contains('\t'));
+    let config = std::fs::read_to_string(straight.join("config.txt")).unwrap();
+    assert!(
+        config.contains("train.pretrain_fraction = 0.5\n"),
+        "{config}"
+    );
+    assert!(config.contains("train.steps = 80\n"), "{config}");
+    // Both phases log: masked-byte bpb below, dev accuracy on top.
+    let log = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap();
+    assert!(log(&straight.join("pretrain")).contains("val_bpb"));
+    assert!(log(&straight).contains("val_accuracy"));
+
+    let killed = dir.join("killed");
+    kill_at(&args("killed"), &dir, &killed.join("pretrain"), 10);
+    assert!(state_step(&killed.join("pretrain")).unwrap() < 80);
+    assert_eq!(state_step(&killed), None, "killed in the pretraining");
+    // A new run there is refused: it holds a run to resume.
+    let e = fails(&args("killed"), &dir);
+    assert!(
+        e.contains("pretraining phase") && e.contains("--resume"),
+        "{e}"
+    );
+    let resume = ["train", "--resume", "killed", "--quiet"];
+    kill_at(&resume, &dir, &killed, 10);
+    assert_eq!(state_step(&killed.join("pretrain")), Some(80));
+    assert!(
+        state_step(&killed).unwrap() < 80,
+        "killed in the fine-tuning"
+    );
+    ok(&resume, &dir);
+    assert_eq!(state_step(&killed), Some(80));
+    for f in ["pretrain/model.safetensors", "model.safetensors"] {
+        same_weights(&straight.join(f), &killed.join(f));
+    }
+
+    ok(
+        &["export", "straight", "--dtype", "f32", "-o", "c.kbm"],
+        &dir,
+    );
+    let kbm = ok(&["eval", "c.kbm", "--dev", "dev.tsv"], &dir);
+    let run = ok(&["eval", "straight", "--dev", "dev.tsv"], &dir);
+    assert_eq!(kbm.split(" on ").next(), run.split(" on ").next());
+    // It kept the masked-byte head of its pretraining.
+    assert_eq!(ok(&["fill", "c.kbm", "the f_lm"], &dir).trim_end().len(), 8);
+
+    let mut e = args("bad");
+    e.extend(["--init", "straight"]);
+    assert!(fails(&e, &dir).contains("--init"));
+    let mut e = classify_args("bad", "10");
+    e.extend(["--pretrain-fraction", "1"]);
+    assert!(fails(&e, &dir).contains("[0, 1)"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--pretrain-fraction 0` is the classifier from scratch, as before the
+/// recipe: no pretraining directory or text, a classification head alone,
+/// all steps fine-tuning; the default pretrains 30% of the steps, and
+/// `--init` turns the built-in pretraining off.
+#[test]
+fn pretrain_fraction_0_trains_from_scratch() {
+    let dir = temp_dir("fraction0");
+    write_tables(&dir);
+    let mut scratch = classify_args("scratch", "20");
+    scratch.extend(["--pretrain-fraction", "0"]);
+    ok(&scratch, &dir);
+    let run = dir.join("scratch");
+    assert!(!run.join("pretrain").exists() && !run.join("pretrain.txt").exists());
+    assert_eq!(state_step(&run), Some(20));
+    let config = std::fs::read_to_string(run.join("config.txt")).unwrap();
+    assert!(!config.contains("pretrain") && config.contains("train.steps = 20\n"));
+    ok(
+        &["export", "scratch", "--dtype", "f32", "-o", "s.kbm"],
+        &dir,
+    );
+    assert!(fails(&["fill", "s.kbm", "the f_lm"], &dir).contains("masked-byte"));
+    // Twice the same: the from-scratch path is deterministic.
+    ok(
+        &{
+            let mut a = classify_args("again", "20");
+            a.extend(["--pretrain-fraction", "0"]);
+            a
+        },
+        &dir,
+    );
+    same_weights(
+        &run.join("model.safetensors"),
+        &dir.join("again/model.safetensors"),
+    );
+
+    ok(&classify_args("default", "20"), &dir);
+    assert_eq!(state_step(&dir.join("default/pretrain")), Some(6));
+    assert_eq!(state_step(&dir.join("default")), Some(14));
+    let mut init = classify_args("init", "20");
+    init.extend(["--init", "default/pretrain"]);
+    ok(&init, &dir);
+    assert!(!dir.join("init/pretrain").exists());
+    assert_eq!(state_step(&dir.join("init")), Some(20));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -16,7 +16,8 @@ use super::model::{BigsBatch, BigsModel, Task, Workspace};
 use crate::backend::Backend;
 use crate::backend::{CpuBackend, Device};
 use crate::checkpoint::{
-    load_best, load_params, Checkpoint, RunConfig, RunDir, TrainState, MODEL_FILE,
+    load_best, load_params, read_config, Checkpoint, RunConfig, RunDir, TrainState, CONFIG_FILE,
+    MODEL_FILE,
 };
 use crate::data::tsv::{model_text, read_labeled, Column, LabeledSet};
 use crate::data::{Sampler, Subset, ValBatches};
@@ -80,18 +81,56 @@ pub(crate) struct BigsJob<B: Backend> {
     eval_windows: usize,
 }
 
+/// Where a classification run that pretrains keeps its pretraining: a
+/// masked-byte run of its own in this subdirectory of the run.
+pub const PRETRAIN_DIR: &str = "pretrain";
+/// The pretraining text, in the run's directory: the training table's text
+/// column, one text per line (never the dev table's).
+pub const PRETRAIN_TEXT: &str = "pretrain.txt";
+/// The share of a classification run's time budget (or of its steps, with
+/// no budget) that goes to masked-byte pretraining when neither
+/// `--pretrain-fraction` nor `--init` says otherwise.
+pub const DEFAULT_PRETRAIN_FRACTION: f64 = 0.3;
+/// The longest pretraining window: task texts are mostly short, and a
+/// window much longer than them costs steps without teaching more.
+const PRETRAIN_SEQ: usize = 128;
+/// The config.txt entry of a run that pretrains first.
+const PRETRAIN_FRACTION_KEY: &str = "pretrain_fraction";
+
 /// Starts a new BiGS run in `dir`. `init` names a run (pretrained with
 /// `--objective mlm`) whose encoder weights a classifier starts from.
+///
+/// A classifier with `pretrain_fraction` > 0 (and no `init`) first
+/// pretrains on masked bytes of its training table's texts, as a run of its
+/// own in `dir/pretrain` with that share of the steps and of the time
+/// budget, then fine-tunes from those weights with the rest; `dir`'s own
+/// config.txt is the fine-tuning's (its steps and budget are that phase's).
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     dir: &Path,
     config: BigsConfig,
     opts: TrainOptions,
     objective: Objective,
     init: Option<&Path>,
+    pretrain_fraction: f64,
     quiet: bool,
     device: Device,
 ) -> Result<TrainReport> {
     opts.check_common()?;
+    ensure!(
+        (0.0..1.0).contains(&pretrain_fraction),
+        "--pretrain-fraction {pretrain_fraction}: must be in [0, 1)"
+    );
+    if pretrain_fraction > 0.0 {
+        ensure!(
+            init.is_none(),
+            "--pretrain-fraction with --init: a classifier starts either from a run or from its own pretraining"
+        );
+        let Objective::Classify(files) = &objective else {
+            bail!("--pretrain-fraction: only --objective classify pretrains first");
+        };
+        return start_with_pretraining(dir, config, opts, files, pretrain_fraction, quiet, device);
+    }
     train::ensure_new(dir)?;
     let (params, run_config) = match &objective {
         Objective::Mlm(data) => {
@@ -122,14 +161,6 @@ pub fn start(
             (params, rc)
         }
         Objective::Classify(files) => {
-            let train_set = read_labeled(&files.train, &files.text_column, &files.label_column)?;
-            let labels = train_set.label_names();
-            ensure!(
-                labels.len() >= 2,
-                "{}: a classifier needs at least 2 labels, found {}",
-                files.train.display(),
-                labels.len()
-            );
             let base = match init {
                 Some(init) => Some(init_params(init)?),
                 None => None,
@@ -141,34 +172,11 @@ pub fn start(
                 },
                 None => config,
             };
-            let heads = match &base {
-                Some(b) if matches!(b.config, ModelConfig::Bigs(c) if c.has_mlm_head()) => {
-                    BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY
-                }
-                _ => BIGS_HEAD_CLASSIFY,
-            };
-            let config = BigsConfig {
-                heads,
-                n_classes: labels.len() as u32,
-                ..encoder
-            };
-            let mut params = ParamSet::init(ModelConfig::Bigs(config), opts.seed)?;
-            params.labels = labels;
+            let mlm_head = matches!(&base, Some(b) if matches!(b.config, ModelConfig::Bigs(c) if c.has_mlm_head()));
+            let (mut params, mut rc) = classifier(files, encoder, mlm_head, &opts)?;
             if let Some(b) = &base {
                 copy_encoder(&mut params, b)?;
             }
-            let mut rc = opts
-                .write(RunConfig::new(ModelConfig::Bigs(config)))
-                .with("objective", "classify")
-                .with("train_file", absolute(&files.train)?.display())
-                .with("dev_file", absolute(&files.dev)?.display())
-                .with(
-                    &fingerprint_key("train_file"),
-                    table_fingerprint(&files.train)?,
-                )
-                .with(&fingerprint_key("dev_file"), table_fingerprint(&files.dev)?)
-                .with("text_column", column_text(&files.text_column))
-                .with("label_column", column_text(&files.label_column));
             if let Some(init) = init {
                 rc = rc.with("init", init.display());
             }
@@ -181,6 +189,267 @@ pub fn start(
         let opt = train::optimizer(be, &opts, &params)?;
         train::train_loop(be, run, job, opt, TrainState::default(), opts, quiet)
     })
+}
+
+/// A new classifier over `encoder` (with a masked-byte head too if
+/// `mlm_head`) for the labels of `files.train`, and its run config.
+fn classifier(
+    files: &LabelledFiles,
+    encoder: BigsConfig,
+    mlm_head: bool,
+    opts: &TrainOptions,
+) -> Result<(ParamSet, RunConfig)> {
+    let train_set = read_labeled(&files.train, &files.text_column, &files.label_column)?;
+    let labels = train_set.label_names();
+    ensure!(
+        labels.len() >= 2,
+        "{}: a classifier needs at least 2 labels, found {}",
+        files.train.display(),
+        labels.len()
+    );
+    let heads = if mlm_head {
+        BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY
+    } else {
+        BIGS_HEAD_CLASSIFY
+    };
+    let config = BigsConfig {
+        heads,
+        n_classes: labels.len() as u32,
+        ..encoder
+    };
+    let mut params = ParamSet::init(ModelConfig::Bigs(config), opts.seed)?;
+    params.labels = labels;
+    let rc = opts
+        .write(RunConfig::new(ModelConfig::Bigs(config)))
+        .with("objective", "classify")
+        .with("train_file", absolute(&files.train)?.display())
+        .with("dev_file", absolute(&files.dev)?.display())
+        .with(
+            &fingerprint_key("train_file"),
+            table_fingerprint(&files.train)?,
+        )
+        .with(&fingerprint_key("dev_file"), table_fingerprint(&files.dev)?)
+        .with("text_column", column_text(&files.text_column))
+        .with("label_column", column_text(&files.label_column));
+    Ok((params, rc))
+}
+
+/// The options of the two phases of a run that pretrains for `fraction`
+/// of `opts`'s steps and time budget: (pretraining, fine-tuning). Each
+/// phase's schedule warms up and anneals within its own share. The
+/// pretraining window is at most [`PRETRAIN_SEQ`], T_max, `--seq`, and the
+/// validation part of `text_len` bytes of text (a small table still has a
+/// window to validate on).
+fn phase_options(
+    opts: &TrainOptions,
+    fraction: f64,
+    max_seq: usize,
+    text_len: usize,
+) -> Result<(TrainOptions, TrainOptions)> {
+    ensure!(
+        opts.steps >= 2,
+        "--steps {}: a run that pretrains first needs at least 2 (one per phase)",
+        opts.steps
+    );
+    let pre_steps = ((opts.steps as f64 * fraction).round() as u64).clamp(1, opts.steps - 1);
+    let pre = TrainOptions {
+        steps: pre_steps,
+        seq: opts
+            .seq
+            .min(PRETRAIN_SEQ)
+            .min(max_seq)
+            .min(match (text_len as f64 * opts.val_fraction) as usize {
+                0 => usize::MAX,
+                val => val,
+            })
+            .max(1),
+        time_limit_s: opts.time_limit_s.map(|t| t * fraction),
+        ..opts.clone()
+    };
+    let fine = TrainOptions {
+        steps: opts.steps - pre_steps,
+        time_limit_s: opts.time_limit_s.map(|t| t * (1.0 - fraction)),
+        ..opts.clone()
+    };
+    Ok((pre, fine))
+}
+
+/// [`start`] of a classifier that pretrains first.
+fn start_with_pretraining(
+    dir: &Path,
+    config: BigsConfig,
+    opts: TrainOptions,
+    files: &LabelledFiles,
+    fraction: f64,
+    quiet: bool,
+    device: Device,
+) -> Result<TrainReport> {
+    let pre_dir = dir.join(PRETRAIN_DIR);
+    if Checkpoint::exists(&pre_dir) {
+        bail!(
+            "{} already holds a run in its pretraining phase: use --resume {} to continue it, or another directory",
+            dir.display(),
+            dir.display()
+        );
+    }
+    train::ensure_new(dir)?;
+    // Both tables are read (and any error in them named) before any
+    // training, as a run without pretraining does.
+    let train_set = read_labeled(&files.train, &files.text_column, &files.label_column)?;
+    let dev_set = read_labeled(&files.dev, &files.text_column, &files.label_column)?;
+    let mut text = Vec::new();
+    for e in train_set.examples.iter().filter(|e| !e.text.is_empty()) {
+        text.extend_from_slice(&e.text);
+        text.push(b'\n');
+    }
+    let max_seq = config.max_seq as usize;
+    let (pre_opts, fine_opts) = phase_options(&opts, fraction, max_seq, text.len())?;
+    let (params, rc) = classifier(files, config, true, &fine_opts)?;
+    examples(&dev_set, &params.labels, max_seq)?;
+    let rc = rc
+        .with(PRETRAIN_FRACTION_KEY, fraction)
+        .with("init", absolute(&pre_dir)?.display());
+    let run = RunDir::create(dir, rc)?;
+    let text_path = absolute(&dir.join(PRETRAIN_TEXT))?;
+    kilobyte_format::write_atomic(&text_path, &text)
+        .with_context(|| format!("{}", text_path.display()))?;
+    let pre_config = BigsConfig {
+        heads: BIGS_HEAD_MLM,
+        n_classes: 0,
+        ..config
+    };
+    let source = Objective::Mlm(DataSource::Paths(vec![text_path]));
+    if !quiet {
+        eprintln!(
+            "pretraining: masked bytes of the {} texts of {} in {}",
+            train_set.examples.len(),
+            files.train.display(),
+            pre_dir.display()
+        );
+    }
+    let report = start(
+        &pre_dir, pre_config, pre_opts, source, None, 0.0, quiet, device,
+    )?;
+    finish_pretrained(run, params, fine_opts, report, quiet, device)
+}
+
+/// The fine-tuning phase of a run that pretrained (unless the pretraining
+/// was interrupted: then its report, and the run resumes from it).
+fn finish_pretrained(
+    run: RunDir,
+    mut params: ParamSet,
+    opts: TrainOptions,
+    pretraining: TrainReport,
+    quiet: bool,
+    device: Device,
+) -> Result<TrainReport> {
+    let dir = run.path().to_path_buf();
+    if pretraining.interrupted {
+        if !quiet {
+            eprintln!(
+                "the run continues (pretraining, then fine-tuning) with --resume {}",
+                dir.display()
+            );
+        }
+        return Ok(pretraining);
+    }
+    copy_encoder(&mut params, &init_params(&dir.join(PRETRAIN_DIR))?)?;
+    if !quiet {
+        eprintln!(
+            "pretraining done after {} steps in {:.1} s; fine-tuning in {}",
+            pretraining.steps,
+            pretraining.elapsed_s,
+            dir.display()
+        );
+    }
+    let objective = stored_objective(run.config(), run.path())?;
+    with_backend!(device, |be| {
+        let job = BigsJob::new(be, &params, &opts, &objective, &TrainState::default())?;
+        let opt = train::optimizer(be, &opts, &params)?;
+        train::train_loop(be, run, job, opt, TrainState::default(), opts, quiet)
+    })
+}
+
+/// Whether `dir` is a classification run still in its pretraining phase
+/// (it pretrains first and has no checkpoint of its own yet).
+pub fn in_pretraining(dir: &Path) -> bool {
+    !Checkpoint::exists(dir)
+        && read_config(dir).is_ok_and(|c| c.train.contains_key(PRETRAIN_FRACTION_KEY))
+}
+
+/// Continues a run that [`in_pretraining`] says is pretraining: the rest of
+/// its pretraining (from its last checkpoint, or from the start if it
+/// reached none), then the fine-tuning.
+pub fn resume_pretraining(dir: &Path, quiet: bool, device: Device) -> Result<TrainReport> {
+    let rc = read_config(dir)?;
+    let opts = TrainOptions::read(&rc)?;
+    opts.check_common()
+        .with_context(|| format!("{}", dir.join(CONFIG_FILE).display()))?;
+    let ModelConfig::Bigs(config) = rc.model else {
+        bail!("{}: not a BiGS run", dir.join(CONFIG_FILE).display());
+    };
+    let files = match stored_objective(&rc, dir)? {
+        Objective::Classify(files) => files,
+        Objective::Mlm(_) => bail!(
+            "{}: a masked-byte run does not pretrain first",
+            dir.join(CONFIG_FILE).display()
+        ),
+    };
+    // The same classifier as at the start: its labels come from the same
+    // (fingerprinted) training table, its initial weights from the seed.
+    let (params, _) = classifier(&files, config, true, &opts)?;
+    // Holds the lock; what a fine-tuning that reached no checkpoint left
+    // is removed, as for any run that never checkpointed.
+    let run = RunDir::create(dir, rc)?;
+    let pre_dir = dir.join(PRETRAIN_DIR);
+    let report = if Checkpoint::exists(&pre_dir) {
+        let (pre_run, ckpt) = RunDir::resume(&pre_dir)?;
+        let pre_opts = TrainOptions::read(pre_run.config())?;
+        pre_opts
+            .check_common()
+            .and_then(|()| {
+                crate::budget::check_here(&ckpt.params.config, pre_opts.batch, pre_opts.seq)
+            })
+            .with_context(|| format!("{}", pre_dir.join(CONFIG_FILE).display()))?;
+        let done = ckpt.state.step >= pre_opts.steps
+            || pre_opts
+                .time_limit_s
+                .is_some_and(|t| ckpt.state.elapsed_s >= t);
+        if done {
+            TrainReport {
+                steps: ckpt.state.step,
+                final_val: None,
+                best_score: ckpt.best.map(|b| b.val_loss),
+                elapsed_s: ckpt.state.elapsed_s,
+                bytes_per_s: ckpt.state.bytes_seen as f64 / ckpt.state.elapsed_s.max(1e-9),
+                interrupted: false,
+            }
+        } else {
+            with_backend!(device, |be| {
+                let opt = train::resumed_optimizer(be, &pre_dir, &ckpt, &pre_opts, quiet)?;
+                let job = BigsJob::resume(be, &pre_run, &ckpt, &pre_opts)?;
+                train::train_loop(be, pre_run, job, opt, ckpt.state, pre_opts, quiet)
+            })?
+        }
+    } else {
+        // Stopped before its first checkpoint: it starts again, as its own
+        // config.txt (written at the start) describes it.
+        let pre_rc = read_config(&pre_dir).with_context(|| {
+            format!(
+                "{}: the pretraining phase left no run to resume; start the run again",
+                dir.display()
+            )
+        })?;
+        let pre_opts = TrainOptions::read(&pre_rc)?;
+        let ModelConfig::Bigs(pre_config) = pre_rc.model else {
+            bail!("{}: not a BiGS run", pre_dir.join(CONFIG_FILE).display());
+        };
+        let source = stored_objective(&pre_rc, &pre_dir)?;
+        start(
+            &pre_dir, pre_config, pre_opts, source, None, 0.0, quiet, device,
+        )?
+    };
+    finish_pretrained(run, params, opts, report, quiet, device)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -344,46 +613,54 @@ impl<B: Backend> BigsJob<B> {
         ckpt: &Checkpoint,
         opts: &TrainOptions,
     ) -> Result<Self> {
-        let c = run.config();
-        let objective = match c.get::<String>("objective")?.as_deref() {
-            Some("mlm") => {
-                // Opens the data once here for the check, once for the job.
-                train::stored_split(run, opts.val_fraction)?;
-                Objective::Mlm(train::stored_data(run)?)
-            }
-            Some("classify") => {
-                let path = |k: &str| -> Result<PathBuf> {
-                    c.get::<String>(k)?
-                        .map(PathBuf::from)
-                        .with_context(|| format!("config.txt has no train.{k} entry"))
-                };
-                let col = |k: &str| -> Result<Column> {
-                    Ok(c.get::<String>(k)?
-                        .with_context(|| format!("config.txt has no train.{k} entry"))?
-                        .parse()
-                        .expect("infallible"))
-                };
-                for key in ["train_file", "dev_file"] {
-                    let file = path(key)?;
-                    train::check_fingerprint(
-                        run,
-                        &fingerprint_key(key),
-                        &file.display().to_string(),
-                        &table_fingerprint(&file)?,
-                    )?;
-                }
-                Objective::Classify(LabelledFiles {
-                    train: path("train_file")?,
-                    dev: path("dev_file")?,
-                    text_column: col("text_column")?,
-                    label_column: col("label_column")?,
-                })
-            }
-            Some(other) => bail!("config.txt: unknown BiGS objective {}", shown(other)),
-            None => bail!("config.txt has no train.objective entry"),
-        };
+        let objective = stored_objective(run.config(), run.path())?;
         BigsJob::new(be, &ckpt.params, opts, &objective, &ckpt.state)
     }
+}
+
+/// The objective a run's `config.txt` names, with its data checked
+/// against the fingerprints the run recorded.
+fn stored_objective(c: &RunConfig, dir: &Path) -> Result<Objective> {
+    let objective = match c.get::<String>("objective")?.as_deref() {
+        Some("mlm") => {
+            // Opens the data once here for the check, once for the job.
+            let val_fraction = TrainOptions::read(c)?.val_fraction;
+            train::stored_split_of(c, dir, val_fraction)?;
+            Objective::Mlm(train::stored_data_of(c)?)
+        }
+        Some("classify") => {
+            let path = |k: &str| -> Result<PathBuf> {
+                c.get::<String>(k)?
+                    .map(PathBuf::from)
+                    .with_context(|| format!("config.txt has no train.{k} entry"))
+            };
+            let col = |k: &str| -> Result<Column> {
+                Ok(c.get::<String>(k)?
+                    .with_context(|| format!("config.txt has no train.{k} entry"))?
+                    .parse()
+                    .expect("infallible"))
+            };
+            for key in ["train_file", "dev_file"] {
+                let file = path(key)?;
+                train::check_fingerprint_of(
+                    c,
+                    dir,
+                    &fingerprint_key(key),
+                    &file.display().to_string(),
+                    &table_fingerprint(&file)?,
+                )?;
+            }
+            Objective::Classify(LabelledFiles {
+                train: path("train_file")?,
+                dev: path("dev_file")?,
+                text_column: col("text_column")?,
+                label_column: col("label_column")?,
+            })
+        }
+        Some(other) => bail!("config.txt: unknown BiGS objective {}", shown(other)),
+        None => bail!("config.txt has no train.objective entry"),
+    };
+    Ok(objective)
 }
 
 /// The batches of one epoch, as indices into `train`.
@@ -561,4 +838,41 @@ pub fn evaluate_run_params(
     let mut ws = model.workspace(&be, 32, model.config.max_seq as usize)?;
     let (_, acc) = classify_eval(&be, &mut model, &mut ws, &examples, 32)?;
     Ok((acc, examples.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_phases_share_the_steps_and_the_budget() {
+        let opts = TrainOptions {
+            steps: 1000,
+            seq: 256,
+            time_limit_s: Some(600.0),
+            ..TrainOptions::default()
+        };
+        let (pre, fine) = phase_options(&opts, 0.3, 256, 1 << 20).unwrap();
+        assert_eq!((pre.steps, fine.steps), (300, 700));
+        assert_eq!(pre.time_limit_s, Some(180.0));
+        assert!((fine.time_limit_s.unwrap() - 420.0).abs() < 1e-9);
+        assert_eq!((pre.seq, fine.seq), (PRETRAIN_SEQ, 256));
+        assert_eq!(
+            (pre.lr, pre.warmup, pre.seed),
+            (opts.lr, opts.warmup, opts.seed)
+        );
+        // Without a budget only the steps are shared; every phase gets one.
+        let opts = TrainOptions {
+            steps: 2,
+            time_limit_s: None,
+            ..opts
+        };
+        let (pre, fine) = phase_options(&opts, 0.01, 256, 1 << 20).unwrap();
+        assert_eq!((pre.steps, fine.steps, pre.time_limit_s), (1, 1, None));
+        // A small table's window fits its validation bytes (10% of 79).
+        let (pre, _) = phase_options(&opts, 0.5, 256, 79).unwrap();
+        assert_eq!(pre.seq, 7);
+        let one = TrainOptions { steps: 1, ..opts };
+        assert!(phase_options(&one, 0.5, 256, 79).is_err());
+    }
 }

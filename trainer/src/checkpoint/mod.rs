@@ -65,8 +65,8 @@ mod tensors;
 pub use interrupt::{install_interrupt_handler, interrupt_signal, interrupt_status, interrupted};
 pub use metrics::{memorisation_warning, metrics_to_jsonl, parse_metrics, read_metrics, Metrics};
 pub use run::{
-    is_run, load_best, Best, Checkpoint, RunConfig, RunDir, SamplerState, TrainState, BEST_FILE,
-    CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+    is_run, load_best, read_config, Best, Checkpoint, RunConfig, RunDir, SamplerState, TrainState,
+    BEST_FILE, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
 pub use tensors::{
     load_optimizer, load_params, read_tensors, save_optimizer, save_params, write_tensors,

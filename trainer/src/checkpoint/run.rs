@@ -399,6 +399,11 @@ fn read_best(dir: &Path) -> Result<Option<Best>> {
     }
 }
 
+/// The `config.txt` of the run in `dir` (which need not have a checkpoint).
+pub fn read_config(dir: &Path) -> Result<RunConfig> {
+    load_config(dir)
+}
+
 /// Whether `dir` is a kilobyte run: our own config.txt is the proof.
 pub fn is_run(dir: &Path) -> bool {
     load_config(dir).is_ok()

@@ -67,9 +67,16 @@ pub struct TrainArgs {
     /// BiGS classify: the label column, by header name or 0-based index.
     #[arg(long, default_value = crate::data::tsv::DEFAULT_LABEL_COLUMN)]
     pub label_column: Column,
-    /// BiGS: start from this run's weights (e.g. an --objective mlm run).
+    /// BiGS: start from this run's weights (e.g. an --objective mlm run;
+    /// a classifier then skips its own pretraining).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// BiGS classify: the share of the time budget (of --steps without
+    /// --time-limit) spent first on masked-byte pretraining on the training
+    /// table's texts, in RUN/pretrain; the fine-tuning gets the rest. 0
+    /// trains the classifier from scratch. [default: 0.3, 0 with --init]
+    #[arg(long)]
+    pub pretrain_fraction: Option<f64>,
     /// Training files or directories (the last --val-fraction of the bytes validate).
     #[arg(long, num_args = 1..)]
     pub data: Vec<PathBuf>,
@@ -79,8 +86,10 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its last checkpoint (all settings come from it).
     #[arg(long, conflicts_with_all = ["data", "run"])]
     pub resume: Option<PathBuf>,
-    #[arg(long, default_value_t = 1000)]
-    pub steps: u64,
+    /// Optimizer steps [default: 1000; unbounded with --time-limit, which
+    /// then ends the run]
+    #[arg(long)]
+    pub steps: Option<u64>,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Bytes per training window (default: T_max, capped at 512; BiGS
@@ -167,7 +176,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("--run DIR is required (or --resume DIR)"))?;
         let model = a.model.config()?;
         let opts = TrainOptions {
-            steps: a.steps,
+            steps: a.steps.unwrap_or(if a.time_limit.is_some() {
+                u64::MAX
+            } else {
+                1000
+            }),
             batch: a.batch,
             seq: a.seq.unwrap_or((model.max_seq() as usize).min(512)),
             accum: a.accum,
@@ -206,14 +219,23 @@ pub fn run(a: TrainArgs) -> Result<()> {
                         })
                     }
                 };
+                let pretrain_fraction = match (a.pretrain_fraction, a.objective, &a.init) {
+                    (Some(f), _, _) => f,
+                    (None, Objective::Classify, None) => jobs::DEFAULT_PRETRAIN_FRACTION,
+                    (None, _, _) => 0.0,
+                };
                 let what = Start::Bigs {
                     config,
                     objective,
                     init: a.init.clone(),
+                    pretrain_fraction,
                 };
                 family::start(dir, what, opts, a.quiet, device)?
             }
             ModelConfig::Megabyte(config) => {
+                if a.pretrain_fraction.is_some() {
+                    bail!("--pretrain-fraction: only BiGS classifiers pretrain first");
+                }
                 if a.data.is_empty() {
                     bail!("--data PATH... is required: the files or directories to train on");
                 }

@@ -337,8 +337,8 @@ fn classify_pretrains_first_and_resumes_in_either_phase() {
 
 /// `--pretrain-fraction 0` is the classifier from scratch, as before the
 /// recipe: no pretraining directory or text, a classification head alone,
-/// all steps fine-tuning; the default pretrains 30% of the steps, and
-/// `--init` turns the built-in pretraining off.
+/// all steps fine-tuning; without the flag the default fraction applies,
+/// and `--init` turns the built-in pretraining off.
 #[test]
 fn pretrain_fraction_0_trains_from_scratch() {
     let dir = temp_dir("fraction0");
@@ -370,11 +370,21 @@ fn pretrain_fraction_0_trains_from_scratch() {
         &dir.join("again/model.safetensors"),
     );
 
+    // Without the flag: the default fraction.
     ok(&classify_args("default", "20"), &dir);
-    assert_eq!(state_step(&dir.join("default/pretrain")), Some(6));
-    assert_eq!(state_step(&dir.join("default")), Some(14));
+    let pre = (20.0 * kilobyte_trainer::bigs::jobs::DEFAULT_PRETRAIN_FRACTION).round() as u64;
+    if pre == 0 {
+        assert!(!dir.join("default/pretrain").exists());
+        same_weights(
+            &run.join("model.safetensors"),
+            &dir.join("default/model.safetensors"),
+        );
+    } else {
+        assert_eq!(state_step(&dir.join("default/pretrain")), Some(pre));
+    }
+    assert_eq!(state_step(&dir.join("default")), Some(20 - pre));
     let mut init = classify_args("init", "20");
-    init.extend(["--init", "default/pretrain"]);
+    init.extend(["--init", "scratch"]);
     ok(&init, &dir);
     assert!(!dir.join("init/pretrain").exists());
     assert_eq!(state_step(&dir.join("init")), Some(20));

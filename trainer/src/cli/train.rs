@@ -74,7 +74,8 @@ pub struct TrainArgs {
     /// BiGS classify: the share of the time budget (of --steps without
     /// --time-limit) spent first on masked-byte pretraining on the training
     /// table's texts, in RUN/pretrain; the fine-tuning gets the rest. 0
-    /// trains the classifier from scratch. [default: 0.3, 0 with --init]
+    /// trains the classifier from scratch (the default: at the budgets
+    /// measured so far pretraining lost; README) and --init skips it.
     #[arg(long)]
     pub pretrain_fraction: Option<f64>,
     /// Training files or directories (the last --val-fraction of the bytes validate).

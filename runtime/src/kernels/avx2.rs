@@ -59,6 +59,10 @@ trait QuantWeight {
     /// The 32 values as signed bytes, in element order.
     unsafe fn values(&self) -> __m256i;
     fn scale_bits(&self) -> [u8; 2];
+    /// Four rows of these blocks against one q8 input.
+    unsafe fn rows4(w: [&[Self]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4]
+    where
+        Self: Sized;
 }
 
 impl QuantWeight for BlockQ8 {
@@ -69,6 +73,10 @@ impl QuantWeight for BlockQ8 {
     }
     fn scale_bits(&self) -> [u8; 2] {
         self.d
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows4(w: [&[Self]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
+        q8_rows4(w, x)
     }
 }
 
@@ -86,6 +94,10 @@ impl QuantWeight for BlockQ4 {
     }
     fn scale_bits(&self) -> [u8; 2] {
         self.d
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows4(w: [&[Self]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
+        q4_rows4(w, x)
     }
 }
 
@@ -198,6 +210,171 @@ unsafe fn quant_tile<W: QuantWeight, const R: usize, const N: usize>(
     out
 }
 
+/// The scale bits of block `b` of four rows, as four f16 lanes of a u64.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_bits4<W: QuantWeight>(w: &[&[W]; 4], b: usize) -> i64 {
+    let bits = |r: usize| u16::from_le_bytes((*w[r].as_ptr().add(b)).scale_bits()) as u64;
+    (bits(0) | bits(1) << 16 | bits(2) << 32 | bits(3) << 48) as i64
+}
+
+/// An f16 scale repeated in four lanes of a u64.
+#[inline]
+fn repeat4(bits: [u8; 2]) -> i64 {
+    (u16::from_le_bytes(bits) as u64 * 0x0001_0001_0001_0001) as i64
+}
+
+/// Adds the eight lanes `[r0 r1 r2 r3 | r0 r1 r2 r3]` of `acc` pairwise:
+/// the four rows' sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows4(acc: __m256) -> [[f32; 1]; 4] {
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+    let mut out = [0.0f32; 4];
+    _mm_storeu_ps(out.as_mut_ptr(), s);
+    out.map(|v| [v])
+}
+
+/// The eight i32 lanes of four rows' block products reduced to
+/// `[r0 r1 r2 r3 | r0 r1 r2 r3]`: each 128-bit half holds the rows' sums of
+/// that half's lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn reduce_rows4(p: [__m256i; 4]) -> __m256i {
+    _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]))
+}
+
+/// Four q8 weight rows against one q8 input (the generation step). Each
+/// row's block product is the exact integer sum `block_dot` makes; the four
+/// rows' sums are gathered into one vector by `hadd`, so a block costs one
+/// conversion, one scale vector and one FMA for all four rows instead of
+/// one each.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_rows4(w: [&[BlockQ8]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
+    let blocks = shortest(&w, &[x]);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for b in 0..blocks {
+        let xb = &*x.as_ptr().add(b);
+        let xv = xb.values();
+        let p = core::array::from_fn(|r| {
+            let wb = w[r].as_ptr().add(b);
+            prefetch(wb);
+            let wv = (*wb).values();
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+            _mm256_madd_epi16(pairs, ones)
+        });
+        let dots = _mm256_cvtepi32_ps(reduce_rows4(p));
+        // [w0 w1 w2 w3 | x x x x] times its halves swapped: the scales,
+        // once in each half.
+        let s = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(xb.d), scale_bits4(&w, b)));
+        let s = _mm256_mul_ps(s, _mm256_permute2f128_ps::<1>(s, s));
+        acc[b % 2] = _mm256_fmadd_ps(dots, s, acc[b % 2]);
+    }
+    rows4(_mm256_add_ps(acc[0], acc[1]))
+}
+
+/// Four q4 weight rows against one q8 input, two blocks per step. The
+/// nibbles are used as they are stored, 0..=15 (unsigned, as `maddubs`
+/// wants them), and the offset of 8 comes off the integer sum once:
+/// `sum (u - 8) x = sum u x - 8 sum x`, exact as in `block_dot` (pairs of
+/// `u x` are within 2 * 15 * 127 and `8 x` within 2 * 8 * 127, so the i16
+/// sums below cannot overflow). Both blocks' low nibbles fill one register,
+/// [block b elements 0..16 | block b + 1 elements 0..16], and the high ones
+/// another, against the input rearranged the same way once for all rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_rows4(w: [&[BlockQ4]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
+    let blocks = shortest(&w, &[x]);
+    let ones = _mm256_set1_epi16(1);
+    let (nibble, eight) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(8));
+    let mut acc = _mm256_setzero_ps();
+    let mut b = 0;
+    while b + 2 <= blocks {
+        let (x0, x1) = (&*x.as_ptr().add(b), &*x.as_ptr().add(b + 1));
+        let (xv0, xv1) = (x0.values(), x1.values());
+        let x_low = _mm256_permute2x128_si256::<0x20>(xv0, xv1);
+        let x_high = _mm256_permute2x128_si256::<0x31>(xv0, xv1);
+        // 8 sum x per block, in every lane of its half.
+        let offset = _mm256_add_epi16(
+            _mm256_maddubs_epi16(eight, x_low),
+            _mm256_maddubs_epi16(eight, x_high),
+        );
+        let offset = _mm256_madd_epi16(offset, ones);
+        let offset = _mm256_hadd_epi32(offset, offset);
+        let offset = _mm256_hadd_epi32(offset, offset);
+        let p = core::array::from_fn(|r| {
+            let wb = w[r].as_ptr().add(b);
+            prefetch(wb);
+            let packed =
+                _mm256_loadu2_m128i((*wb.add(1)).qs.as_ptr().cast(), (*wb).qs.as_ptr().cast());
+            let low = _mm256_and_si256(packed, nibble);
+            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibble);
+            let pairs = _mm256_add_epi16(
+                _mm256_maddubs_epi16(low, x_low),
+                _mm256_maddubs_epi16(high, x_high),
+            );
+            _mm256_madd_epi16(pairs, ones)
+        });
+        // [r0 r1 r2 r3] of block b | the same of block b + 1.
+        let dots = _mm256_cvtepi32_ps(_mm256_sub_epi32(reduce_rows4(p), offset));
+        let ws = _mm256_cvtph_ps(_mm_set_epi64x(scale_bits4(&w, b + 1), scale_bits4(&w, b)));
+        let xs = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(x1.d), repeat4(x0.d)));
+        acc = _mm256_fmadd_ps(dots, _mm256_mul_ps(ws, xs), acc);
+        b += 2;
+    }
+    let mut out = rows4(acc);
+    if b < blocks {
+        // An odd last block.
+        let xb = &*x.as_ptr().add(b);
+        let (xv, xd) = (xb.values(), f16_bits_to_f32(xb.d));
+        for (o, w) in out.iter_mut().zip(&w) {
+            let wb = &*w.as_ptr().add(b);
+            let wv = wb.values();
+            let dot = block_dot(wv, _mm256_sign_epi8(wv, wv), xv);
+            o[0] += hsum(dot) * (f16_bits_to_f32(wb.d) * xd);
+        }
+    }
+    out
+}
+
+/// Four float weight rows against one input (the generation step): 16
+/// columns per step in two accumulators per row, so eight FMA chains hide
+/// the FMA latency, and one prefetch per row per step.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_rows4<W: FloatWeight>(w: [&[W]; 4], x: &[f32]) -> [[f32; 1]; 4] {
+    let cols = shortest(&w, &[x]);
+    let body = cols - cols % 16;
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut j = 0;
+    while j < body {
+        let xv = [
+            _mm256_loadu_ps(x.as_ptr().add(j)),
+            _mm256_loadu_ps(x.as_ptr().add(j + 8)),
+        ];
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            prefetch(w.as_ptr().wrapping_add(j));
+            let p = w.as_ptr().add(j);
+            acc[0] = _mm256_fmadd_ps(W::load8(p), xv[0], acc[0]);
+            acc[1] = _mm256_fmadd_ps(W::load8(p.add(8)), xv[1], acc[1]);
+        }
+        j += 16;
+    }
+    if j + 8 <= cols {
+        let xv = _mm256_loadu_ps(x.as_ptr().add(j));
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            acc[0] = _mm256_fmadd_ps(W::load8(w.as_ptr().add(j)), xv, acc[0]);
+        }
+        j += 8;
+    }
+    let mut out = [[0.0; 1]; 4];
+    for ((out, acc), w) in out.iter_mut().zip(&acc).zip(&w) {
+        let tail = w[j..cols].iter().zip(&x[j..cols]);
+        out[0] =
+            hsum(_mm256_add_ps(acc[0], acc[1])) + tail.map(|(w, x)| w.to_f32() * x).sum::<f32>();
+    }
+    out
+}
+
 /// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn matmul(
@@ -240,8 +417,8 @@ unsafe fn float_matmul<W: FloatWeight>(
     let input = |i: usize| &x[i * cols..][..cols];
     let bytes = cols * 4;
     if n == 1 {
-        for_each_tile(rows, n, bytes, y, |r, i| {
-            float_tile::<W, 4, 1>(r.map(row), i.map(input))
+        for_each_tile(rows, n, bytes, y, |r, [i]| {
+            float_rows4::<W>(r.map(row), input(i))
         });
     } else {
         for_each_tile(rows, n, bytes, y, |r, i| {
@@ -263,9 +440,7 @@ unsafe fn quant_matmul<W: QuantWeight>(
     let input = |i: usize| &xq[i * blocks..][..blocks];
     let bytes = blocks * size_of::<BlockQ8>();
     if n == 1 {
-        for_each_tile(rows, n, bytes, y, |r, i| {
-            quant_tile::<W, 4, 1>(r.map(row), i.map(input))
-        });
+        for_each_tile(rows, n, bytes, y, |r, [i]| W::rows4(r.map(row), input(i)));
     } else {
         for_each_tile(rows, n, bytes, y, |r, i| {
             quant_tile::<W, 2, 4>(r.map(row), i.map(input))

@@ -129,6 +129,17 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
+/// The four horizontal sums of `v`, in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum4(v: [__m256; 4]) -> [f32; 4] {
+    let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+    let mut out = [0.0f32; 4];
+    _mm_storeu_ps(out.as_mut_ptr(), s);
+    out
+}
+
 /// The eight i32 sums of four adjacent products `w * x` of two blocks, as
 /// f32. `maddubs` multiplies unsigned by signed bytes, so `w`'s sign moves
 /// onto `x`: |w| (read as unsigned, so even -128 is right) times ±x. This is
@@ -366,11 +377,11 @@ unsafe fn float_rows4<W: FloatWeight>(w: [&[W]; 4], x: &[f32]) -> [[f32; 1]; 4] 
         }
         j += 8;
     }
+    let sums = hsum4(acc.map(|a| _mm256_add_ps(a[0], a[1])));
     let mut out = [[0.0; 1]; 4];
-    for ((out, acc), w) in out.iter_mut().zip(&acc).zip(&w) {
+    for ((out, sum), w) in out.iter_mut().zip(sums).zip(&w) {
         let tail = w[j..cols].iter().zip(&x[j..cols]);
-        out[0] =
-            hsum(_mm256_add_ps(acc[0], acc[1])) + tail.map(|(w, x)| w.to_f32() * x).sum::<f32>();
+        out[0] = sum + tail.map(|(w, x)| w.to_f32() * x).sum::<f32>();
     }
     out
 }
@@ -589,9 +600,35 @@ unsafe fn axpy_i8(alpha: f32, x: &[i8], y: &mut [f32]) {
 // ---------------------------------------------------------------------------
 // Attention steps; see `super::scalar::head_dots` for the contract.
 
+/// Four keys per step: four independent FMA chains against one load of
+/// `q`, and one horizontal reduction for the four scores.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn head_dots(q: &[f32], keys: &[f32], stride: usize, scores: &mut [f32]) {
-    for (i, s) in scores.iter_mut().enumerate() {
+    let hd = q.len();
+    let body = hd - hd % 8;
+    let n = scores.len();
+    // Rows i..i + 4 lie inside `keys`.
+    let fits = |i: usize| (i + 3).saturating_mul(stride).saturating_add(hd) <= keys.len();
+    let mut i = 0;
+    while i + 4 <= n && fits(i) {
+        let k: [*const f32; 4] = core::array::from_fn(|m| keys.as_ptr().add((i + m) * stride));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut j = 0;
+        while j < body {
+            let qv = _mm256_loadu_ps(q.as_ptr().add(j));
+            for (a, k) in acc.iter_mut().zip(&k) {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(k.add(j)), qv, *a);
+            }
+            j += 8;
+        }
+        for (m, sum) in hsum4(acc).into_iter().enumerate() {
+            let row = &keys[(i + m) * stride..][..hd];
+            let tail = row[body..].iter().zip(&q[body..]);
+            scores[i + m] = sum + tail.map(|(k, q)| k * q).sum::<f32>();
+        }
+        i += 4;
+    }
+    for (i, s) in scores.iter_mut().enumerate().skip(i) {
         *s = dot(q, &keys[i * stride..]);
     }
 }
@@ -603,11 +640,57 @@ pub(super) unsafe fn head_dots_i8(q: &[f32], keys: &[i8], stride: usize, scores:
     }
 }
 
+/// The same sums as `axpy` per position, in the same order (bit for bit),
+/// but with `out` held in registers 32 columns at a time while the
+/// positions stream past, instead of loaded and stored once per position.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn head_mix(p: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
-    out.fill(0.0);
+    let hd = out.len();
+    let fits = p
+        .len()
+        .saturating_sub(1)
+        .saturating_mul(stride)
+        .saturating_add(hd)
+        <= values.len();
+    if !fits {
+        out.fill(0.0);
+        for (i, &p) in p.iter().enumerate() {
+            axpy(p, &values[i * stride..], out);
+        }
+        return;
+    }
+    let v = values.as_ptr();
+    let mut c = 0;
+    while c + 32 <= hd {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (i, &p) in p.iter().enumerate() {
+            let (pv, row) = (_mm256_set1_ps(p), v.add(i * stride + c));
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8 * k)), *a);
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * k), *a);
+        }
+        c += 32;
+    }
+    while c + 8 <= hd {
+        let mut acc = _mm256_setzero_ps();
+        for (i, &p) in p.iter().enumerate() {
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(p),
+                _mm256_loadu_ps(v.add(i * stride + c)),
+                acc,
+            );
+        }
+        _mm256_storeu_ps(out.as_mut_ptr().add(c), acc);
+        c += 8;
+    }
+    out[c..].fill(0.0);
     for (i, &p) in p.iter().enumerate() {
-        axpy(p, &values[i * stride..], out);
+        for (o, x) in out[c..].iter_mut().zip(&values[i * stride + c..]) {
+            *o += p * x;
+        }
     }
 }
 

@@ -290,6 +290,73 @@ fn quantised_matvec_is_close_to_the_exact_product() {
     }
 }
 
+/// The integer block sums at their extremes, where an i16 intermediate of
+/// the SIMD kernels would overflow or saturate first: every weight at
+/// -128 or 127 (q8) or nibble 0 or 15 (q4), every input at ±127, scales 1,
+/// so every product is an exact integer in f32 and SIMD must equal scalar
+/// exactly. Row and block counts cover the four-row tiles' ragged edges and
+/// q4's odd last block.
+#[test]
+fn quantised_products_at_the_integer_extremes_are_exact() {
+    let one = f16::from_f32(1.0).to_le_bytes();
+    for blocks in [1, 2, 3, 5, 8] {
+        let cols = blocks * QK;
+        let x: Vec<f32> = (0..cols)
+            .map(|j| if (j / 3) % 2 == 0 { 127.0 } else { -127.0 })
+            .collect();
+        for rows in [1, 3, 4, 5, 9] {
+            for pattern in 0..4usize {
+                // Signs agreeing with x (largest sums), opposing it, or mixed.
+                let pick = |r: usize, j: usize| match pattern {
+                    0 => (j / 3) % 2 == 0,
+                    1 => (j / 3) % 2 != 0,
+                    2 => (r + j) % 2 == 0,
+                    _ => (r + j / 7) % 3 == 0,
+                };
+                let q8: Vec<BlockQ8> = (0..rows * blocks)
+                    .map(|k| BlockQ8 {
+                        d: one,
+                        qs: core::array::from_fn(|i| {
+                            if pick(k / blocks, (k % blocks) * QK + i) {
+                                127
+                            } else {
+                                -128
+                            }
+                        }),
+                    })
+                    .collect();
+                let q4: Vec<BlockQ4> = (0..rows * blocks)
+                    .map(|k| BlockQ4 {
+                        d: one,
+                        qs: core::array::from_fn(|i| {
+                            let j = (k % blocks) * QK + i;
+                            let nib = |j| if pick(k / blocks, j) { 15u8 } else { 0 };
+                            nib(j) | nib(j + 16) << 4
+                        }),
+                    })
+                    .collect();
+                for (dtype, w) in [("q8", Weights::Q8(&q8)), ("q4", Weights::Q4(&q4))] {
+                    let m = Matrix::new(w, rows, cols).unwrap();
+                    for n in [1, 2, 5] {
+                        let xs: Vec<f32> = x.iter().copied().cycle().take(n * cols).collect();
+                        let mut scratch = vec![
+                            BlockQ8 {
+                                d: [0; 2],
+                                qs: [0; QK]
+                            };
+                            scratch_blocks(cols, n)
+                        ];
+                        let (mut got, mut want) = (vec![0.0; n * rows], vec![0.0; n * rows]);
+                        matmul_on(Backend::best(), &m, &xs, &mut got, &mut scratch).unwrap();
+                        scalar::matmul(&m, &xs, &mut want, &mut scratch).unwrap();
+                        assert_eq!(got, want, "{dtype} {rows}x{cols} n={n} pattern {pattern}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn activation_quantisation_rounds_half_to_even_on_every_backend() {
     // amax 127 gives d = 1 exactly, so x.5 values are exact ties.
@@ -403,6 +470,11 @@ fn head_layouts() -> &'static [Heads] {
                 n_heads: 3,
                 head_dim: 64,
             },
+            // The SIMD head_mix's 32-, 8- and 1-column steps all at once.
+            Heads {
+                n_heads: 2,
+                head_dim: 45,
+            },
         ]
     }
 }
@@ -411,7 +483,8 @@ fn positions() -> &'static [usize] {
     if cfg!(miri) {
         &[1, 3]
     } else {
-        &[1, 2, 7, 33, 100]
+        // Around the four keys per step of the SIMD head_dots.
+        &[1, 2, 4, 5, 7, 33, 100]
     }
 }
 

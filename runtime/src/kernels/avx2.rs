@@ -264,8 +264,7 @@ unsafe fn reduce_rows4(p: [__m256i; 4]) -> __m256i {
 unsafe fn q8_rows4(w: [&[BlockQ8]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
     let blocks = shortest(&w, &[x]);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for b in 0..blocks {
+    let step = |b: usize, acc: __m256| {
         let xb = &*x.as_ptr().add(b);
         let xv = xb.values();
         let p = core::array::from_fn(|r| {
@@ -280,9 +279,20 @@ unsafe fn q8_rows4(w: [&[BlockQ8]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
         // once in each half.
         let s = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(xb.d), scale_bits4(&w, b)));
         let s = _mm256_mul_ps(s, _mm256_permute2f128_ps::<1>(s, s));
-        acc[b % 2] = _mm256_fmadd_ps(dots, s, acc[b % 2]);
+        _mm256_fmadd_ps(dots, s, acc)
+    };
+    // Two accumulators (even and odd blocks), kept in registers.
+    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut b = 0;
+    while b + 2 <= blocks {
+        even = step(b, even);
+        odd = step(b + 1, odd);
+        b += 2;
     }
-    rows4(_mm256_add_ps(acc[0], acc[1]))
+    if b < blocks {
+        even = step(b, even);
+    }
+    rows4(_mm256_add_ps(even, odd))
 }
 
 /// Four q4 weight rows against one q8 input, two blocks per step. The

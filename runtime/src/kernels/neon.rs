@@ -143,6 +143,41 @@ unsafe fn float_tile<W: FloatWeight, const R: usize, const N: usize>(
     out
 }
 
+/// Four float weight rows against one input (the generation step): 8
+/// columns per step in two accumulators per row, eight FMA chains.
+unsafe fn float_rows4<W: FloatWeight>(w: [&[W]; 4], x: &[f32]) -> [[f32; 1]; 4] {
+    let cols = shortest(&w, &[x]);
+    let body = cols - cols % 8;
+    let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
+    let mut j = 0;
+    while j < body {
+        let xv = [
+            vld1q_f32(x.as_ptr().add(j)),
+            vld1q_f32(x.as_ptr().add(j + 4)),
+        ];
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            let p = w.as_ptr().add(j);
+            acc[0] = vfmaq_f32(acc[0], W::load4(p), xv[0]);
+            acc[1] = vfmaq_f32(acc[1], W::load4(p.add(4)), xv[1]);
+        }
+        j += 8;
+    }
+    if j + 4 <= cols {
+        let xv = vld1q_f32(x.as_ptr().add(j));
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            acc[0] = vfmaq_f32(acc[0], W::load4(w.as_ptr().add(j)), xv);
+        }
+        j += 4;
+    }
+    let mut out = [[0.0; 1]; 4];
+    for ((out, acc), w) in out.iter_mut().zip(&acc).zip(&w) {
+        let tail = w[j..cols].iter().zip(&x[j..cols]);
+        out[0] =
+            vaddvq_f32(vaddq_f32(acc[0], acc[1])) + tail.map(|(w, x)| w.to_f32() * x).sum::<f32>();
+    }
+    out
+}
+
 /// The dot products of `R` quantised weight rows with `N` q8 inputs.
 unsafe fn quant_tile<W: QuantWeight, const R: usize, const N: usize>(
     w: [&[W]; R],
@@ -214,8 +249,8 @@ unsafe fn float_matmul<W: FloatWeight>(
     let input = |i: usize| &x[i * cols..][..cols];
     let bytes = cols * 4;
     if n == 1 {
-        for_each_tile(rows, n, bytes, y, |r, i| {
-            float_tile::<W, 4, 1>(r.map(row), i.map(input))
+        for_each_tile(rows, n, bytes, y, |r, [i]| {
+            float_rows4::<W>(r.map(row), input(i))
         });
     } else {
         for_each_tile(rows, n, bytes, y, |r, i| {
@@ -374,10 +409,52 @@ pub(super) unsafe fn head_dots_i8(q: &[f32], keys: &[i8], stride: usize, scores:
     }
 }
 
+/// The same sums as `axpy` per position, in the same order (bit for bit),
+/// with `out` held in registers 16 columns at a time while the positions
+/// stream past.
 pub(super) unsafe fn head_mix(p: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
-    out.fill(0.0);
+    let hd = out.len();
+    let fits = p
+        .len()
+        .saturating_sub(1)
+        .saturating_mul(stride)
+        .saturating_add(hd)
+        <= values.len();
+    if !fits {
+        out.fill(0.0);
+        for (i, &p) in p.iter().enumerate() {
+            axpy(p, &values[i * stride..], out);
+        }
+        return;
+    }
+    let v = values.as_ptr();
+    let mut c = 0;
+    while c + 16 <= hd {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for (i, &p) in p.iter().enumerate() {
+            let row = v.add(i * stride + c);
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = vfmaq_n_f32(*a, vld1q_f32(row.add(4 * k)), p);
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            vst1q_f32(out.as_mut_ptr().add(c + 4 * k), *a);
+        }
+        c += 16;
+    }
+    while c + 4 <= hd {
+        let mut acc = vdupq_n_f32(0.0);
+        for (i, &p) in p.iter().enumerate() {
+            acc = vfmaq_n_f32(acc, vld1q_f32(v.add(i * stride + c)), p);
+        }
+        vst1q_f32(out.as_mut_ptr().add(c), acc);
+        c += 4;
+    }
+    out[c..].fill(0.0);
     for (i, &p) in p.iter().enumerate() {
-        axpy(p, &values[i * stride..], out);
+        for (o, x) in out[c..].iter_mut().zip(&values[i * stride + c..]) {
+            *o += p * x;
+        }
     }
 }
 

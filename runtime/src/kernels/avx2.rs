@@ -59,8 +59,8 @@ trait QuantWeight {
     /// The 32 values as signed bytes, in element order.
     unsafe fn values(&self) -> __m256i;
     fn scale_bits(&self) -> [u8; 2];
-    /// Four rows of these blocks against one q8 input.
-    unsafe fn rows4(w: [&[Self]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4]
+    /// Four rows of these blocks against `N` q8 inputs.
+    unsafe fn rows4<const N: usize>(w: [&[Self]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4]
     where
         Self: Sized;
 }
@@ -75,7 +75,7 @@ impl QuantWeight for BlockQ8 {
         self.d
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rows4(w: [&[Self]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
+    unsafe fn rows4<const N: usize>(w: [&[Self]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
         q8_rows4(w, x)
     }
 }
@@ -96,7 +96,7 @@ impl QuantWeight for BlockQ4 {
         self.d
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rows4(w: [&[Self]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
+    unsafe fn rows4<const N: usize>(w: [&[Self]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
         q4_rows4(w, x)
     }
 }
@@ -186,41 +186,6 @@ unsafe fn float_tile<W: FloatWeight, const R: usize, const N: usize>(
     out
 }
 
-/// The dot products of `R` quantised weight rows with `N` q8 inputs.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quant_tile<W: QuantWeight, const R: usize, const N: usize>(
-    w: [&[W]; R],
-    x: [&[BlockQ8]; N],
-) -> [[f32; N]; R] {
-    let blocks = shortest(&w, &x);
-    let mut acc = [[_mm256_setzero_ps(); N]; R];
-    for b in 0..blocks {
-        let mut xv = [_mm256_setzero_si256(); N];
-        let mut xd = [0.0f32; N];
-        for ((v, d), x) in xv.iter_mut().zip(&mut xd).zip(&x) {
-            let block = &*x.as_ptr().add(b);
-            *v = block.values();
-            *d = f16_bits_to_f32(block.d);
-        }
-        for (acc, w) in acc.iter_mut().zip(&w) {
-            prefetch(w.as_ptr().wrapping_add(b));
-            let block = &*w.as_ptr().add(b);
-            let (wv, wd) = (block.values(), f16_bits_to_f32(block.scale_bits()));
-            let abs_w = _mm256_sign_epi8(wv, wv);
-            for ((a, v), d) in acc.iter_mut().zip(&xv).zip(&xd) {
-                *a = _mm256_fmadd_ps(block_dot(wv, abs_w, *v), _mm256_set1_ps(wd * d), *a);
-            }
-        }
-    }
-    let mut out = [[0.0; N]; R];
-    for (out, acc) in out.iter_mut().zip(&acc) {
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = hsum(*a);
-        }
-    }
-    out
-}
-
 /// The scale bits of block `b` of four rows, as four f16 lanes of a u64.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -239,11 +204,11 @@ fn repeat4(bits: [u8; 2]) -> i64 {
 /// the four rows' sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows4(acc: __m256) -> [[f32; 1]; 4] {
+unsafe fn rows4(acc: __m256) -> [f32; 4] {
     let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
     let mut out = [0.0f32; 4];
     _mm_storeu_ps(out.as_mut_ptr(), s);
-    out.map(|v| [v])
+    out
 }
 
 /// The eight i32 lanes of four rows' block products reduced to
@@ -261,38 +226,52 @@ unsafe fn reduce_rows4(p: [__m256i; 4]) -> __m256i {
 /// conversion, one scale vector and one FMA for all four rows instead of
 /// one each.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_rows4(w: [&[BlockQ8]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
-    let blocks = shortest(&w, &[x]);
+unsafe fn q8_rows4<const N: usize>(w: [&[BlockQ8]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
+    let blocks = shortest(&w, &x);
     let ones = _mm256_set1_epi16(1);
-    let step = |b: usize, acc: __m256| {
-        let xb = &*x.as_ptr().add(b);
-        let xv = xb.values();
-        let p = core::array::from_fn(|r| {
+    // Each input goes through the same operations whatever N is, so a
+    // batch (prefill) gives bit for bit the results of one input at a time.
+    let step = |b: usize, acc: &mut [__m256; N]| {
+        let wv: [__m256i; 4] = core::array::from_fn(|r| {
             let wb = w[r].as_ptr().add(b);
             prefetch(wb);
-            let wv = (*wb).values();
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-            _mm256_madd_epi16(pairs, ones)
+            (*wb).values()
         });
-        let dots = _mm256_cvtepi32_ps(reduce_rows4(p));
-        // [w0 w1 w2 w3 | x x x x] times its halves swapped: the scales,
-        // once in each half.
-        let s = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(xb.d), scale_bits4(&w, b)));
-        let s = _mm256_mul_ps(s, _mm256_permute2f128_ps::<1>(s, s));
-        _mm256_fmadd_ps(dots, s, acc)
+        let abs_w = wv.map(|v| _mm256_sign_epi8(v, v));
+        let w_bits = scale_bits4(&w, b);
+        for (a, x) in acc.iter_mut().zip(&x) {
+            let xb = &*x.as_ptr().add(b);
+            let xv = xb.values();
+            let p = core::array::from_fn(|r| {
+                let pairs = _mm256_maddubs_epi16(abs_w[r], _mm256_sign_epi8(xv, wv[r]));
+                _mm256_madd_epi16(pairs, ones)
+            });
+            let dots = _mm256_cvtepi32_ps(reduce_rows4(p));
+            // [w0 w1 w2 w3 | x x x x] times its halves swapped: the scales,
+            // once in each half.
+            let s = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(xb.d), w_bits));
+            let s = _mm256_mul_ps(s, _mm256_permute2f128_ps::<1>(s, s));
+            *a = _mm256_fmadd_ps(dots, s, *a);
+        }
     };
-    // Two accumulators (even and odd blocks), kept in registers.
-    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    // Two accumulators per input (even and odd blocks).
+    let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
     let mut b = 0;
     while b + 2 <= blocks {
-        even = step(b, even);
-        odd = step(b + 1, odd);
+        step(b, &mut even);
+        step(b + 1, &mut odd);
         b += 2;
     }
     if b < blocks {
-        even = step(b, even);
+        step(b, &mut even);
     }
-    rows4(_mm256_add_ps(even, odd))
+    let mut out = [[0.0; N]; 4];
+    for (i, (e, o)) in even.iter().zip(&odd).enumerate() {
+        for (r, v) in rows4(_mm256_add_ps(*e, *o)).into_iter().enumerate() {
+            out[r][i] = v;
+        }
+    }
+    out
 }
 
 /// Four q4 weight rows against one q8 input, two blocks per step. The
@@ -304,55 +283,71 @@ unsafe fn q8_rows4(w: [&[BlockQ8]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
 /// [block b elements 0..16 | block b + 1 elements 0..16], and the high ones
 /// another, against the input rearranged the same way once for all rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_rows4(w: [&[BlockQ4]; 4], x: &[BlockQ8]) -> [[f32; 1]; 4] {
-    let blocks = shortest(&w, &[x]);
+unsafe fn q4_rows4<const N: usize>(w: [&[BlockQ4]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
+    let blocks = shortest(&w, &x);
     let ones = _mm256_set1_epi16(1);
     let (nibble, eight) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(8));
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); N];
     let mut b = 0;
     while b + 2 <= blocks {
-        let (x0, x1) = (&*x.as_ptr().add(b), &*x.as_ptr().add(b + 1));
-        let (xv0, xv1) = (x0.values(), x1.values());
-        let x_low = _mm256_permute2x128_si256::<0x20>(xv0, xv1);
-        let x_high = _mm256_permute2x128_si256::<0x31>(xv0, xv1);
-        // 8 sum x per block, in every lane of its half.
-        let offset = _mm256_add_epi16(
-            _mm256_maddubs_epi16(eight, x_low),
-            _mm256_maddubs_epi16(eight, x_high),
-        );
-        let offset = _mm256_madd_epi16(offset, ones);
-        let offset = _mm256_hadd_epi32(offset, offset);
-        let offset = _mm256_hadd_epi32(offset, offset);
-        let p = core::array::from_fn(|r| {
+        let nibbles: [[__m256i; 2]; 4] = core::array::from_fn(|r| {
             let wb = w[r].as_ptr().add(b);
             prefetch(wb);
             let packed =
                 _mm256_loadu2_m128i((*wb.add(1)).qs.as_ptr().cast(), (*wb).qs.as_ptr().cast());
             let low = _mm256_and_si256(packed, nibble);
-            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibble);
-            let pairs = _mm256_add_epi16(
-                _mm256_maddubs_epi16(low, x_low),
-                _mm256_maddubs_epi16(high, x_high),
-            );
-            _mm256_madd_epi16(pairs, ones)
+            [
+                low,
+                _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibble),
+            ]
         });
-        // [r0 r1 r2 r3] of block b | the same of block b + 1.
-        let dots = _mm256_cvtepi32_ps(_mm256_sub_epi32(reduce_rows4(p), offset));
         let ws = _mm256_cvtph_ps(_mm_set_epi64x(scale_bits4(&w, b + 1), scale_bits4(&w, b)));
-        let xs = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(x1.d), repeat4(x0.d)));
-        acc = _mm256_fmadd_ps(dots, _mm256_mul_ps(ws, xs), acc);
+        // Each input goes through the same operations whatever N is (see
+        // q8_rows4).
+        for (a, x) in acc.iter_mut().zip(&x) {
+            let (x0, x1) = (&*x.as_ptr().add(b), &*x.as_ptr().add(b + 1));
+            let (xv0, xv1) = (x0.values(), x1.values());
+            let x_low = _mm256_permute2x128_si256::<0x20>(xv0, xv1);
+            let x_high = _mm256_permute2x128_si256::<0x31>(xv0, xv1);
+            // 8 sum x per block, in every lane of its half.
+            let offset = _mm256_add_epi16(
+                _mm256_maddubs_epi16(eight, x_low),
+                _mm256_maddubs_epi16(eight, x_high),
+            );
+            let offset = _mm256_madd_epi16(offset, ones);
+            let offset = _mm256_hadd_epi32(offset, offset);
+            let offset = _mm256_hadd_epi32(offset, offset);
+            let p = core::array::from_fn(|r| {
+                let [low, high] = nibbles[r];
+                let pairs = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(low, x_low),
+                    _mm256_maddubs_epi16(high, x_high),
+                );
+                _mm256_madd_epi16(pairs, ones)
+            });
+            // [r0 r1 r2 r3] of block b | the same of block b + 1.
+            let dots = _mm256_cvtepi32_ps(_mm256_sub_epi32(reduce_rows4(p), offset));
+            let xs = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(x1.d), repeat4(x0.d)));
+            *a = _mm256_fmadd_ps(dots, _mm256_mul_ps(ws, xs), *a);
+        }
         b += 2;
     }
-    let mut out = rows4(acc);
-    if b < blocks {
-        // An odd last block.
-        let xb = &*x.as_ptr().add(b);
-        let (xv, xd) = (xb.values(), f16_bits_to_f32(xb.d));
-        for (o, w) in out.iter_mut().zip(&w) {
-            let wb = &*w.as_ptr().add(b);
-            let wv = wb.values();
-            let dot = block_dot(wv, _mm256_sign_epi8(wv, wv), xv);
-            o[0] += hsum(dot) * (f16_bits_to_f32(wb.d) * xd);
+    let mut out = [[0.0; N]; 4];
+    for (i, (a, x)) in acc.iter().zip(&x).enumerate() {
+        let mut sums = rows4(*a);
+        if b < blocks {
+            // An odd last block.
+            let xb = &*x.as_ptr().add(b);
+            let (xv, xd) = (xb.values(), f16_bits_to_f32(xb.d));
+            for (o, w) in sums.iter_mut().zip(&w) {
+                let wb = &*w.as_ptr().add(b);
+                let wv = wb.values();
+                let dot = block_dot(wv, _mm256_sign_epi8(wv, wv), xv);
+                *o += hsum(dot) * (f16_bits_to_f32(wb.d) * xd);
+            }
+        }
+        for (r, v) in sums.into_iter().enumerate() {
+            out[r][i] = v;
         }
     }
     out
@@ -421,9 +416,11 @@ pub(super) unsafe fn matmul(
     }
 }
 
-// A single input gets four rows per tile, for four independent FMA chains;
-// a batch gets 2 rows x 4 inputs: 8 accumulators, and each weight vector
-// loaded feeds four FMAs.
+// Float weights: a single input gets four rows per tile (eight FMA chains,
+// `float_rows4`); a batch gets 2 rows x 4 inputs: 8 accumulators, and each
+// weight vector loaded feeds four FMAs. Quantised weights: four rows per
+// tile, one input or four (`q8_rows4`, `q4_rows4`), each input computed
+// exactly as alone, so prefill and byte-by-byte generation agree bit for bit.
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn float_matmul<W: FloatWeight>(
@@ -461,10 +458,12 @@ unsafe fn quant_matmul<W: QuantWeight>(
     let input = |i: usize| &xq[i * blocks..][..blocks];
     let bytes = blocks * size_of::<BlockQ8>();
     if n == 1 {
-        for_each_tile(rows, n, bytes, y, |r, [i]| W::rows4(r.map(row), input(i)));
+        for_each_tile(rows, n, bytes, y, |r, i| {
+            W::rows4::<1>(r.map(row), i.map(input))
+        });
     } else {
         for_each_tile(rows, n, bytes, y, |r, i| {
-            quant_tile::<W, 2, 4>(r.map(row), i.map(input))
+            W::rows4::<4>(r.map(row), i.map(input))
         });
     }
 }

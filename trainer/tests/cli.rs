@@ -336,3 +336,37 @@ fn device_choice_errors_are_one_line() {
     let err = fails(&args, &dir);
     assert!(err.contains("fp32"), "{err}");
 }
+
+/// A shape flag of the other family is refused before any work, naming the
+/// flag, rather than silently training the preset's shape.
+#[test]
+fn the_other_familys_shape_flags_are_errors() {
+    let dir = temp_dir("family-flags");
+    write_corpus(&dir);
+    let mut args = train_args("mb-run", "1");
+    args.extend(["--d-model", "32"]);
+    let err = fails(&args, &dir);
+    assert!(err.contains("--d-model is a BiGS shape flag"), "{err}");
+    assert!(err.contains("--model megabyte"), "{err}");
+    assert!(
+        !dir.join("mb-run").exists(),
+        "nothing written before the check"
+    );
+    let err = fails(
+        &[
+            "train",
+            "--model",
+            "bigs",
+            "--data",
+            "data.txt",
+            "--run",
+            "bigs-run",
+            "--d-local",
+            "64",
+        ],
+        &dir,
+    );
+    assert!(err.contains("--d-local is a MEGABYTE shape flag"), "{err}");
+    assert!(err.contains("--model bigs"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

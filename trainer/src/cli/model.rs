@@ -4,7 +4,7 @@
 //! them, once. Owns only the flags and how they apply to a preset: the
 //! presets themselves and the validation of a config are kilobyte-format's.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use kilobyte_format::config::NgramConfig;
 use kilobyte_format::{BigsConfig, MegabyteConfig, ModelConfig};
 
@@ -12,6 +12,16 @@ use kilobyte_format::{BigsConfig, MegabyteConfig, ModelConfig};
 pub enum Family {
     Megabyte,
     Bigs,
+}
+
+impl Family {
+    /// The value `--model` takes for this family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Megabyte => "megabyte",
+            Family::Bigs => "bigs",
+        }
+    }
 }
 
 /// The presets of MODELS.md.
@@ -65,7 +75,7 @@ pub struct ModelArgs {
 const MEGABYTE: &str = "MEGABYTE shape";
 const BIGS: &str = "BiGS shape";
 
-/// MEGABYTE's shape flags (a BiGS model ignores them).
+/// MEGABYTE's shape flags (an error with `--model bigs`).
 #[derive(clap::Args, Debug)]
 pub struct MegabyteShape {
     /// Bytes per patch P.
@@ -93,7 +103,7 @@ pub struct MegabyteShape {
     pub local_ngram: LocalNgramArgs,
 }
 
-/// BiGS's shape flags (a MEGABYTE model ignores them).
+/// BiGS's shape flags (an error with `--model megabyte`).
 #[derive(clap::Args, Debug)]
 pub struct BigsShape {
     /// BiGS width d.
@@ -122,10 +132,59 @@ fn set<const N: usize>(slots: [(&mut u32, Option<u32>); N]) {
     }
 }
 
+impl MegabyteShape {
+    /// The first flag given, by name.
+    fn first_given(&self) -> Option<&'static str> {
+        let l = &self.local_ngram;
+        first_given([
+            ("--patch-size", self.patch_size.is_some()),
+            ("--d-global", self.d_global.is_some()),
+            ("--layers-global", self.layers_global.is_some()),
+            ("--heads-global", self.heads_global.is_some()),
+            ("--d-local", self.d_local.is_some()),
+            ("--layers-local", self.layers_local.is_some()),
+            ("--heads-local", self.heads_local.is_some()),
+            ("--local-ngram-orders", l.local_ngram_orders.is_some()),
+            ("--local-ngram-buckets", l.local_ngram_buckets.is_some()),
+        ])
+    }
+}
+
+impl BigsShape {
+    /// The first flag given, by name.
+    fn first_given(&self) -> Option<&'static str> {
+        first_given([
+            ("--d-model", self.d_model.is_some()),
+            ("--d-expand", self.d_expand.is_some()),
+            ("--layers", self.layers.is_some()),
+            ("--modes", self.modes.is_some()),
+            ("--ssm-kernels", self.ssm_kernels.is_some()),
+        ])
+    }
+}
+
+fn first_given<const N: usize>(flags: [(&'static str, bool); N]) -> Option<&'static str> {
+    flags
+        .into_iter()
+        .find(|&(_, given)| given)
+        .map(|(name, _)| name)
+}
+
 impl ModelArgs {
     /// The preset of `--model` with the flags of that family applied,
-    /// validated.
+    /// validated. A shape flag of the other family is an error: silently
+    /// training a model other than the one asked for wastes a whole run.
     pub fn config(&self) -> Result<ModelConfig> {
+        let (other, flag) = match self.model {
+            Family::Megabyte => ("BiGS", self.bigs.first_given()),
+            Family::Bigs => ("MEGABYTE", self.megabyte.first_given()),
+        };
+        if let Some(flag) = flag {
+            bail!(
+                "{flag} is a {other} shape flag; --model {} has no such setting",
+                self.model.name()
+            );
+        }
         Ok(match self.model {
             Family::Megabyte => {
                 let mut c = self.preset.megabyte();

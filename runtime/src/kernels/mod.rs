@@ -103,6 +103,9 @@ impl fmt::Display for KernelError {
     }
 }
 
+// As for `RuntimeError`: callers can `?` it into their own error types.
+impl core::error::Error for KernelError {}
+
 fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
     if expected == actual {
         Ok(())

@@ -256,6 +256,21 @@ impl MegabyteConfig {
         self.patch_size as usize * self.d_global as usize
     }
 
+    /// Multiply-adds of the weight matrices per byte: the global model's
+    /// blocks and its projection to the local width once per patch, the
+    /// local model's blocks and its byte head once per byte. Attention over
+    /// the context comes on top (it depends on the context). Generation
+    /// (runtime) and training (trainer bench) count from this one formula.
+    pub fn matrix_macs_per_byte(&self) -> f64 {
+        let w = self.global_width() as f64;
+        let l = self.d_local as f64;
+        let p = self.patch_size as f64;
+        // A block: qkv 3, proj 1, fc 4, fc_proj 4 (widths squared).
+        let global = self.layers_global as f64 * 12.0 * w * w + p * self.d_global as f64 * l;
+        let local = self.layers_local as f64 * 12.0 * l * l + 256.0 * l;
+        global / p + local
+    }
+
     pub fn validate(&self) -> Result<(), FormatError> {
         let fields: [(&'static str, u32); 8] = [
             ("patch_size", self.patch_size),

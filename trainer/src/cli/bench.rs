@@ -209,10 +209,13 @@ fn bench_train(args: &TrainArgs) -> Result<()> {
     use crate::megabyte::MegabyteModel;
     use crate::optim::{AdamW, AdamWConfig, LrSchedule};
     let be = CpuBackend::<f32>::new();
+    let threads = rayon::current_num_threads();
+    let peak = super::roofline::fma_peak_gflops_threads(threads);
     println!("backend: {}", be.name());
+    println!("f32 FMA peak of {threads} threads at once: {peak:.1} GFLOP/s");
     println!(
-        "{:<6} {:>9} {:>6} {:>6} {:>12} {:>10}",
-        "preset", "params", "batch", "seq", "bytes/s", "s/step"
+        "{:<6} {:>9} {:>6} {:>6} {:>12} {:>10} {:>8} {:>8} {:>8}",
+        "preset", "params", "batch", "seq", "bytes/s", "s/step", "MFLOP/B", "GFLOP/s", "of peak"
     );
     for &preset in &args.presets {
         let name = preset.name();
@@ -244,16 +247,36 @@ fn bench_train(args: &TrainArgs) -> Result<()> {
         }
         let secs = t.elapsed().as_secs_f64() / args.steps as f64;
         let bps = (args.batch * seq) as f64 / secs;
+        let flops = train_flops_per_byte(&config, seq);
+        let gflops = flops * bps / 1e9;
         println!(
-            "{name:<6} {:>9} {:>6} {:>6} {:>12.0} {:>10.3}",
+            "{name:<6} {:>9} {:>6} {:>6} {:>12.0} {:>10.3} {:>8.2} {:>8.1} {:>7.1}%",
             config.param_count(),
             args.batch,
             seq,
             bps,
-            secs
+            secs,
+            flops / 1e6,
+            gflops,
+            100.0 * gflops / peak
         );
     }
     Ok(())
+}
+
+/// FLOPs of one training step per byte of a `seq`-byte window: the weight
+/// matrices' multiply-adds plus causal attention (each position against the
+/// ones before it and itself, scores and mix: 2 x width per key), times 6:
+/// 2 FLOPs per multiply-add, forward once and backward twice (the input's
+/// and the weight's gradients). Elementwise work, norms and the optimizer
+/// are not counted: the figure is the useful matrix work, as a peer's MFU.
+fn train_flops_per_byte(c: &MegabyteConfig, seq: usize) -> f64 {
+    let p = c.patch_size as f64;
+    let patches = seq as f64 / p;
+    let keys = |n: f64| (n + 1.0) / 2.0;
+    let global = c.layers_global as f64 * 2.0 * c.global_width() as f64 * keys(patches) / p;
+    let local = c.layers_local as f64 * 2.0 * c.d_local as f64 * keys(p);
+    6.0 * (c.matrix_macs_per_byte() + global + local)
 }
 
 struct Speeds {
@@ -414,4 +437,21 @@ fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ref4m's count by hand (P = 4, global width 256 in 4 layers, local
+    /// width 128 in 2): global blocks 4 x 12 x 256^2 plus the projection
+    /// 4 x 64 x 128 per patch, over 4 bytes: 794,624; local blocks 2 x 12 x
+    /// 128^2 plus the byte head 256 x 128: 425,984; attention at 1024 bytes
+    /// (256 patches): 4 x 2 x 256 x 128.5 / 4 = 65,792 and 2 x 2 x 128 x 2.5
+    /// = 1,280. Six FLOPs per multiply-add.
+    #[test]
+    fn ref4m_training_flops_match_a_hand_count() {
+        let macs = 794_624.0 + 425_984.0 + 65_792.0 + 1_280.0;
+        assert_eq!(train_flops_per_byte(&REF4M, 1024), 6.0 * macs);
+    }
 }

@@ -271,12 +271,34 @@ unsafe fn sum_avx2<const S: usize>(data: &[u64]) -> u64 {
 
 /// Best of several runs of independent FMA chains: the single-core f32 peak.
 fn fma_peak_gflops() -> f64 {
+    (0..5).map(|_| fma_gflops_once()).fold(0.0, f64::max)
+}
+
+/// The f32 FMA peak of `threads` cores at once: every thread runs the
+/// single-core chains at the same time and their rates add up (best of 5).
+/// What a multi-threaded trainer is measured against; two cores together
+/// may run below twice one (shared power and frequency limits).
+pub fn fma_peak_gflops_threads(threads: usize) -> f64 {
+    let together = || {
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..threads.max(1))
+                .map(|_| s.spawn(fma_gflops_once))
+                .collect();
+            runs.into_iter()
+                .map(|r| r.join().unwrap_or(0.0))
+                .sum::<f64>()
+        })
+    };
+    (0..5).map(|_| together()).fold(0.0, f64::max)
+}
+
+fn fma_gflops_once() -> f64 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
-        return (0..5).map(|_| unsafe { fma_avx2() }).fold(0.0, f64::max);
+        return unsafe { fma_avx2() };
     }
-    (0..5).map(|_| fma_scalar()).fold(0.0, f64::max)
+    fma_scalar()
 }
 
 #[cfg(target_arch = "x86_64")]

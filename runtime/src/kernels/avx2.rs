@@ -55,14 +55,34 @@ impl FloatWeight for bf16 {
 }
 
 /// A quantised weight block.
-trait QuantWeight {
+pub(super) trait QuantWeight {
     /// The 32 values as signed bytes, in element order.
     unsafe fn values(&self) -> __m256i;
     fn scale_bits(&self) -> [u8; 2];
-    /// Four rows of these blocks against `N` q8 inputs.
-    unsafe fn rows4<const N: usize>(w: [&[Self]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4]
-    where
-        Self: Sized;
+}
+
+/// A set of four-row kernels for weight blocks `W`: [`Avx2`]'s here, the
+/// VNNI ones in `super::vnni`.
+pub(super) trait Rows4<W> {
+    /// Four rows of `W` blocks against `N` q8 inputs.
+    unsafe fn rows4<const N: usize>(w: [&[W]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4];
+}
+
+/// The `maddubs` kernels, `q8_rows4` and `q4_rows4`.
+struct Avx2;
+
+impl Rows4<BlockQ8> for Avx2 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows4<const N: usize>(w: [&[BlockQ8]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
+        q8_rows4(w, x)
+    }
+}
+
+impl Rows4<BlockQ4> for Avx2 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows4<const N: usize>(w: [&[BlockQ4]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
+        q4_rows4(w, x)
+    }
 }
 
 impl QuantWeight for BlockQ8 {
@@ -73,10 +93,6 @@ impl QuantWeight for BlockQ8 {
     }
     fn scale_bits(&self) -> [u8; 2] {
         self.d
-    }
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rows4<const N: usize>(w: [&[Self]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
-        q8_rows4(w, x)
     }
 }
 
@@ -94,10 +110,6 @@ impl QuantWeight for BlockQ4 {
     }
     fn scale_bits(&self) -> [u8; 2] {
         self.d
-    }
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rows4<const N: usize>(w: [&[Self]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
-        q4_rows4(w, x)
     }
 }
 
@@ -117,7 +129,7 @@ const PREFETCH_BYTES: usize = 512;
 /// A prefetch never faults, so running past the end is harmless.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prefetch<T>(p: *const T) {
+pub(super) unsafe fn prefetch<T>(p: *const T) {
     _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH_BYTES));
 }
 
@@ -189,14 +201,14 @@ unsafe fn float_tile<W: FloatWeight, const R: usize, const N: usize>(
 /// The scale bits of block `b` of four rows, as four f16 lanes of a u64.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scale_bits4<W: QuantWeight>(w: &[&[W]; 4], b: usize) -> i64 {
+pub(super) unsafe fn scale_bits4<W: QuantWeight>(w: &[&[W]; 4], b: usize) -> i64 {
     let bits = |r: usize| u16::from_le_bytes((*w[r].as_ptr().add(b)).scale_bits()) as u64;
     (bits(0) | bits(1) << 16 | bits(2) << 32 | bits(3) << 48) as i64
 }
 
 /// An f16 scale repeated in four lanes of a u64.
 #[inline]
-fn repeat4(bits: [u8; 2]) -> i64 {
+pub(super) fn repeat4(bits: [u8; 2]) -> i64 {
     (u16::from_le_bytes(bits) as u64 * 0x0001_0001_0001_0001) as i64
 }
 
@@ -204,7 +216,7 @@ fn repeat4(bits: [u8; 2]) -> i64 {
 /// the four rows' sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows4(acc: __m256) -> [f32; 4] {
+pub(super) unsafe fn rows4(acc: __m256) -> [f32; 4] {
     let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
     let mut out = [0.0f32; 4];
     _mm_storeu_ps(out.as_mut_ptr(), s);
@@ -216,9 +228,75 @@ unsafe fn rows4(acc: __m256) -> [f32; 4] {
 /// that half's lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn reduce_rows4(p: [__m256i; 4]) -> __m256i {
+pub(super) unsafe fn reduce_rows4(p: [__m256i; 4]) -> __m256i {
     _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]))
 }
+
+/// The loop of the q8 kernels around their integer step, as a macro so it
+/// is compiled inside each kernel, with that kernel's target features (a
+/// generic function's closures are not inlined across feature sets, which
+/// made the VNNI kernels slower than these). `$prepare` makes what the step
+/// needs of each weight vector, once for all inputs, and
+/// `$products(w, prepared, x)` the four rows' i32 lanes, whose sum is each
+/// row's exact block product with `x`.
+macro_rules! q8_rows4_with {
+    ($w:expr, $x:expr, $prepare:expr, $products:expr) => {{
+        use $crate::kernels::avx2::rows4;
+        let (w, x): ([&[BlockQ8]; 4], [&[BlockQ8]; N]) = ($w, $x);
+        let (prepare, products) = ($prepare, $products);
+        let blocks = $crate::kernels::tiles::shortest(&w, &x);
+        // Two accumulators per input (even and odd blocks).
+        let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+        let mut b = 0;
+        while b + 2 <= blocks {
+            $crate::kernels::avx2::q8_block!(w, x, b, even, prepare, products);
+            $crate::kernels::avx2::q8_block!(w, x, b + 1, odd, prepare, products);
+            b += 2;
+        }
+        if b < blocks {
+            $crate::kernels::avx2::q8_block!(w, x, b, even, prepare, products);
+        }
+        let mut out = [[0.0; N]; 4];
+        for (i, (e, o)) in even.iter().zip(&odd).enumerate() {
+            for (r, v) in rows4(_mm256_add_ps(*e, *o)).into_iter().enumerate() {
+                out[r][i] = v;
+            }
+        }
+        out
+    }};
+}
+
+/// Block `$b` of `q8_rows4_with`, accumulated into `$acc`; a macro of its
+/// own because a closure called three times was not always inlined.
+macro_rules! q8_block {
+    ($w:ident, $x:ident, $b:expr, $acc:ident, $prepare:ident, $products:ident) => {{
+        use $crate::kernels::avx2::QuantWeight as _;
+        use $crate::kernels::avx2::{prefetch, reduce_rows4, repeat4, scale_bits4};
+        let b: usize = $b;
+        // Each input goes through the same operations whatever N is, so a
+        // batch (prefill) gives bit for bit the results of one input at a
+        // time.
+        let wv: [__m256i; 4] = core::array::from_fn(|r| {
+            let wb = $w[r].as_ptr().add(b);
+            prefetch(wb);
+            (*wb).values()
+        });
+        let prepared = wv.map($prepare);
+        let w_bits = scale_bits4(&$w, b);
+        for (a, x) in $acc.iter_mut().zip(&$x) {
+            let xb = &*x.as_ptr().add(b);
+            let p: [__m256i; 4] = $products(&wv, &prepared, xb.values());
+            let dots = _mm256_cvtepi32_ps(reduce_rows4(p));
+            // [w0 w1 w2 w3 | x x x x] times its halves swapped: the scales,
+            // once in each half.
+            let s = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(xb.d), w_bits));
+            let s = _mm256_mul_ps(s, _mm256_permute2f128_ps::<1>(s, s));
+            *a = _mm256_fmadd_ps(dots, s, *a);
+        }
+    }};
+}
+pub(super) use q8_block;
+pub(super) use q8_rows4_with;
 
 /// Four q8 weight rows against one q8 input (the generation step). Each
 /// row's block product is the exact integer sum `block_dot` makes; the four
@@ -227,116 +305,116 @@ unsafe fn reduce_rows4(p: [__m256i; 4]) -> __m256i {
 /// one each.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_rows4<const N: usize>(w: [&[BlockQ8]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
-    let blocks = shortest(&w, &x);
     let ones = _mm256_set1_epi16(1);
-    // Each input goes through the same operations whatever N is, so a
-    // batch (prefill) gives bit for bit the results of one input at a time.
-    let step = |b: usize, acc: &mut [__m256; N]| {
-        let wv: [__m256i; 4] = core::array::from_fn(|r| {
-            let wb = w[r].as_ptr().add(b);
-            prefetch(wb);
-            (*wb).values()
-        });
-        let abs_w = wv.map(|v| _mm256_sign_epi8(v, v));
-        let w_bits = scale_bits4(&w, b);
-        for (a, x) in acc.iter_mut().zip(&x) {
-            let xb = &*x.as_ptr().add(b);
-            let xv = xb.values();
-            let p = core::array::from_fn(|r| {
+    q8_rows4_with!(
+        w,
+        x,
+        |v| _mm256_sign_epi8(v, v),
+        |wv: &[__m256i; 4], abs_w: &[__m256i; 4], xv| {
+            core::array::from_fn(|r| {
                 let pairs = _mm256_maddubs_epi16(abs_w[r], _mm256_sign_epi8(xv, wv[r]));
                 _mm256_madd_epi16(pairs, ones)
-            });
-            let dots = _mm256_cvtepi32_ps(reduce_rows4(p));
-            // [w0 w1 w2 w3 | x x x x] times its halves swapped: the scales,
-            // once in each half.
-            let s = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(xb.d), w_bits));
-            let s = _mm256_mul_ps(s, _mm256_permute2f128_ps::<1>(s, s));
-            *a = _mm256_fmadd_ps(dots, s, *a);
+            })
         }
-    };
-    // Two accumulators per input (even and odd blocks).
-    let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
-    let mut b = 0;
-    while b + 2 <= blocks {
-        step(b, &mut even);
-        step(b + 1, &mut odd);
-        b += 2;
-    }
-    if b < blocks {
-        step(b, &mut even);
-    }
-    let mut out = [[0.0; N]; 4];
-    for (i, (e, o)) in even.iter().zip(&odd).enumerate() {
-        for (r, v) in rows4(_mm256_add_ps(*e, *o)).into_iter().enumerate() {
-            out[r][i] = v;
-        }
-    }
-    out
+    )
 }
+
+/// The loop of the q4 kernels around their integer step, a macro for the
+/// reason `q8_rows4_with` is. Both blocks' low nibbles fill one register,
+/// [block b elements 0..16 | block b + 1 elements 0..16], and the high
+/// ones another, against the input rearranged the same way once for all
+/// rows: `$products(nibbles, x_low, x_high)` returns the exact block
+/// products `[r0 r1 r2 r3]` of block `b` and the same of block `b + 1`, as
+/// i32.
+macro_rules! q4_rows4_with {
+    ($w:expr, $x:expr, $products:expr) => {{
+        use $crate::kernels::avx2::QuantWeight as _;
+        use $crate::kernels::avx2::{prefetch, q4_finish, repeat4, scale_bits4};
+        let (w, x): ([&[BlockQ4]; 4], [&[BlockQ8]; N]) = ($w, $x);
+        let products = $products;
+        let blocks = $crate::kernels::tiles::shortest(&w, &x);
+        let nibble = _mm256_set1_epi8(0x0f);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut b = 0;
+        while b + 2 <= blocks {
+            let nibbles: [[__m256i; 2]; 4] = core::array::from_fn(|r| {
+                let wb = w[r].as_ptr().add(b);
+                prefetch(wb);
+                let packed =
+                    _mm256_loadu2_m128i((*wb.add(1)).qs.as_ptr().cast(), (*wb).qs.as_ptr().cast());
+                let low = _mm256_and_si256(packed, nibble);
+                [
+                    low,
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibble),
+                ]
+            });
+            let ws = _mm256_cvtph_ps(_mm_set_epi64x(scale_bits4(&w, b + 1), scale_bits4(&w, b)));
+            // Each input goes through the same operations whatever N is
+            // (see q8_rows4_with).
+            for (a, x) in acc.iter_mut().zip(&x) {
+                let (x0, x1) = (&*x.as_ptr().add(b), &*x.as_ptr().add(b + 1));
+                let (xv0, xv1) = (x0.values(), x1.values());
+                let x_low = _mm256_permute2x128_si256::<0x20>(xv0, xv1);
+                let x_high = _mm256_permute2x128_si256::<0x31>(xv0, xv1);
+                let p: __m256i = products(&nibbles, x_low, x_high);
+                let dots = _mm256_cvtepi32_ps(p);
+                let xs = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(x1.d), repeat4(x0.d)));
+                *a = _mm256_fmadd_ps(dots, _mm256_mul_ps(ws, xs), *a);
+            }
+            b += 2;
+        }
+        q4_finish(acc, w, x, b)
+    }};
+}
+pub(super) use q4_rows4_with;
 
 /// Four q4 weight rows against one q8 input, two blocks per step. The
 /// nibbles are used as they are stored, 0..=15 (unsigned, as `maddubs`
 /// wants them), and the offset of 8 comes off the integer sum once:
 /// `sum (u - 8) x = sum u x - 8 sum x`, exact as in `block_dot` (pairs of
 /// `u x` are within 2 * 15 * 127 and `8 x` within 2 * 8 * 127, so the i16
-/// sums below cannot overflow). Both blocks' low nibbles fill one register,
-/// [block b elements 0..16 | block b + 1 elements 0..16], and the high ones
-/// another, against the input rearranged the same way once for all rows.
+/// sums below cannot overflow).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_rows4<const N: usize>(w: [&[BlockQ4]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
-    let blocks = shortest(&w, &x);
     let ones = _mm256_set1_epi16(1);
-    let (nibble, eight) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(8));
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut b = 0;
-    while b + 2 <= blocks {
-        let nibbles: [[__m256i; 2]; 4] = core::array::from_fn(|r| {
-            let wb = w[r].as_ptr().add(b);
-            prefetch(wb);
-            let packed =
-                _mm256_loadu2_m128i((*wb.add(1)).qs.as_ptr().cast(), (*wb).qs.as_ptr().cast());
-            let low = _mm256_and_si256(packed, nibble);
-            [
-                low,
-                _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibble),
-            ]
-        });
-        let ws = _mm256_cvtph_ps(_mm_set_epi64x(scale_bits4(&w, b + 1), scale_bits4(&w, b)));
-        // Each input goes through the same operations whatever N is (see
-        // q8_rows4).
-        for (a, x) in acc.iter_mut().zip(&x) {
-            let (x0, x1) = (&*x.as_ptr().add(b), &*x.as_ptr().add(b + 1));
-            let (xv0, xv1) = (x0.values(), x1.values());
-            let x_low = _mm256_permute2x128_si256::<0x20>(xv0, xv1);
-            let x_high = _mm256_permute2x128_si256::<0x31>(xv0, xv1);
-            // 8 sum x per block, in every lane of its half.
-            let offset = _mm256_add_epi16(
-                _mm256_maddubs_epi16(eight, x_low),
-                _mm256_maddubs_epi16(eight, x_high),
+    let eight = _mm256_set1_epi8(8);
+    q4_rows4_with!(w, x, |nibbles: &[[__m256i; 2]; 4], x_low, x_high| {
+        // 8 sum x per block, in every lane of its half.
+        let offset = _mm256_add_epi16(
+            _mm256_maddubs_epi16(eight, x_low),
+            _mm256_maddubs_epi16(eight, x_high),
+        );
+        let offset = _mm256_madd_epi16(offset, ones);
+        let offset = _mm256_hadd_epi32(offset, offset);
+        let offset = _mm256_hadd_epi32(offset, offset);
+        let p = core::array::from_fn(|r| {
+            let [low, high] = nibbles[r];
+            let pairs = _mm256_add_epi16(
+                _mm256_maddubs_epi16(low, x_low),
+                _mm256_maddubs_epi16(high, x_high),
             );
-            let offset = _mm256_madd_epi16(offset, ones);
-            let offset = _mm256_hadd_epi32(offset, offset);
-            let offset = _mm256_hadd_epi32(offset, offset);
-            let p = core::array::from_fn(|r| {
-                let [low, high] = nibbles[r];
-                let pairs = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(low, x_low),
-                    _mm256_maddubs_epi16(high, x_high),
-                );
-                _mm256_madd_epi16(pairs, ones)
-            });
-            // [r0 r1 r2 r3] of block b | the same of block b + 1.
-            let dots = _mm256_cvtepi32_ps(_mm256_sub_epi32(reduce_rows4(p), offset));
-            let xs = _mm256_cvtph_ps(_mm_set_epi64x(repeat4(x1.d), repeat4(x0.d)));
-            *a = _mm256_fmadd_ps(dots, _mm256_mul_ps(ws, xs), *a);
-        }
-        b += 2;
-    }
+            _mm256_madd_epi16(pairs, ones)
+        });
+        _mm256_sub_epi32(reduce_rows4(p), offset)
+    })
+}
+
+/// The four rows' sums of a q4 kernel's accumulators, `[r0 r1 r2 r3]` of
+/// even blocks in the low half and of odd ones in the high, plus block `b`
+/// if it is the (odd) last one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_finish<const N: usize>(
+    acc: [__m256; N],
+    w: [&[BlockQ4]; 4],
+    x: [&[BlockQ8]; N],
+    b: usize,
+) -> [[f32; N]; 4] {
+    let blocks = shortest(&w, &x);
     let mut out = [[0.0; N]; 4];
     for (i, (a, x)) in acc.iter().zip(&x).enumerate() {
         let mut sums = rows4(*a);
         if b < blocks {
-            // An odd last block.
             let xb = &*x.as_ptr().add(b);
             let (xv, xd) = (xb.values(), f16_bits_to_f32(xb.d));
             for (o, w) in sums.iter_mut().zip(&w) {
@@ -400,6 +478,18 @@ pub(super) unsafe fn matmul(
     y: &mut [f32],
     scratch: &mut [BlockQ8],
 ) {
+    matmul_with::<Avx2>(w, x, n, y, scratch)
+}
+
+/// [`matmul`] with the q8/q4 rows of kernel set `K`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matmul_with<K: Rows4<BlockQ8> + Rows4<BlockQ4>>(
+    w: &Matrix,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [BlockQ8],
+) {
     let (rows, cols) = (w.rows, w.cols);
     match w.weights {
         Weights::F32(w) => float_matmul(w, rows, cols, x, n, y),
@@ -407,11 +497,11 @@ pub(super) unsafe fn matmul(
         Weights::BF16(w) => float_matmul(w, rows, cols, x, n, y),
         Weights::Q8(w) => {
             quantize_q8(x, scratch);
-            quant_matmul(w, rows, cols / QK, scratch, n, y);
+            quant_matmul::<_, K>(w, rows, cols / QK, scratch, n, y);
         }
         Weights::Q4(w) => {
             quantize_q8(x, scratch);
-            quant_matmul(w, rows, cols / QK, scratch, n, y);
+            quant_matmul::<_, K>(w, rows, cols / QK, scratch, n, y);
         }
     }
 }
@@ -446,7 +536,7 @@ unsafe fn float_matmul<W: FloatWeight>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quant_matmul<W: QuantWeight>(
+unsafe fn quant_matmul<W, K: Rows4<W>>(
     w: &[W],
     rows: usize,
     blocks: usize,
@@ -459,11 +549,11 @@ unsafe fn quant_matmul<W: QuantWeight>(
     let bytes = blocks * size_of::<BlockQ8>();
     if n == 1 {
         for_each_tile(rows, n, bytes, y, |r, i| {
-            W::rows4::<1>(r.map(row), i.map(input))
+            K::rows4::<1>(r.map(row), i.map(input))
         });
     } else {
         for_each_tile(rows, n, bytes, y, |r, i| {
-            W::rows4::<4>(r.map(row), i.map(input))
+            K::rows4::<4>(r.map(row), i.map(input))
         });
     }
 }

@@ -3,7 +3,8 @@
 //! Every op is defined by a plain loop in [`scalar`]. The functions here check
 //! their arguments, then run the fastest version this machine supports:
 //! AVX2+FMA+F16C on x86_64 (detected at run time, since `no_std` has no
-//! `is_x86_feature_detected!`), NEON on aarch64 (always present there),
+//! `is_x86_feature_detected!`), with AVX-VNNI's byte dot products for the
+//! q8/q4 rows where the CPU has them, NEON on aarch64 (always present there),
 //! SIMD128 on wasm32 when the crate is built with the `simd128` feature
 //! (WebAssembly has no run-time detection), and the scalar code everywhere
 //! else and under Miri. The SIMD versions are
@@ -43,6 +44,8 @@ mod tests;
     all(target_arch = "wasm32", feature = "simd128")
 ))]
 mod tiles;
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+mod vnni;
 
 pub use scalar::{add, embedding_row, layer_norm, mul, quantize_row_i8, rms_norm, scale, softmax};
 
@@ -272,10 +275,19 @@ pub enum Isa {
     Neon,
     /// WebAssembly SIMD128 (wasm32 built with the `simd128` feature).
     Simd128,
+    /// [`Isa::Avx2`] plus AVX-VNNI (`vpdpbusd`, VEX-encoded) for the q8/q4
+    /// rows; every other kernel is the AVX2 one.
+    Avx2Vnni,
 }
 
 impl Isa {
-    const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::Simd128];
+    const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Neon,
+        Isa::Simd128,
+        Isa::Avx2Vnni,
+    ];
 
     // 0 means "not chosen yet" in the atomics below.
     fn code(self) -> u8 {
@@ -284,6 +296,11 @@ impl Isa {
 
     fn from_code(code: u8) -> Option<Isa> {
         Isa::ALL.into_iter().find(|isa| isa.code() == code)
+    }
+
+    /// Whether a CPU with `self` can run `other`'s kernels.
+    fn includes(self, other: Isa) -> bool {
+        other == self || other == Isa::Scalar || (self, other) == (Isa::Avx2Vnni, Isa::Avx2)
     }
 }
 
@@ -307,10 +324,11 @@ pub fn isa() -> Isa {
 }
 
 /// Makes every kernel use `isa`, e.g. `Isa::Scalar` to measure what SIMD
-/// buys. Only `Isa::Scalar` and [`detected`] are accepted, which is what keeps
-/// the dispatch sound. Affects all threads.
+/// buys. Only `Isa::Scalar`, [`detected`] and the sets it includes
+/// (`Isa::Avx2` where AVX-VNNI was detected) are accepted, which is what
+/// keeps the dispatch sound. Affects all threads.
 pub fn set_isa(isa: Isa) -> Result<(), KernelError> {
-    if isa != Isa::Scalar && isa != detected() {
+    if !detected().includes(isa) {
         return Err(KernelError::Unsupported(isa));
     }
     SELECTED.store(isa.code(), Relaxed);
@@ -322,20 +340,24 @@ fn detect() -> Isa {
     use core::arch::x86_64::{__cpuid_count, _xgetbv};
     // SAFETY: every x86_64 CPU has cpuid, and xgetbv is only executed once
     // cpuid reports OSXSAVE, i.e. that the OS enabled it.
-    let usable = unsafe {
+    let (usable, vnni) = unsafe {
         let leaf1 = __cpuid_count(1, 0);
         let bit = |n: u32| leaf1.ecx & (1 << n) != 0;
         let (fma, osxsave, avx, f16c) = (bit(12), bit(27), bit(28), bit(29));
         // The OS must also save the YMM registers on a context switch
         // (XCR0 bits 1 and 2), or AVX state would be corrupted.
         let os_saves_ymm = osxsave && _xgetbv(0) & 0b110 == 0b110;
-        let avx2 = __cpuid_count(0, 0).eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 5) != 0;
-        fma && avx && f16c && os_saves_ymm && avx2
+        let leaf7 = (__cpuid_count(0, 0).eax >= 7).then(|| __cpuid_count(7, 0));
+        let avx2 = leaf7.is_some_and(|l| l.ebx & (1 << 5) != 0);
+        // AVX-VNNI is leaf 7 subleaf 1, EAX bit 4; being VEX-encoded it
+        // needs no more OS support than the YMM state.
+        let vnni = leaf7.is_some_and(|l| l.eax >= 1 && __cpuid_count(7, 1).eax & (1 << 4) != 0);
+        (fma && avx && f16c && os_saves_ymm && avx2, vnni)
     };
-    if usable {
-        Isa::Avx2
-    } else {
-        Isa::Scalar
+    match (usable, vnni) {
+        (true, true) => Isa::Avx2Vnni,
+        (true, false) => Isa::Avx2,
+        _ => Isa::Scalar,
     }
 }
 
@@ -373,10 +395,23 @@ impl Backend {
     fn best() -> Backend {
         Backend(detected())
     }
+
+    /// Every SIMD set this machine runs, best first: the q8/q4 tests check
+    /// the AVX2 kernels too where the VNNI ones are the default.
+    #[cfg(test)]
+    fn every_simd() -> impl Iterator<Item = Backend> {
+        let best = detected();
+        let others = Isa::ALL.into_iter().filter(move |&i| i != best);
+        core::iter::once(best)
+            .chain(others)
+            .filter(move |&i| i != Isa::Scalar && best.includes(i))
+            .map(Backend)
+    }
 }
 
-/// Evaluates `$simd` with `$m` naming the backend's module (`avx2`, `neon`
-/// or `simd128`, whose functions all share one signature), or `$scalar`.
+/// Evaluates `$simd` with `$m` naming the backend's module (`avx2`, `vnni`,
+/// `neon` or `simd128`, whose functions all share one signature), or
+/// `$scalar`.
 macro_rules! dispatch {
     ($backend:expr, |$m:ident| $simd:expr, $scalar:expr) => {
         match $backend.0 {
@@ -386,6 +421,13 @@ macro_rules! dispatch {
             // the slices they get.
             Isa::Avx2 => unsafe {
                 use avx2 as $m;
+                $simd
+            },
+            #[cfg(all(target_arch = "x86_64", not(miri)))]
+            // SAFETY: a Backend holds Avx2Vnni only if the CPU also has
+            // AVX-VNNI; accesses are bounded as above.
+            Isa::Avx2Vnni => unsafe {
+                use vnni as $m;
                 $simd
             },
             #[cfg(all(target_arch = "aarch64", not(miri)))]

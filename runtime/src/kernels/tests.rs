@@ -179,26 +179,41 @@ fn check_matmul(dtype: DType, rows: usize, cols: usize, n: usize, rng: &mut Rng)
         };
         scratch_blocks(cols, n)
     ];
-    let (mut got, mut want) = (vec![0.0; n * rows], vec![0.0; n * rows]);
-    matmul_on(Backend::best(), &m.matrix(), &x, &mut got, &mut scratch).unwrap();
-    let simd_scratch = scratch.clone();
+    let mut want = vec![0.0; n * rows];
     scalar::matmul(&m.matrix(), &x, &mut want, &mut scratch).unwrap();
+    let scalar_scratch = scratch.clone();
     let x_used = if dtype.is_quantized() {
-        assert_eq!(simd_scratch, scratch, "{dtype} activation blocks differ");
         quantised(&x).1
     } else {
         x.clone()
     };
-    for i in 0..n {
-        for r in 0..rows {
-            let magnitude = sum_abs_products(m.row(r), &x_used[i * cols..][..cols]);
-            let bound = if dtype.is_quantized() {
-                (cols / QK + 8) as f64 * EPS * magnitude
-            } else {
-                1e-5 * magnitude
-            };
-            let what = std::format!("{dtype} {rows}x{cols} n={n} input {i} row {r}");
-            assert_within(&what, got[i * rows + r], want[i * rows + r] as f64, bound);
+    // The float kernels are the same code in every x86 set.
+    let backends: Vec<Backend> = if dtype.is_quantized() {
+        Backend::every_simd().collect()
+    } else {
+        vec![Backend::best()]
+    };
+    for backend in backends {
+        let mut got = vec![0.0; n * rows];
+        matmul_on(backend, &m.matrix(), &x, &mut got, &mut scratch).unwrap();
+        let isa = backend.0;
+        if dtype.is_quantized() {
+            assert_eq!(
+                scalar_scratch, scratch,
+                "{isa:?} {dtype} activation blocks differ"
+            );
+        }
+        for i in 0..n {
+            for r in 0..rows {
+                let magnitude = sum_abs_products(m.row(r), &x_used[i * cols..][..cols]);
+                let bound = if dtype.is_quantized() {
+                    (cols / QK + 8) as f64 * EPS * magnitude
+                } else {
+                    1e-5 * magnitude
+                };
+                let what = std::format!("{isa:?} {dtype} {rows}x{cols} n={n} input {i} row {r}");
+                assert_within(&what, got[i * rows + r], want[i * rows + r] as f64, bound);
+            }
         }
     }
 }
@@ -346,10 +361,15 @@ fn quantised_products_at_the_integer_extremes_are_exact() {
                             };
                             scratch_blocks(cols, n)
                         ];
-                        let (mut got, mut want) = (vec![0.0; n * rows], vec![0.0; n * rows]);
-                        matmul_on(Backend::best(), &m, &xs, &mut got, &mut scratch).unwrap();
+                        let mut want = vec![0.0; n * rows];
                         scalar::matmul(&m, &xs, &mut want, &mut scratch).unwrap();
-                        assert_eq!(got, want, "{dtype} {rows}x{cols} n={n} pattern {pattern}");
+                        for backend in Backend::every_simd() {
+                            let mut got = vec![0.0; n * rows];
+                            matmul_on(backend, &m, &xs, &mut got, &mut scratch).unwrap();
+                            let isa = backend.0;
+                            let what = std::format!("{isa:?} {dtype} {rows}x{cols} n={n}");
+                            assert_eq!(got, want, "{what} pattern {pattern}");
+                        }
                     }
                 }
             }
@@ -829,14 +849,18 @@ fn from_tensor_views_every_dtype_and_checks_the_shape() {
 }
 
 #[test]
-fn set_isa_accepts_scalar_and_the_detected_set_only() {
+fn set_isa_accepts_scalar_and_the_detected_sets_only() {
+    let supported = |i: Isa| i == Isa::Scalar || Backend::every_simd().any(|b| b.0 == i);
     for other in Isa::ALL {
-        if other != Isa::Scalar && other != detected() {
+        if supported(other) {
+            set_isa(other).unwrap();
+            assert_eq!(isa(), other);
+        } else {
             assert_eq!(set_isa(other), Err(KernelError::Unsupported(other)));
         }
     }
-    set_isa(Isa::Scalar).unwrap();
-    assert_eq!(isa(), Isa::Scalar);
+    // Avx2Vnni's kernels are Avx2's plus VNNI ones.
+    assert!(!supported(Isa::Avx2Vnni) || supported(Isa::Avx2));
     set_isa(detected()).unwrap();
     assert_eq!(isa(), detected());
 }
@@ -844,10 +868,43 @@ fn set_isa_accepts_scalar_and_the_detected_set_only() {
 #[test]
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 fn cpuid_detection_agrees_with_std() {
+    // std names AVX-VNNI only from Rust 1.89, past the MSRV.
     let std_says = std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c");
-    assert_eq!(detected() == Isa::Avx2, std_says);
+    assert_eq!(matches!(detected(), Isa::Avx2 | Isa::Avx2Vnni), std_says);
+}
+
+/// The q8/q4 kernel sets share every float operation and their integer
+/// block sums are exact, so where a machine runs several (AVX2 and VNNI)
+/// they must agree to the bit, batches included.
+#[test]
+fn quantised_kernel_sets_agree_bit_for_bit() {
+    let mut rng = Rng::new(12);
+    for dtype in QUANTS {
+        for (rows, cols, n) in [(5, 32, 1), (7, 96, 1), (4, 320, 3), (9, 1024, 6)] {
+            let m = TestMatrix::new(dtype, rows, cols, &mut rng);
+            let x = random(&mut rng, n * cols);
+            let mut scratch = vec![
+                BlockQ8 {
+                    d: [0; 2],
+                    qs: [0; QK]
+                };
+                scratch_blocks(cols, n)
+            ];
+            let outputs: Vec<(Isa, Vec<f32>)> = Backend::every_simd()
+                .map(|backend| {
+                    let mut y = vec![0.0; n * rows];
+                    matmul_on(backend, &m.matrix(), &x, &mut y, &mut scratch).unwrap();
+                    (backend.0, y)
+                })
+                .collect();
+            for (isa, y) in &outputs[1..] {
+                let (best, want) = &outputs[0];
+                assert_eq!(y, want, "{dtype} {rows}x{cols} n={n}: {isa:?} vs {best:?}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -321,33 +321,61 @@ unsafe fn fma_avx2() -> f64 {
 }
 
 /// Best of several runs of independent chains of the q8 kernels' inner
-/// step (`maddubs` then `madd` into i32): 32 multiply-adds per pair.
+/// step: `vpdpbusd` where the runtime chose its VNNI kernels, else
+/// `maddubs` then `madd` into i32; 32 multiply-adds per step.
 fn i8_peak_gmacs() -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the feature was just detected.
-        return (0..5).map(|_| unsafe { i8_avx2() }).fold(0.0, f64::max);
+    {
+        use kilobyte_runtime::kernels::{detected, Isa};
+        if detected() == Isa::Avx2Vnni {
+            // SAFETY: the runtime detected AVX-VNNI.
+            return (0..5)
+                .map(|_| unsafe { i8_chains::<true>() })
+                .fold(0.0, f64::max);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the feature was just detected.
+            return (0..5)
+                .map(|_| unsafe { i8_chains::<false>() })
+                .fold(0.0, f64::max);
+        }
     }
     // Without AVX2 the kernels multiply-add i8 one lane at a time, at about
     // the scalar f32 rate.
     fma_scalar() / 2.0
 }
 
+/// `VNNI`: `vpdpbusd` (in `asm!`, as the runtime's VNNI kernels have it:
+/// its intrinsic needs Rust 1.89, past the MSRV), else `maddubs` + `madd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn i8_avx2() -> f64 {
+unsafe fn i8_chains<const VNNI: bool>() -> f64 {
     use std::arch::x86_64::*;
     const ITERS: usize = 10_000_000;
     const CHAINS: usize = 12;
-    // Each chain feeds its own result back in (as bytes), so nothing is
-    // loop-invariant; 12 chains cover the pair's latency.
+    // Each chain feeds its own result back in (as bytes, or as the i32
+    // accumulator), so nothing is loop-invariant; 12 chains cover either
+    // step's latency.
     let mut acc = [_mm256_set1_epi8(black_box(3)); CHAINS];
-    let b = _mm256_set1_epi8(black_box(-1));
+    let (a, b) = (
+        _mm256_set1_epi8(black_box(1)),
+        _mm256_set1_epi8(black_box(-1)),
+    );
     let ones = _mm256_set1_epi16(black_box(1));
     let t = Instant::now();
     for _ in 0..ITERS {
         for x in acc.iter_mut() {
-            *x = _mm256_madd_epi16(_mm256_maddubs_epi16(*x, b), ones);
+            if VNNI {
+                std::arch::asm!(
+                    "{{vex}} vpdpbusd {x}, {a}, {b}",
+                    x = inout(ymm_reg) *x,
+                    a = in(ymm_reg) a,
+                    b = in(ymm_reg) b,
+                    options(pure, nomem, nostack, preserves_flags)
+                );
+            } else {
+                *x = _mm256_madd_epi16(_mm256_maddubs_epi16(*x, b), ones);
+            }
         }
     }
     let secs = t.elapsed().as_secs_f64();

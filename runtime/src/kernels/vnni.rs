@@ -1,0 +1,104 @@
+//! x86_64 q8/q4 rows with AVX-VNNI (`Isa::Avx2Vnni`): `vpdpbusd` adds four
+//! u8 x i8 products straight into each i32 lane, one instruction where AVX2
+//! needs `maddubs` then `madd` (and, for q8, two sign operations). The loops
+//! around these integer steps, the quantiser and every other kernel are
+//! [`super::avx2`]'s, so the two sets give the same results bit for bit:
+//! the integer block sums are exact in both, and all the float arithmetic
+//! is shared.
+//!
+//! Only the VEX form (AVX-VNNI: Alder Lake, Sapphire Rapids, Zen 5 and on)
+//! is used; CPUs with only AVX512-VNNI keep the AVX2 kernels.
+
+use super::avx2::{self, q4_rows4_with, q8_rows4_with, reduce_rows4, Rows4};
+use super::Matrix;
+use core::arch::asm;
+use core::arch::x86_64::*;
+use kilobyte_format::{BlockQ4, BlockQ8};
+
+pub(super) use avx2::{axpy, dot, gelu_tanh, head_dots, head_dots_i8, head_mix, head_mix_i8};
+
+/// The `vpdpbusd` kernels.
+struct Vnni;
+
+impl Rows4<BlockQ8> for Vnni {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows4<const N: usize>(w: [&[BlockQ8]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
+        q8_rows4(w, x)
+    }
+}
+
+impl Rows4<BlockQ4> for Vnni {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows4<const N: usize>(w: [&[BlockQ4]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
+        q4_rows4(w, x)
+    }
+}
+
+/// `acc` plus, in each i32 lane, the four products of `a`'s bytes read as
+/// u8 and `b`'s as i8: `vpdpbusd`. Written in `asm!` because its intrinsic
+/// and the `avxvnni` target feature need Rust 1.89, past the MSRV (1.85);
+/// the dispatcher runs this only where cpuid reported AVX-VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dpbusd(mut acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    asm!(
+        "{{vex}} vpdpbusd {acc}, {a}, {b}",
+        acc = inout(ymm_reg) acc,
+        a = in(ymm_reg) a,
+        b = in(ymm_reg) b,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
+/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn matmul(
+    w: &Matrix,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [BlockQ8],
+) {
+    avx2::matmul_with::<Vnni>(w, x, n, y, scratch)
+}
+
+/// q8 weights `w` are signed, and `vpdpbusd` wants one operand unsigned:
+/// `w ^ 0x80` is `w + 128` as a u8, so the product sums `(w + 128) x` and
+/// starting each lane from `-128 x` (summed in fours, once per input for
+/// all four rows) leaves exactly `w x`. Every lane stays far inside i32
+/// (four products of at most 255 * 127).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_rows4<const N: usize>(w: [&[BlockQ8]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
+    let flip = _mm256_set1_epi8(i8::MIN);
+    let zero = _mm256_setzero_si256();
+    q8_rows4_with!(
+        w,
+        x,
+        |v| _mm256_xor_si256(v, flip),
+        |_: &[__m256i; 4], biased: &[__m256i; 4], xv| {
+            // The activation quantiser keeps x within ±127, so -x is exact.
+            let start = dpbusd(zero, flip, _mm256_sub_epi8(zero, xv));
+            core::array::from_fn(|r| dpbusd(start, biased[r], xv))
+        }
+    )
+}
+
+/// The stored nibbles `u` are already unsigned; each lane starts from
+/// `-8 x` (summed in fours, once per input for all four rows) so that it
+/// ends at the exact `sum (u - 8) x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_rows4<const N: usize>(w: [&[BlockQ4]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4] {
+    let eight = _mm256_set1_epi8(8);
+    let zero = _mm256_setzero_si256();
+    q4_rows4_with!(w, x, |nibbles: &[[__m256i; 2]; 4], x_low, x_high| {
+        let start = dpbusd(zero, eight, _mm256_sub_epi8(zero, x_low));
+        let start = dpbusd(start, eight, _mm256_sub_epi8(zero, x_high));
+        let p = core::array::from_fn(|r| {
+            let [low, high] = nibbles[r];
+            let p = dpbusd(start, low, x_low);
+            dpbusd(p, high, x_high)
+        });
+        reduce_rows4(p)
+    })
+}

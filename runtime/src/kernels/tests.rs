@@ -941,9 +941,10 @@ fn fastest_call(mut f: impl FnMut()) -> f64 {
     best
 }
 
-/// Prints matvec speed on a 768 x 3072 matrix for every dtype, SIMD and
-/// scalar, with the weights in cache ("hot") and cycling through copies
-/// larger than the L3 ("cold", i.e. from DRAM), then the matmul speed-up.
+/// Prints matvec speed on a 768 x 3072 matrix for every dtype, with every
+/// SIMD set this machine runs and scalar, with the weights in cache ("hot")
+/// and cycling through copies larger than the L3 ("cold", i.e. from DRAM),
+/// then the matmul speed-up.
 #[test]
 #[ignore = "benchmark: cargo test --release -p kilobyte-runtime bench -- --ignored --nocapture"]
 fn bench_matvec_and_matmul() {
@@ -983,7 +984,8 @@ fn bench_matvec_and_matmul() {
             scratch_blocks(cols, 64)
         ];
         let mut hot_simd = 0.0;
-        for isa in [detected(), Isa::Scalar] {
+        let isas: Vec<Isa> = Backend::every_simd().map(|b| b.0).collect();
+        for isa in isas.into_iter().chain([Isa::Scalar]) {
             set_isa(isa).unwrap();
             let mut matvec = |w: &TestMatrix| {
                 matvec(&w.matrix(), &x[..cols], &mut y[..rows], &mut scratch).unwrap()
@@ -994,7 +996,7 @@ fn bench_matvec_and_matmul() {
                 k = (k + 1) % copies.len();
                 matvec(&copies[k]);
             });
-            if isa != Isa::Scalar {
+            if isa == detected() {
                 hot_simd = hot;
             }
             println!(

@@ -189,7 +189,7 @@ fn check_matmul(dtype: DType, rows: usize, cols: usize, n: usize, rng: &mut Rng)
     };
     // The float kernels are the same code in every x86 set.
     let backends: Vec<Backend> = if dtype.is_quantized() {
-        Backend::every_simd().collect()
+        Backend::every_backend().collect()
     } else {
         vec![Backend::best()]
     };
@@ -363,7 +363,7 @@ fn quantised_products_at_the_integer_extremes_are_exact() {
                         ];
                         let mut want = vec![0.0; n * rows];
                         scalar::matmul(&m, &xs, &mut want, &mut scratch).unwrap();
-                        for backend in Backend::every_simd() {
+                        for backend in Backend::every_backend() {
                             let mut got = vec![0.0; n * rows];
                             matmul_on(backend, &m, &xs, &mut got, &mut scratch).unwrap();
                             let isa = backend.0;
@@ -850,7 +850,7 @@ fn from_tensor_views_every_dtype_and_checks_the_shape() {
 
 #[test]
 fn set_isa_accepts_scalar_and_the_detected_sets_only() {
-    let supported = |i: Isa| i == Isa::Scalar || Backend::every_simd().any(|b| b.0 == i);
+    let supported = |i: Isa| i == Isa::Scalar || Backend::every_backend().any(|b| b.0 == i);
     for other in Isa::ALL {
         if supported(other) {
             set_isa(other).unwrap();
@@ -892,7 +892,7 @@ fn quantised_kernel_sets_agree_bit_for_bit() {
                 };
                 scratch_blocks(cols, n)
             ];
-            let outputs: Vec<(Isa, Vec<f32>)> = Backend::every_simd()
+            let outputs: Vec<(Isa, Vec<f32>)> = Backend::every_backend()
                 .map(|backend| {
                     let mut y = vec![0.0; n * rows];
                     matmul_on(backend, &m.matrix(), &x, &mut y, &mut scratch).unwrap();
@@ -984,7 +984,7 @@ fn bench_matvec_and_matmul() {
             scratch_blocks(cols, 64)
         ];
         let mut hot_simd = 0.0;
-        let isas: Vec<Isa> = Backend::every_simd().map(|b| b.0).collect();
+        let isas: Vec<Isa> = Backend::every_backend().map(|b| b.0).collect();
         for isa in isas.into_iter().chain([Isa::Scalar]) {
             set_isa(isa).unwrap();
             let mut matvec = |w: &TestMatrix| {

@@ -77,8 +77,9 @@ unsafe fn q8_rows4<const N: usize>(w: [&[BlockQ8]; 4], x: [&[BlockQ8]; N]) -> [[
         x,
         |v| _mm256_xor_si256(v, flip),
         |_: &[__m256i; 4], biased: &[__m256i; 4], xv| {
-            // The activation quantiser keeps x within ±127, so -x is exact.
-            let start = dpbusd(zero, flip, _mm256_sub_epi8(zero, xv));
+            // Negated as i32 after the sum, not as i8 before it: exact for
+            // every i8 x, -128 included, whatever the quantiser produces.
+            let start = _mm256_sub_epi32(zero, dpbusd(zero, flip, xv));
             core::array::from_fn(|r| dpbusd(start, biased[r], xv))
         }
     )
@@ -92,8 +93,9 @@ unsafe fn q4_rows4<const N: usize>(w: [&[BlockQ4]; 4], x: [&[BlockQ8]; N]) -> [[
     let eight = _mm256_set1_epi8(8);
     let zero = _mm256_setzero_si256();
     q4_rows4_with!(w, x, |nibbles: &[[__m256i; 2]; 4], x_low, x_high| {
-        let start = dpbusd(zero, eight, _mm256_sub_epi8(zero, x_low));
-        let start = dpbusd(start, eight, _mm256_sub_epi8(zero, x_high));
+        // Negated after the sum, as in q8_rows4: exact at x = -128 too.
+        let offset = dpbusd(dpbusd(zero, eight, x_low), eight, x_high);
+        let start = _mm256_sub_epi32(zero, offset);
         let p = core::array::from_fn(|r| {
             let [low, high] = nibbles[r];
             let p = dpbusd(start, low, x_low);

@@ -164,35 +164,37 @@ unsafe fn block_dot(w: __m256i, abs_w: __m256i, x: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
-/// The dot products of `R` weight rows with `N` inputs.
+/// Four float weight rows against `N` inputs (a batch: prefill, BiGS over
+/// a sentence). With N = 3 the twelve accumulators, three input vectors and
+/// one weight vector fill the sixteen registers: each weight vector loaded
+/// feeds three FMAs and each input vector four, and the tile's twelve sums
+/// are reduced four at a time (`hsum4`) once per tile. No prefetch: in a
+/// batch the rows are reused across inputs from L1, and the prefetches
+/// only took load slots.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn float_tile<W: FloatWeight, const R: usize, const N: usize>(
-    w: [&[W]; R],
+unsafe fn float_rows4xn<W: FloatWeight, const N: usize>(
+    w: [&[W]; 4],
     x: [&[f32]; N],
-) -> [[f32; N]; R] {
+) -> [[f32; N]; 4] {
     let cols = shortest(&w, &x);
     let body = cols - cols % 8;
-    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let mut acc = [[_mm256_setzero_ps(); 4]; N];
     let mut j = 0;
     while j < body {
-        let mut xv = [_mm256_setzero_ps(); N];
-        for (v, x) in xv.iter_mut().zip(&x) {
-            *v = _mm256_loadu_ps(x.as_ptr().add(j));
-        }
-        for (acc, w) in acc.iter_mut().zip(&w) {
-            prefetch(w.as_ptr().wrapping_add(j));
+        let xv: [__m256; N] = core::array::from_fn(|i| _mm256_loadu_ps(x[i].as_ptr().add(j)));
+        for (r, w) in w.iter().enumerate() {
             let wv = W::load8(w.as_ptr().add(j));
-            for (a, v) in acc.iter_mut().zip(&xv) {
-                *a = _mm256_fmadd_ps(wv, *v, *a);
+            for (acc, v) in acc.iter_mut().zip(&xv) {
+                acc[r] = _mm256_fmadd_ps(wv, *v, acc[r]);
             }
         }
         j += 8;
     }
-    let mut out = [[0.0; N]; R];
-    for ((out, acc), w) in out.iter_mut().zip(&acc).zip(&w) {
-        for ((o, a), x) in out.iter_mut().zip(acc).zip(&x) {
+    let mut out = [[0.0; N]; 4];
+    for (i, (acc, x)) in acc.iter().zip(&x).enumerate() {
+        for ((out, sum), w) in out.iter_mut().zip(hsum4(*acc)).zip(&w) {
             let tail = w[body..cols].iter().zip(&x[body..cols]);
-            *o = hsum(*a) + tail.map(|(w, x)| w.to_f32() * x).sum::<f32>();
+            out[i] = sum + tail.map(|(w, x)| w.to_f32() * x).sum::<f32>();
         }
     }
     out
@@ -507,8 +509,7 @@ pub(super) unsafe fn matmul_with<K: Rows4<BlockQ8> + Rows4<BlockQ4>>(
 }
 
 // Float weights: a single input gets four rows per tile (eight FMA chains,
-// `float_rows4`); a batch gets 2 rows x 4 inputs: 8 accumulators, and each
-// weight vector loaded feeds four FMAs. Quantised weights: four rows per
+// `float_rows4`); a batch gets 4 rows x 3 inputs (`float_rows4xn`). Quantised weights: four rows per
 // tile, one input or four (`q8_rows4`, `q4_rows4`), each input computed
 // exactly as alone, so prefill and byte-by-byte generation agree bit for bit.
 
@@ -528,10 +529,201 @@ unsafe fn float_matmul<W: FloatWeight>(
         for_each_tile(rows, n, bytes, y, |r, [i]| {
             float_rows4::<W>(r.map(row), input(i))
         });
-    } else {
+    } else if n < PANEL_MIN_INPUTS {
         for_each_tile(rows, n, bytes, y, |r, i| {
-            float_tile::<W, 2, 4>(r.map(row), i.map(input))
+            float_rows4xn::<W, 3>(r.map(row), i.map(input))
         });
+    } else {
+        float_matmul_panels(w, rows, cols, x, n, y);
+    }
+}
+
+/// Weight rows per packed panel: two vectors.
+const PANEL_ROWS: usize = 16;
+/// Columns per packed panel: 16 x 256 f32 are 16 KiB (on the stack), a
+/// third of a 48 KiB L1, leaving room for the inputs streaming past.
+const PANEL_COLS: usize = 256;
+/// Inputs per panel tile: 6 x 2 accumulators, two weight vectors and one
+/// broadcast input use 15 of the 16 registers.
+const PANEL_INPUTS: usize = 6;
+/// The batch size from which packing pays: it costs about a third of a
+/// cycle per weight, which the panel tiles win back from `float_rows4xn`'s
+/// horizontal sums only over this many inputs.
+const PANEL_MIN_INPUTS: usize = 16;
+
+#[repr(align(32))]
+struct Panel([f32; PANEL_ROWS * PANEL_COLS]);
+
+/// `y_i = W x_i` for a large batch in outer-product form, without
+/// horizontal sums: a panel of 16 weight rows is transposed once into
+/// `[column][16 rows]` as f32, then every input's column value is broadcast
+/// against the panel's two row vectors, so each weight vector loaded feeds
+/// six FMAs and the accumulators are the outputs themselves. Each output is
+/// summed in column order, as in the scalar definition (in two parts past
+/// `PANEL_COLS` columns).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_matmul_panels<W: FloatWeight>(
+    w: &[W],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    let mut panel = Panel([0.0; PANEL_ROWS * PANEL_COLS]);
+    for r0 in (0..rows).step_by(PANEL_ROWS) {
+        let r = r0..rows.min(r0 + PANEL_ROWS);
+        for k0 in (0..cols).step_by(PANEL_COLS) {
+            let k = k0..cols.min(k0 + PANEL_COLS);
+            let panel = &mut panel.0[..k.len() * PANEL_ROWS];
+            pack_panel(w, cols, r.clone(), k.clone(), panel);
+            let tile = PanelTile {
+                panel,
+                x,
+                cols,
+                k: k.clone(),
+                y_rows: rows,
+                r: r.clone(),
+                add: k0 > 0,
+            };
+            for i0 in (0..n).step_by(PANEL_INPUTS) {
+                match n - i0 {
+                    1 => tile.run::<1>(i0, y),
+                    2 => tile.run::<2>(i0, y),
+                    3 => tile.run::<3>(i0, y),
+                    4 => tile.run::<4>(i0, y),
+                    5 => tile.run::<5>(i0, y),
+                    _ => tile.run::<PANEL_INPUTS>(i0, y),
+                }
+            }
+        }
+    }
+}
+
+/// Rows `r` of `w` (`cols` per row) over columns `k`, transposed into
+/// `panel[column * 16 + row]` as f32, with zeros for rows past `r`'s end.
+/// Whole 8 x 8 blocks go through registers (`transpose8`).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_panel<W: FloatWeight>(
+    w: &[W],
+    cols: usize,
+    r: core::ops::Range<usize>,
+    k: core::ops::Range<usize>,
+    panel: &mut [f32],
+) {
+    let kc = k.len().min(panel.len() / PANEL_ROWS);
+    for h in (0..PANEL_ROWS).step_by(8) {
+        let r8 = r.start + h;
+        let mut c = 0;
+        if r8 + 8 <= r.end {
+            while c + 8 <= kc {
+                let v: [__m256; 8] = core::array::from_fn(|m| {
+                    W::load8(w[(r8 + m) * cols + k.start + c..][..8].as_ptr())
+                });
+                for (m, t) in transpose8(v).iter().enumerate() {
+                    _mm256_storeu_ps(panel[(c + m) * PANEL_ROWS + h..][..8].as_mut_ptr(), *t);
+                }
+                c += 8;
+            }
+        }
+        for c in c..kc {
+            for (m, p) in panel[c * PANEL_ROWS + h..][..8].iter_mut().enumerate() {
+                let row = r8 + m;
+                *p = if row < r.end {
+                    w[row * cols + k.start + c].to_f32()
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// The 8 x 8 transpose of `v`: lane `m` of output `c` is lane `c` of `v[m]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+    // Pairs of rows interleaved, then quads, then the 128-bit halves.
+    let t: [__m256; 8] = core::array::from_fn(|i| {
+        let (a, b) = (v[i / 2 * 2], v[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // s[4q + j]: column j (and j + 4) of rows 4q..4q + 4.
+    let s: [__m256; 8] = core::array::from_fn(|i| {
+        let (q, j) = (i / 4, i % 4);
+        let (a, b) = (t[4 * q + j / 2], t[4 * q + 2 + j / 2]);
+        if j % 2 == 0 {
+            _mm256_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm256_shuffle_ps::<0xee>(a, b)
+        }
+    });
+    core::array::from_fn(|c| {
+        let (a, b) = (s[c % 4], s[4 + c % 4]);
+        if c < 4 {
+            _mm256_permute2f128_ps::<0x20>(a, b)
+        } else {
+            _mm256_permute2f128_ps::<0x31>(a, b)
+        }
+    })
+}
+
+/// One packed panel against the inputs, a tile at a time.
+struct PanelTile<'a> {
+    panel: &'a [f32],
+    x: &'a [f32],
+    cols: usize,
+    /// The panel's columns.
+    k: core::ops::Range<usize>,
+    /// Values per output row of `y`.
+    y_rows: usize,
+    /// The panel's rows.
+    r: core::ops::Range<usize>,
+    /// Add to `y` (a later column block) rather than store.
+    add: bool,
+}
+
+impl PanelTile<'_> {
+    /// Inputs `i0..i0 + N`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run<const N: usize>(&self, i0: usize, y: &mut [f32]) {
+        let x: [&[f32]; N] = core::array::from_fn(|m| {
+            let at = (i0 + m) * self.cols;
+            &self.x[at + self.k.start..at + self.k.end]
+        });
+        let kc = x
+            .iter()
+            .map(|x| x.len())
+            .min()
+            .unwrap_or(0)
+            .min(self.panel.len() / PANEL_ROWS);
+        let p = self.panel.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        for c in 0..kc {
+            let w = [
+                _mm256_load_ps(p.add(c * PANEL_ROWS)),
+                _mm256_load_ps(p.add(c * PANEL_ROWS + 8)),
+            ];
+            for (a, x) in acc.iter_mut().zip(&x) {
+                let xv = _mm256_broadcast_ss(&*x.as_ptr().add(c));
+                a[0] = _mm256_fmadd_ps(w[0], xv, a[0]);
+                a[1] = _mm256_fmadd_ps(w[1], xv, a[1]);
+            }
+        }
+        for (m, acc) in acc.iter().enumerate() {
+            let at = (i0 + m) * self.y_rows;
+            let out = &mut y[at + self.r.start..at + self.r.end];
+            let mut sums = [0.0f32; PANEL_ROWS];
+            _mm256_storeu_ps(sums.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc[1]);
+            for (o, s) in out.iter_mut().zip(sums) {
+                *o = if self.add { *o + s } else { s };
+            }
+        }
     }
 }
 

@@ -241,7 +241,7 @@ fn matmul_matches_scalar_for_every_dtype() {
     let inputs: &[usize] = if cfg!(miri) {
         &[2, 5]
     } else {
-        &[2, 3, 4, 5, 8, 9]
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9]
     };
     for &n in inputs {
         for &rows in row_counts() {
@@ -252,6 +252,25 @@ fn matmul_matches_scalar_for_every_dtype() {
             }
             for dtype in QUANTS {
                 for cols in quant_cols().into_iter().step_by(3) {
+                    check_matmul(dtype, rows, cols, n, &mut rng);
+                }
+            }
+        }
+    }
+}
+
+/// Batches large enough for AVX2's packed float panels (16 rows x 256
+/// columns, 6 inputs a tile), with every edge ragged: rows around 16,
+/// columns around 8 and 256 (a second column block adds to the first),
+/// inputs not a multiple of 6. Other backends take their usual batch path.
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn large_float_batches_match_scalar() {
+    let mut rng = Rng::new(4);
+    for n in [16, 17, 18, 19, 20, 21, 22, 23, 37] {
+        for rows in [1, 5, 16, 17, 33] {
+            for dtype in FLOATS {
+                for cols in [1, 7, 8, 9, 100, 256, 257, 300, 520] {
                     check_matmul(dtype, rows, cols, n, &mut rng);
                 }
             }

@@ -5,8 +5,9 @@
 //! The SSMs run as direct causal convolutions whose kernels `K[l]`
 //! (l < max_len) are computed once, when the encoder is created, into the
 //! arena: a kernel does not depend on the input, and for the lengths an
-//! encoder sees (hundreds of bytes) the convolution, one vector `axpy` per
-//! (position, lag) pair over the channels, beats the recurrence's `N`
+//! encoder sees (hundreds of bytes) the convolution, one multiply-add per
+//! (position, lag) pair and channel with each output row held in registers
+//! ([`kernels::mix`]), beats the recurrence's `N`
 //! complex multiply-adds per channel and position (N = 32..64 modes) until
 //! the input is several times longer than N.
 //!
@@ -32,7 +33,8 @@ arena_layout! {
     /// Elements in each region of an encoder's arena, in the order they lie
     /// there ([`Bigs::layout`]).
     pub struct EncoderLayout, EncoderMem {
-        /// The SSM kernels, `[layer][direction][kernel][max_len]`.
+        /// The SSM kernels, `[layer][direction][kernel][max_len]`, the
+        /// forward ones reversed (see `ssm_conv`).
         kernels: f32,
         /// Per-position activations, `[max_len][d_model]`.
         x: f32,
@@ -211,7 +213,12 @@ impl<'a, 'm> Encoder<'a, 'm> {
             for (dir, s) in [&layer.fwd, &layer.bwd].into_iter().enumerate() {
                 for g in 0..k {
                     let at = i * per_layer + (dir * k + g) * self.max_len;
-                    ssm_kernel(s, g, modes, &mut self.mem.kernels[at..at + self.max_len]);
+                    let kernel = &mut self.mem.kernels[at..at + self.max_len];
+                    ssm_kernel(s, g, modes, kernel);
+                    // The forward convolution reads its kernel backwards.
+                    if dir == 0 {
+                        kernel.reverse();
+                    }
                 }
             }
         }

@@ -128,7 +128,11 @@ pub(super) fn ssm_kernel(s: &Ssm<'_>, kernel: usize, modes: usize, out: &mut [f3
 
 #[allow(clippy::too_many_arguments)] // buffers and sizes, listed as the kernels do
 /// `out[t] = d u[t] + sum_{j<=t} K[j] u[t-j]` along `dir` over `n` rows of
-/// `width`, channel group `g` using kernel `g`.
+/// `width`, channel group `g` using kernel `g`. Each output row is one
+/// [`kernels::mix`] of the input rows it depends on, which runs over rows
+/// in increasing order: the backward direction weights rows `t..n` by
+/// `K[0..n-t]`, and the forward one rows `0..=t` by `K[t..=0]`, so its
+/// kernels are given reversed (`K[max_len - 1 - l]` at `l`).
 pub(super) fn ssm_conv(
     kernels: &[f32],
     max_len: usize,
@@ -141,19 +145,18 @@ pub(super) fn ssm_conv(
 ) -> Result<(), RuntimeError> {
     let groups = d.len();
     let per = width / groups;
-    let row = |t: usize| if backward { n - 1 - t } else { t };
     for t in 0..n {
-        let rt = row(t) * width;
+        let rt = t * width;
         for g in 0..groups {
             let ch = g * per..(g + 1) * per;
             let o = &mut out[rt + ch.start..rt + ch.end];
-            o.copy_from_slice(&u[rt + ch.start..rt + ch.end]);
-            kernels::scale(o, d[g]);
             let kern = &kernels[g * max_len..(g + 1) * max_len];
-            for (j, &kj) in kern[..=t].iter().enumerate() {
-                let r = row(t - j) * width;
-                kernels::axpy(kj, &u[r + ch.start..r + ch.end], o)?;
+            if backward {
+                kernels::mix(&kern[..n - t], &u[rt + ch.start..], width, o)?;
+            } else {
+                kernels::mix(&kern[max_len - 1 - t..], &u[ch.start..], width, o)?;
             }
+            kernels::axpy(d[g], &u[rt + ch.start..rt + ch.end], o)?;
         }
     }
     Ok(())

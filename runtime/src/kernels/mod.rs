@@ -558,6 +558,32 @@ fn axpy_on(backend: Backend, alpha: f32, x: &[f32], y: &mut [f32]) -> Result<(),
     Ok(())
 }
 
+/// `out = sum_i p[i] * rows[i * stride..][..out.len()]`: a weighted sum of
+/// `p.len()` rows `stride` apart (attention's mix of value rows, BiGS's SSM
+/// convolution), with `out` held in registers while the rows stream past.
+pub fn mix(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) -> Result<(), KernelError> {
+    mix_on(Backend::current(), p, rows, stride, out)
+}
+
+fn mix_on(
+    backend: Backend,
+    p: &[f32],
+    rows: &[f32],
+    stride: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if let Some(last) = p.len().checked_sub(1) {
+        let needed = last.saturating_mul(stride).saturating_add(out.len());
+        check_at_least("rows", needed, rows.len())?;
+    }
+    dispatch!(
+        backend,
+        |simd| simd::head_mix(p, rows, stride, out),
+        scalar::head_mix(p, rows, stride, out)
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Attention
 

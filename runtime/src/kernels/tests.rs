@@ -780,6 +780,13 @@ fn wrong_lengths_and_shapes_are_errors() {
     assert_eq!(embedding_row(&m, 0, &mut [0.0; 2]), len("out", 3, 2));
     assert!(dot(&[1.0; 3], &[1.0; 4]).is_err());
     assert!(axpy(1.0, &[1.0; 3], &mut [1.0; 2]).is_err());
+    let rows = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let mut mixed = [1.0; 3];
+    assert!(mix(&[1.0; 2], &rows[..5], 3, &mut mixed).is_err());
+    mix(&[2.0, 1.0], &rows, 3, &mut mixed).unwrap();
+    assert_eq!(mixed, [6.0, 9.0, 12.0]);
+    mix(&[], &[], 3, &mut mixed).unwrap();
+    assert_eq!(mixed, [0.0; 3]);
     assert!(add(&mut [1.0; 3], &[1.0; 2]).is_err());
     assert!(mul(&mut [1.0; 3], &[1.0; 2]).is_err());
     assert!(layer_norm(&[1.0; 3], &[1.0; 3], &[1.0; 2], 1e-5, &mut [0.0; 3]).is_err());

@@ -540,9 +540,10 @@ unsafe fn float_matmul<W: FloatWeight>(
 
 /// Weight rows per packed panel: two vectors.
 const PANEL_ROWS: usize = 16;
-/// Columns per packed panel: 16 x 256 f32 are 16 KiB (on the stack), a
-/// third of a 48 KiB L1, leaving room for the inputs streaming past.
-const PANEL_COLS: usize = 256;
+/// Columns per packed panel: 16 x 384 f32 are 24 KiB (on the stack), half
+/// of a 48 KiB L1, leaving room for the inputs streaming past; BiGS's
+/// widest products (3d = 384 columns in micro) then take a single pass.
+const PANEL_COLS: usize = 384;
 /// Inputs per panel tile: 6 x 2 accumulators, two weight vectors and one
 /// broadcast input use 15 of the 16 registers.
 const PANEL_INPUTS: usize = 6;
@@ -717,6 +718,18 @@ impl PanelTile<'_> {
         for (m, acc) in acc.iter().enumerate() {
             let at = (i0 + m) * self.y_rows;
             let out = &mut y[at + self.r.start..at + self.r.end];
+            if let Ok(out) = <&mut [f32; PANEL_ROWS]>::try_from(&mut *out) {
+                let o = out.as_mut_ptr();
+                for (h, a) in acc.iter().enumerate() {
+                    let a = if self.add {
+                        _mm256_add_ps(_mm256_loadu_ps(o.add(8 * h)), *a)
+                    } else {
+                        *a
+                    };
+                    _mm256_storeu_ps(o.add(8 * h), a);
+                }
+                continue;
+            }
             let mut sums = [0.0f32; PANEL_ROWS];
             _mm256_storeu_ps(sums.as_mut_ptr(), acc[0]);
             _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc[1]);

@@ -259,9 +259,9 @@ fn matmul_matches_scalar_for_every_dtype() {
     }
 }
 
-/// Batches large enough for AVX2's packed float panels (16 rows x 256
+/// Batches large enough for AVX2's packed float panels (16 rows x 384
 /// columns, 6 inputs a tile), with every edge ragged: rows around 16,
-/// columns around 8 and 256 (a second column block adds to the first),
+/// columns around 8 and 384 (later column blocks add to the first),
 /// inputs not a multiple of 6. Other backends take their usual batch path.
 #[test]
 #[cfg_attr(miri, ignore = "too slow under Miri")]
@@ -270,7 +270,7 @@ fn large_float_batches_match_scalar() {
     for n in [16, 17, 18, 19, 20, 21, 22, 23, 37] {
         for rows in [1, 5, 16, 17, 33] {
             for dtype in FLOATS {
-                for cols in [1, 7, 8, 9, 100, 256, 257, 300, 520] {
+                for cols in [1, 7, 8, 9, 100, 383, 384, 385, 800] {
                     check_matmul(dtype, rows, cols, n, &mut rng);
                 }
             }

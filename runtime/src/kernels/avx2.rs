@@ -945,8 +945,10 @@ pub(super) unsafe fn head_dots_i8(q: &[f32], keys: &[i8], stride: usize, scores:
 }
 
 /// The same sums as `axpy` per position, in the same order (bit for bit),
-/// but with `out` held in registers 32 columns at a time while the
-/// positions stream past, instead of loaded and stored once per position.
+/// but with `out` held in registers 64 columns at a time (eight FMA chains,
+/// enough to hide the FMA latency; BiGS's convolution mixes rows of 128),
+/// then 32 and 8, while the positions stream past, instead of loaded and
+/// stored once per position.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn head_mix(p: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
     let hd = out.len();
@@ -963,31 +965,18 @@ pub(super) unsafe fn head_mix(p: &[f32], values: &[f32], stride: usize, out: &mu
         }
         return;
     }
-    let v = values.as_ptr();
+    let (v, o) = (values.as_ptr(), out.as_mut_ptr());
     let mut c = 0;
+    while c + 64 <= hd {
+        mix_columns::<8>(p, v.add(c), stride, o.add(c));
+        c += 64;
+    }
     while c + 32 <= hd {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (i, &p) in p.iter().enumerate() {
-            let (pv, row) = (_mm256_set1_ps(p), v.add(i * stride + c));
-            for (k, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8 * k)), *a);
-            }
-        }
-        for (k, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * k), *a);
-        }
+        mix_columns::<4>(p, v.add(c), stride, o.add(c));
         c += 32;
     }
     while c + 8 <= hd {
-        let mut acc = _mm256_setzero_ps();
-        for (i, &p) in p.iter().enumerate() {
-            acc = _mm256_fmadd_ps(
-                _mm256_set1_ps(p),
-                _mm256_loadu_ps(v.add(i * stride + c)),
-                acc,
-            );
-        }
-        _mm256_storeu_ps(out.as_mut_ptr().add(c), acc);
+        mix_columns::<1>(p, v.add(c), stride, o.add(c));
         c += 8;
     }
     out[c..].fill(0.0);
@@ -995,6 +984,23 @@ pub(super) unsafe fn head_mix(p: &[f32], values: &[f32], stride: usize, out: &mu
         for (o, x) in out[c..].iter_mut().zip(&values[i * stride + c..]) {
             *o += p * x;
         }
+    }
+}
+
+/// `8 V` columns of `head_mix` from `v` (row `i` at `v + i * stride`) into
+/// `out`, the accumulators in registers; `head_mix` checked the bounds.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mix_columns<const V: usize>(p: &[f32], v: *const f32, stride: usize, out: *mut f32) {
+    let mut acc = [_mm256_setzero_ps(); V];
+    for (i, &p) in p.iter().enumerate() {
+        let (pv, row) = (_mm256_set1_ps(p), v.add(i * stride));
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8 * k)), *a);
+        }
+    }
+    for (k, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(8 * k), *a);
     }
 }
 

@@ -514,6 +514,11 @@ fn head_layouts() -> &'static [Heads] {
                 n_heads: 2,
                 head_dim: 45,
             },
+            // And with AVX2's 64-column step before them.
+            Heads {
+                n_heads: 2,
+                head_dim: 107,
+            },
         ]
     }
 }

@@ -33,8 +33,9 @@ arena_layout! {
     /// Elements in each region of an encoder's arena, in the order they lie
     /// there ([`Bigs::layout`]).
     pub struct EncoderLayout, EncoderMem {
-        /// The SSM kernels, `[layer][direction][kernel][max_len]`, the
-        /// forward ones reversed (see `ssm_conv`).
+        /// The SSM kernels, `[layer][direction][kernel][max_len]`, with D
+        /// added to each lag-0 tap and the forward ones reversed (see
+        /// `ssm_conv`).
         kernels: f32,
         /// Per-position activations, `[max_len][d_model]`.
         x: f32,
@@ -215,7 +216,9 @@ impl<'a, 'm> Encoder<'a, 'm> {
                     let at = i * per_layer + (dir * k + g) * self.max_len;
                     let kernel = &mut self.mem.kernels[at..at + self.max_len];
                     ssm_kernel(s, g, modes, kernel);
-                    // The forward convolution reads its kernel backwards.
+                    // The skip term D u[t] rides on the lag-0 tap, and the
+                    // forward convolution reads its kernel backwards.
+                    kernel[0] += s.d[g];
                     if dir == 0 {
                         kernel.reverse();
                     }
@@ -296,7 +299,7 @@ impl<'a, 'm> Encoder<'a, 'm> {
             ssm_conv(
                 kf,
                 self.max_len,
-                l.fwd.d,
+                l.fwd.d.len(),
                 &self.mem.f[..nd],
                 &mut self.mem.sf[..nd],
                 n,
@@ -306,7 +309,7 @@ impl<'a, 'm> Encoder<'a, 'm> {
             ssm_conv(
                 kb,
                 self.max_len,
-                l.bwd.d,
+                l.bwd.d.len(),
                 &self.mem.b[..nd],
                 &mut self.mem.sb[..nd],
                 n,

@@ -127,36 +127,37 @@ pub(super) fn ssm_kernel(s: &Ssm<'_>, kernel: usize, modes: usize, out: &mut [f3
 }
 
 #[allow(clippy::too_many_arguments)] // buffers and sizes, listed as the kernels do
-/// `out[t] = d u[t] + sum_{j<=t} K[j] u[t-j]` along `dir` over `n` rows of
-/// `width`, channel group `g` using kernel `g`. Each output row is one
-/// [`kernels::mix`] of the input rows it depends on, which runs over rows
-/// in increasing order: the backward direction weights rows `t..n` by
-/// `K[0..n-t]`, and the forward one rows `0..=t` by `K[t..=0]`, so its
-/// kernels are given reversed (`K[max_len - 1 - l]` at `l`).
+/// `out[t] = D u[t] + sum_{j<=t} K[j] u[t-j]` along `dir` over `n` rows of
+/// `width`, channel group `g` of `groups` using kernel `g`, whose lag-0 tap
+/// the caller has made `K[0] + D` (so the skip term costs nothing). Each
+/// output row is one [`kernels::mix`] of the input rows it depends on,
+/// which runs over rows in increasing order: the backward direction weights
+/// rows `t..n` by `K[0..n-t]`, and the forward one rows `0..=t` by
+/// `K[t..=0]`, so its kernels are given reversed (`K[max_len - 1 - l]` at
+/// `l`).
 pub(super) fn ssm_conv(
     kernels: &[f32],
     max_len: usize,
-    d: &[f32],
+    groups: usize,
     u: &[f32],
     out: &mut [f32],
     n: usize,
     width: usize,
     backward: bool,
 ) -> Result<(), RuntimeError> {
-    let groups = d.len();
     let per = width / groups;
     for t in 0..n {
         let rt = t * width;
         for g in 0..groups {
             let ch = g * per..(g + 1) * per;
-            let o = &mut out[rt + ch.start..rt + ch.end];
             let kern = &kernels[g * max_len..(g + 1) * max_len];
-            if backward {
-                kernels::mix(&kern[..n - t], &u[rt + ch.start..], width, o)?;
+            let (p, first) = if backward {
+                (&kern[..n - t], rt)
             } else {
-                kernels::mix(&kern[max_len - 1 - t..], &u[ch.start..], width, o)?;
-            }
-            kernels::axpy(d[g], &u[rt + ch.start..rt + ch.end], o)?;
+                (&kern[max_len - 1 - t..], 0)
+            };
+            let o = &mut out[rt + ch.start..rt + ch.end];
+            kernels::mix(p, &u[first + ch.start..], width, o)?;
         }
     }
     Ok(())

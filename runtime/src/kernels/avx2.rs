@@ -471,16 +471,11 @@ unsafe fn float_rows4<W: FloatWeight>(w: [&[W]; 4], x: &[f32]) -> [[f32; 1]; 4] 
     out
 }
 
-/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes.
+/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes and,
+/// for q8/q4 weights, quantised the inputs into `xq`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul(
-    w: &Matrix,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    scratch: &mut [BlockQ8],
-) {
-    matmul_with::<Avx2>(w, x, n, y, scratch)
+pub(super) unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], xq: &[BlockQ8]) {
+    matmul_with::<Avx2>(w, x, n, y, xq)
 }
 
 /// [`matmul`] with the q8/q4 rows of kernel set `K`.
@@ -490,21 +485,15 @@ pub(super) unsafe fn matmul_with<K: Rows4<BlockQ8> + Rows4<BlockQ4>>(
     x: &[f32],
     n: usize,
     y: &mut [f32],
-    scratch: &mut [BlockQ8],
+    xq: &[BlockQ8],
 ) {
     let (rows, cols) = (w.rows, w.cols);
     match w.weights {
         Weights::F32(w) => float_matmul(w, rows, cols, x, n, y),
         Weights::F16(w) => float_matmul(w, rows, cols, x, n, y),
         Weights::BF16(w) => float_matmul(w, rows, cols, x, n, y),
-        Weights::Q8(w) => {
-            quantize_q8(x, scratch);
-            quant_matmul::<_, K>(w, rows, cols / QK, scratch, n, y);
-        }
-        Weights::Q4(w) => {
-            quantize_q8(x, scratch);
-            quant_matmul::<_, K>(w, rows, cols / QK, scratch, n, y);
-        }
+        Weights::Q8(w) => quant_matmul::<_, K>(w, rows, cols / QK, xq, n, y),
+        Weights::Q4(w) => quant_matmul::<_, K>(w, rows, cols / QK, xq, n, y),
     }
 }
 

@@ -204,6 +204,24 @@ impl<'a> Matrix<'a> {
         Matrix::new(weights, rows, cols).map_err(|_| wrong_shape())
     }
 
+    /// Rows `r0..r1` as a matrix of their own; the caller checked `self`
+    /// and `r0 < r1 <= self.rows`.
+    fn row_range(&self, r0: usize, r1: usize) -> Matrix<'a> {
+        let (c, b) = (self.cols, self.cols / QK);
+        let weights = match self.weights {
+            Weights::F32(w) => Weights::F32(&w[r0 * c..r1 * c]),
+            Weights::F16(w) => Weights::F16(&w[r0 * c..r1 * c]),
+            Weights::BF16(w) => Weights::BF16(&w[r0 * c..r1 * c]),
+            Weights::Q8(w) => Weights::Q8(&w[r0 * b..r1 * b]),
+            Weights::Q4(w) => Weights::Q4(&w[r0 * b..r1 * b]),
+        };
+        Matrix {
+            weights,
+            rows: r1 - r0,
+            cols: self.cols,
+        }
+    }
+
     pub fn is_quantized(&self) -> bool {
         matches!(self.weights, Weights::Q8(_) | Weights::Q4(_))
     }
@@ -487,15 +505,151 @@ fn matmul_on(
     y: &mut [f32],
     scratch: &mut [BlockQ8],
 ) -> Result<(), KernelError> {
+    let n = check_matmul(w, x, y, scratch)?;
+    quantize_input(backend, w, x, scratch)?;
+    rows_on(backend, w, x, scratch, n, y);
+    Ok(())
+}
+
+/// Quantises `x` into `scratch` if `w` is q8/q4: what the products of
+/// [`rows_on`] read.
+fn quantize_input(
+    backend: Backend,
+    w: &Matrix,
+    x: &[f32],
+    scratch: &mut [BlockQ8],
+) -> Result<(), KernelError> {
+    if w.is_quantized() {
+        dispatch!(
+            backend,
+            |simd| simd::quantize_q8(x, scratch),
+            scalar::quantize_q8(x, scratch)?
+        );
+    }
+    Ok(())
+}
+
+/// The products of a checked matmul whose input is prepared.
+fn rows_on(backend: Backend, w: &Matrix, x: &[f32], xq: &[BlockQ8], n: usize, y: &mut [f32]) {
     dispatch!(
         backend,
-        |simd| {
-            let n = check_matmul(w, x, y, scratch)?;
-            simd::matmul(w, x, n, y, scratch)
-        },
-        scalar::matmul(w, x, y, scratch)?
-    );
+        |simd| simd::matmul(w, x, n, y, xq),
+        scalar::matmul_prepared(w, x, xq, n, y)
+    )
+}
+
+/// [`matmul`] with the rows of one input split across `par`'s threads when
+/// the matrix is large enough for that to pay ([`PARALLEL_MIN_MACS`]).
+/// The result is bit for bit [`matmul`]'s: each part is a run of whole
+/// tiles through the same kernel. Batches (`n > 1`, prefill) run serially:
+/// their output rows are not contiguous per weight row.
+pub fn matmul_parallel(
+    par: &dyn Parallel,
+    w: &Matrix,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [BlockQ8],
+) -> Result<(), KernelError> {
+    matmul_parallel_on(Backend::current(), par, w, x, y, scratch)
+}
+
+fn matmul_parallel_on(
+    backend: Backend,
+    par: &dyn Parallel,
+    w: &Matrix,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [BlockQ8],
+) -> Result<(), KernelError> {
+    let threads = par.threads();
+    if threads < 2 || x.len() != w.cols || w.rows.saturating_mul(w.cols) < PARALLEL_MIN_MACS {
+        return matmul_on(backend, w, x, y, scratch);
+    }
+    check_matmul(w, x, y, scratch)?;
+    quantize_input(backend, w, x, scratch)?;
+    let xq = &*scratch;
+    let chunk = w
+        .rows
+        .div_ceil(threads.saturating_mul(PARTS_PER_THREAD))
+        .next_multiple_of(SPLIT_ROWS);
+    let out = RowsOut(y.as_mut_ptr());
+    par.run(w.rows.div_ceil(chunk), &|part| {
+        let r0 = part * chunk;
+        let r1 = w.rows.min(r0 + chunk);
+        if r0 >= r1 {
+            return;
+        }
+        // SAFETY: `y` holds `w.rows` values (checked above) and outlives
+        // `run`, which returns only after every part has (the `Parallel`
+        // contract); part `part` is the only one given rows `r0..r1`, as
+        // `run` calls each part once, so no two slices overlap.
+        let y = unsafe { core::slice::from_raw_parts_mut(out.at(r0), r1 - r0) };
+        rows_on(backend, &w.row_range(r0, r1), x, xq, 1, y);
+    });
     Ok(())
+}
+
+/// Weight rows below which splitting a matrix-vector product across two
+/// threads costs more than it saves: waking the other thread and joining
+/// it take microseconds, a product of this size about as long. Measured
+/// with `kilobyte bench runtime --threads` (see the README).
+pub const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// Parts per thread: a thread that the scheduler preempts (or wakes late)
+/// holds up only the part it is in, while the others take the rest.
+const PARTS_PER_THREAD: usize = 4;
+
+/// Parts are whole multiples of this many rows: a multiple of every SIMD
+/// kernel's tile height, so each row goes through the same tile, and so
+/// the same operations, whatever the split.
+const SPLIT_ROWS: usize = 16;
+
+/// The output of [`matmul_parallel_on`], shared by its parts, each of
+/// which writes only its own rows.
+#[derive(Clone, Copy)]
+struct RowsOut(*mut f32);
+
+// SAFETY: the parts that share it write disjoint rows (see its one use).
+unsafe impl Sync for RowsOut {}
+
+impl RowsOut {
+    /// A method, so that closures capture the `Sync` wrapper, not the field.
+    fn at(self, row: usize) -> *mut f32 {
+        self.0.wrapping_add(row)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Threads
+
+/// Runs the parts of one op at once on threads the caller owns: the
+/// runtime starts none (it also runs in firmware), so a host that has
+/// threads hands them in, e.g. with `Session::set_parallel`. [`Serial`] is
+/// the default.
+///
+/// # Safety
+/// `run(parts, f)` must call `f(i)` exactly once for every `i < parts`, on
+/// any threads and in any order, and return only after every call has
+/// returned: [`matmul_parallel`] gives each part its own rows of the output
+/// through a raw pointer, which is sound only then.
+pub unsafe trait Parallel: Sync {
+    /// How many parts run at once (1: serial).
+    fn threads(&self) -> usize;
+    fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync));
+}
+
+/// One thread: parts run one after the other.
+pub struct Serial;
+
+// SAFETY: each part is called once, before `run` returns.
+unsafe impl Parallel for Serial {
+    fn threads(&self) -> usize {
+        1
+    }
+
+    fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..parts).for_each(f)
+    }
 }
 
 /// Returns the number of inputs.

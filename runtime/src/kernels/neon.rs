@@ -210,27 +210,16 @@ unsafe fn quant_tile<W: QuantWeight, const R: usize, const N: usize>(
     out
 }
 
-/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes.
-pub(super) unsafe fn matmul(
-    w: &Matrix,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    scratch: &mut [BlockQ8],
-) {
+/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes and,
+/// for q8/q4 weights, quantised the inputs into `xq`.
+pub(super) unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], xq: &[BlockQ8]) {
     let (rows, cols) = (w.rows, w.cols);
     match w.weights {
         Weights::F32(w) => float_matmul(w, rows, cols, x, n, y),
         Weights::F16(w) => float_matmul(w, rows, cols, x, n, y),
         Weights::BF16(w) => float_matmul(w, rows, cols, x, n, y),
-        Weights::Q8(w) => {
-            quantize_q8(x, scratch);
-            quant_matmul(w, rows, cols / QK, scratch, n, y);
-        }
-        Weights::Q4(w) => {
-            quantize_q8(x, scratch);
-            quant_matmul(w, rows, cols / QK, scratch, n, y);
-        }
+        Weights::Q8(w) => quant_matmul(w, rows, cols / QK, xq, n, y),
+        Weights::Q4(w) => quant_matmul(w, rows, cols / QK, xq, n, y),
     }
 }
 

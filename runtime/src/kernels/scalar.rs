@@ -102,10 +102,17 @@ pub fn matmul(
     scratch: &mut [BlockQ8],
 ) -> Result<(), KernelError> {
     let n = check_matmul(w, x, y, scratch)?;
-    let (rows, cols, blocks) = (w.rows, w.cols, w.cols / QK);
     if w.is_quantized() {
         quantize_q8(x, scratch)?;
     }
+    matmul_prepared(w, x, scratch, n, y);
+    Ok(())
+}
+
+/// [`matmul`] once the shapes are checked and, for q8/q4 weights, `x` is
+/// quantised into `xq`: the row loop the dispatcher splits across threads.
+pub(super) fn matmul_prepared(w: &Matrix, x: &[f32], xq: &[BlockQ8], n: usize, y: &mut [f32]) {
+    let (rows, cols, blocks) = (w.rows, w.cols, w.cols / QK);
     for i in 0..n {
         let x = &x[i * cols..][..cols];
         for (r, y) in y[i * rows..][..rows].iter_mut().enumerate() {
@@ -121,12 +128,11 @@ pub fn matmul(
                     .zip(x)
                     .map(|(w, x)| w.to_f32() * x)
                     .sum(),
-                Weights::Q8(w) => dot_q8(&w[r * blocks..][..blocks], &scratch[i * blocks..]),
-                Weights::Q4(w) => dot_q4(&w[r * blocks..][..blocks], &scratch[i * blocks..]),
+                Weights::Q8(w) => dot_q8(&w[r * blocks..][..blocks], &xq[i * blocks..]),
+                Weights::Q4(w) => dot_q4(&w[r * blocks..][..blocks], &xq[i * blocks..]),
             };
         }
     }
-    Ok(())
 }
 
 /// Writes row `row` of `w`, dequantised, to `out` (`w.cols` values): an

@@ -229,28 +229,17 @@ unsafe fn quant_tile<W: QuantWeight, const R: usize, const N: usize>(
     out
 }
 
-/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes.
+/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes and,
+/// for q8/q4 weights, quantised the inputs into `xq`.
 #[target_feature(enable = "simd128")]
-pub(super) unsafe fn matmul(
-    w: &Matrix,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    scratch: &mut [BlockQ8],
-) {
+pub(super) unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], xq: &[BlockQ8]) {
     let (rows, cols) = (w.rows, w.cols);
     match w.weights {
         Weights::F32(w) => float_matmul(w, rows, cols, x, n, y),
         Weights::F16(w) => float_matmul(w, rows, cols, x, n, y),
         Weights::BF16(w) => float_matmul(w, rows, cols, x, n, y),
-        Weights::Q8(w) => {
-            quantize_q8(x, scratch);
-            quant_matmul(w, rows, cols / QK, scratch, n, y);
-        }
-        Weights::Q4(w) => {
-            quantize_q8(x, scratch);
-            quant_matmul(w, rows, cols / QK, scratch, n, y);
-        }
+        Weights::Q8(w) => quant_matmul(w, rows, cols / QK, xq, n, y),
+        Weights::Q4(w) => quant_matmul(w, rows, cols / QK, xq, n, y),
     }
 }
 
@@ -306,7 +295,7 @@ unsafe fn quant_matmul<W: QuantWeight>(
 
 /// [`super::scalar::quantize_q8`], bit for bit, over whole blocks of `x`.
 #[target_feature(enable = "simd128")]
-unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+pub(super) unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
     for (src, dst) in x.chunks_exact(QK).zip(out) {
         let mut v = [f32x4_splat(0.0); 8];
         let mut m = f32x4_splat(0.0);

@@ -956,6 +956,111 @@ fn wasm32_uses_simd128_exactly_when_built_with_it() {
 }
 
 // ---------------------------------------------------------------------------
+// Parallel products
+
+/// Runs the parts in reverse order, on one thread: the split, not the
+/// threads, is what decides the values (the trainer's pool tests the
+/// threads).
+struct Reversed(usize, core::sync::atomic::AtomicUsize);
+
+impl Reversed {
+    fn new(threads: usize) -> Self {
+        Reversed(threads, Default::default())
+    }
+
+    /// Parts run so far.
+    fn parts(&self) -> usize {
+        self.1.load(Relaxed)
+    }
+}
+
+// SAFETY: each part once, before returning.
+unsafe impl Parallel for Reversed {
+    fn threads(&self) -> usize {
+        self.0
+    }
+
+    fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.1.fetch_add(parts, Relaxed);
+        (0..parts).rev().for_each(f)
+    }
+}
+
+/// Split rows give exactly the one-thread result, for every dtype, ragged
+/// row counts (not whole parts or tiles), 2 to 5 threads and both kernel
+/// sets; a batch and a small matrix take the serial path, also exactly.
+#[test]
+fn parallel_matvec_equals_one_thread_bit_for_bit() {
+    let mut rng = Rng::new(21);
+    let cols = 256;
+    let shapes: &[(usize, usize)] = if cfg!(miri) {
+        &[(PARALLEL_MIN_MACS / cols + 5, 1)]
+    } else {
+        &[
+            (PARALLEL_MIN_MACS / cols, 1),
+            (PARALLEL_MIN_MACS / cols + 5, 1),
+            (3 * PARALLEL_MIN_MACS / cols + 17, 1),
+            (PARALLEL_MIN_MACS / cols + 3, 3),
+            (7, 1),
+        ]
+    };
+    for dtype in FLOATS.into_iter().chain(QUANTS) {
+        for &(rows, n) in shapes {
+            let m = TestMatrix::new(dtype, rows, cols, &mut rng);
+            let x = random(&mut rng, n * cols);
+            let blank = BlockQ8 {
+                d: [0; 2],
+                qs: [0; QK],
+            };
+            for backend in [Backend::best(), Backend(Isa::Scalar)] {
+                let mut want = vec![0.0; n * rows];
+                let mut scratch = vec![blank; scratch_blocks(cols, n)];
+                matmul_on(backend, &m.matrix(), &x, &mut want, &mut scratch).unwrap();
+                for threads in 2..=5 {
+                    let mut got = vec![f32::NAN; n * rows];
+                    let mut scratch = vec![blank; scratch_blocks(cols, n)];
+                    let par = Reversed::new(threads);
+                    matmul_parallel_on(backend, &par, &m.matrix(), &x, &mut got, &mut scratch)
+                        .unwrap();
+                    let split = n == 1 && rows * cols >= PARALLEL_MIN_MACS;
+                    assert_eq!(par.parts() > 1, split, "{rows}x{cols} n={n}");
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{dtype:?} {rows}x{cols} n={n} {threads} threads {backend:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The parallel entry checks its arguments as `matmul` does.
+#[test]
+fn parallel_matvec_refuses_what_matmul_refuses() {
+    let rows = PARALLEL_MIN_MACS / 64 + 1;
+    let w = vec![0.0f32; rows * 64];
+    let m = Matrix::new(Weights::F32(&w), rows, 64).unwrap();
+    let par = Reversed::new(2);
+    let mut y = vec![0.0; rows];
+    assert!(matmul_parallel(&par, &m, &[0.0; 64], &mut y[1..], &mut []).is_err());
+    assert!(matmul_parallel(&par, &m, &[0.0; 63], &mut y, &mut []).is_err());
+    let q = vec![
+        BlockQ8 {
+            d: [0; 2],
+            qs: [0; QK]
+        };
+        rows * 2
+    ];
+    let m = Matrix::new(Weights::Q8(&q), rows, 64).unwrap();
+    assert!(matmul_parallel(&par, &m, &[0.0; 64], &mut y, &mut []).is_err());
+    assert!(matmul_parallel(&Serial, &m, &[0.0; 64], &mut y, &mut []).is_err());
+}
+
+// ---------------------------------------------------------------------------
 // Throughput
 
 /// The fastest of many timed calls of `f` (about 0.3 s in all): the

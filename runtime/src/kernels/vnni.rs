@@ -15,7 +15,9 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 use kilobyte_format::{BlockQ4, BlockQ8};
 
-pub(super) use avx2::{axpy, dot, gelu_tanh, head_dots, head_dots_i8, head_mix, head_mix_i8};
+pub(super) use avx2::{
+    axpy, dot, gelu_tanh, head_dots, head_dots_i8, head_mix, head_mix_i8, quantize_q8,
+};
 
 /// The `vpdpbusd` kernels.
 struct Vnni;
@@ -51,16 +53,11 @@ unsafe fn dpbusd(mut acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
     acc
 }
 
-/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes.
+/// `y_i = W x_i` for `n` inputs; the dispatcher checked the shapes and,
+/// for q8/q4 weights, quantised the inputs into `xq`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul(
-    w: &Matrix,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    scratch: &mut [BlockQ8],
-) {
-    avx2::matmul_with::<Vnni>(w, x, n, y, scratch)
+pub(super) unsafe fn matmul(w: &Matrix, x: &[f32], n: usize, y: &mut [f32], xq: &[BlockQ8]) {
+    avx2::matmul_with::<Vnni>(w, x, n, y, xq)
 }
 
 /// q8 weights `w` are signed, and `vpdpbusd` wants one operand unsigned:

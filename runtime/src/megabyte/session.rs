@@ -230,6 +230,8 @@ pub struct Session<'a, 'm> {
     slide: usize,
     /// Bytes in the window; the next byte to predict is at this position.
     len: usize,
+    /// Threads for the large matrix products (see [`Session::set_parallel`]).
+    par: &'a dyn kernels::Parallel,
 }
 
 /// Moves `v[from..end]` to the front of `v`, as `v.copy_within(from..end,
@@ -300,9 +302,17 @@ impl<'a, 'm> Session<'a, 'm> {
             slide: spec.slide(config),
             len: 0,
             mem,
+            par: &kernels::Serial,
         };
         s.rebuild()?;
         Ok(s)
+    }
+
+    /// Splits the rows of the larger matrix-vector products of generation
+    /// across `par`'s threads (see [`kernels::matmul_parallel`]); the logits
+    /// stay bit for bit those of one thread. A session starts serial.
+    pub fn set_parallel(&mut self, par: &'a dyn kernels::Parallel) {
+        self.par = par;
     }
 
     pub fn spec(&self) -> ArenaSpec {
@@ -469,7 +479,8 @@ impl<'a, 'm> Session<'a, 'm> {
                     &mut self.mem.gxn[r],
                 )?;
             }
-            kernels::matmul(
+            kernels::matmul_parallel(
+                self.par,
                 &b.qkv,
                 &self.mem.gxn[..rows],
                 &mut self.mem.gqkv[..3 * rows],
@@ -537,7 +548,8 @@ impl<'a, 'm> Session<'a, 'm> {
                     )?;
                 }
             }
-            kernels::matmul(
+            kernels::matmul_parallel(
+                self.par,
                 &b.proj,
                 &self.mem.gatt[..rows],
                 &mut self.mem.gxn[..rows],
@@ -554,14 +566,16 @@ impl<'a, 'm> Session<'a, 'm> {
                     &mut self.mem.gxn[r],
                 )?;
             }
-            kernels::matmul(
+            kernels::matmul_parallel(
+                self.par,
                 &b.fc,
                 &self.mem.gxn[..rows],
                 &mut self.mem.ghid[..4 * rows],
                 self.mem.q8,
             )?;
             kernels::gelu_tanh(&mut self.mem.ghid[..4 * rows]);
-            kernels::matmul(
+            kernels::matmul_parallel(
+                self.par,
                 &b.fc_proj,
                 &self.mem.ghid[..4 * rows],
                 &mut self.mem.gxn[..rows],
@@ -581,7 +595,8 @@ impl<'a, 'm> Session<'a, 'm> {
         let l = c.d_local as usize;
         let h = &self.mem.gxn[last];
         for pos in 0..p {
-            kernels::matvec(
+            kernels::matmul_parallel(
+                self.par,
                 &m.global_to_local,
                 &h[pos * dg..(pos + 1) * dg],
                 &mut self.mem.local_base[pos * l..(pos + 1) * l],
@@ -618,7 +633,7 @@ impl<'a, 'm> Session<'a, 'm> {
         let hd = l / tr.heads;
         for (li, b) in tr.blocks.iter().enumerate() {
             kernels::layer_norm(self.mem.lx, b.ln1_weight, b.ln1_bias, eps, self.mem.lxn)?;
-            kernels::matvec(&b.qkv, self.mem.lxn, self.mem.lqkv, self.mem.q8)?;
+            kernels::matmul_parallel(self.par, &b.qkv, self.mem.lxn, self.mem.lqkv, self.mem.q8)?;
             let cache = li * p * l;
             let at = cache + pos * l;
             self.mem.l_keys[at..at + l].copy_from_slice(&self.mem.lqkv[l..2 * l]);
@@ -636,16 +651,28 @@ impl<'a, 'm> Session<'a, 'm> {
                 &mut self.mem.scores[..seen],
                 self.mem.latt,
             )?;
-            kernels::matvec(&b.proj, self.mem.latt, self.mem.lxn, self.mem.q8)?;
+            kernels::matmul_parallel(self.par, &b.proj, self.mem.latt, self.mem.lxn, self.mem.q8)?;
             kernels::add(self.mem.lx, self.mem.lxn)?;
             kernels::layer_norm(self.mem.lx, b.ln2_weight, b.ln2_bias, eps, self.mem.lxn)?;
-            kernels::matvec(&b.fc, self.mem.lxn, self.mem.lhid, self.mem.q8)?;
+            kernels::matmul_parallel(self.par, &b.fc, self.mem.lxn, self.mem.lhid, self.mem.q8)?;
             kernels::gelu_tanh(self.mem.lhid);
-            kernels::matvec(&b.fc_proj, self.mem.lhid, self.mem.lxn, self.mem.q8)?;
+            kernels::matmul_parallel(
+                self.par,
+                &b.fc_proj,
+                self.mem.lhid,
+                self.mem.lxn,
+                self.mem.q8,
+            )?;
             kernels::add(self.mem.lx, self.mem.lxn)?;
         }
         kernels::layer_norm(self.mem.lx, tr.ln_f_weight, tr.ln_f_bias, eps, self.mem.lxn)?;
-        kernels::matvec(&m.local_tok, self.mem.lxn, self.mem.logits, self.mem.q8)?;
+        kernels::matmul_parallel(
+            self.par,
+            &m.local_tok,
+            self.mem.lxn,
+            self.mem.logits,
+            self.mem.q8,
+        )?;
         Ok(())
     }
 }

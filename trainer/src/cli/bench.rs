@@ -9,6 +9,7 @@
 use super::model::{Family, Preset};
 use super::open::Kbm;
 use super::roofline::Roofline;
+use super::threads::Pool;
 use crate::params::ParamSet;
 use anyhow::{anyhow, bail, Result};
 use kilobyte_format::{AlignedBytes, DType, MegabyteConfig, ModelConfig};
@@ -80,6 +81,11 @@ pub struct RuntimeArgs {
     /// Also run every measurement with the scalar kernels (SIMD speed-up side by side).
     #[arg(long)]
     pub scalar: bool,
+    /// Comma-separated thread counts for MEGABYTE generation, one row each,
+    /// measured in turn (e.g. 1,2: the scaling side by side). The roofline
+    /// stays one core's, so two threads can pass 100% of it.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    pub threads: Vec<usize>,
     /// Which family to measure: megabyte (generation) or bigs
     /// (classification of --bytes-long inputs).
     #[arg(long, value_enum, default_value_t = Family::Megabyte)]
@@ -130,9 +136,10 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
         return bench_bigs(args, &roof);
     }
     println!(
-        "{:<6} {:<5} {:>10} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>7} {:>8} {:>8}",
+        "{:<6} {:<5} {:>3} {:>10} {:>10} {:>10} {:>11} {:>11} {:>9} {:>9} {:>7} {:>8} {:>8}",
         "preset",
         "dtype",
+        "thr",
         "params",
         "model B",
         "arena B",
@@ -148,6 +155,11 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
         [] => &[BenchPreset::Micro, BenchPreset::Small, BenchPreset::Ref4m][..],
         p => p,
     };
+    let pools = args
+        .threads
+        .iter()
+        .map(|&t| Pool::new(t))
+        .collect::<Result<Vec<_>>>()?;
     for &preset in presets {
         let config = preset.megabyte();
         let params = ParamSet::init(ModelConfig::Megabyte(config), 1)?;
@@ -167,35 +179,38 @@ fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
                 } else {
                     kernels::detected()
                 })?;
-                let r = measure_best(&kbm, &model, args.bytes)?;
-                let macs = model.macs_per_byte();
-                let wbytes = model.weight_bytes_per_byte();
-                // The local model is re-read every byte from a working set of
-                // itself and the arena; the global model once per patch, from
-                // one of every weight and the arena.
-                let w = model.weight_bytes();
-                let p = config.patch_size as f64;
-                let reads = [
-                    (w.local_per_byte as f64, w.local_per_byte + r.arena),
-                    (w.global_per_patch as f64 / p, bytes.len() + r.arena),
-                ];
-                let bound = roof.bound(macs, dtype.is_quantized(), &reads);
-                println!(
-                    "{:<6} {:<5} {:>10} {:>10} {:>10} {:>11.1} {:>11.1} {:>9.0} {:>9.0} {:>7.2} {:>8} {:>7.1}%{}",
-                    preset.name(),
-                    dtype.name(),
-                    multiplied,
-                    bytes.len(),
-                    r.arena,
-                    r.gen,
-                    r.prefill,
-                    macs,
-                    wbytes,
-                    r.gen * macs / 1e9,
-                    bound.by,
-                    100.0 * r.gen / bound.per_s,
-                    if scalar { "  (scalar kernels)" } else { "" }
-                );
+                let speeds = measure_best(&kbm, &model, args.bytes, &pools)?;
+                for (r, &threads) in speeds.iter().zip(&args.threads) {
+                    let macs = model.macs_per_byte();
+                    let wbytes = model.weight_bytes_per_byte();
+                    // The local model is re-read every byte from a working set of
+                    // itself and the arena; the global model once per patch, from
+                    // one of every weight and the arena.
+                    let w = model.weight_bytes();
+                    let p = config.patch_size as f64;
+                    let reads = [
+                        (w.local_per_byte as f64, w.local_per_byte + r.arena),
+                        (w.global_per_patch as f64 / p, bytes.len() + r.arena),
+                    ];
+                    let bound = roof.bound(macs, dtype.is_quantized(), &reads);
+                    println!(
+                        "{:<6} {:<5} {:>3} {:>10} {:>10} {:>10} {:>11.1} {:>11.1} {:>9.0} {:>9.0} {:>7.2} {:>8} {:>7.1}%{}",
+                        preset.name(),
+                        dtype.name(),
+                        threads,
+                        multiplied,
+                        bytes.len(),
+                        r.arena,
+                        r.gen,
+                        r.prefill,
+                        macs,
+                        wbytes,
+                        r.gen * macs / 1e9,
+                        bound.by,
+                        100.0 * r.gen / bound.per_s,
+                        if scalar { "  (scalar kernels)" } else { "" }
+                    );
+                }
             }
             use_kernels(kernels::detected())?;
         }
@@ -292,17 +307,30 @@ struct Speeds {
 /// like with like.
 const REPEATS: usize = 3;
 
-fn measure_best<'m>(kbm: &Kbm<'m>, model: &Megabyte<'m>, n: usize) -> Result<Speeds> {
-    let mut best = measure(kbm, model, n)?;
-    for _ in 1..REPEATS {
-        let r = measure(kbm, model, n)?;
-        best.gen = best.gen.max(r.gen);
-        best.prefill = best.prefill.max(r.prefill);
+/// The best of [`REPEATS`] measurements with each pool, the pools taking
+/// turns so that a change in the machine's load affects them alike.
+fn measure_best<'m>(
+    kbm: &Kbm<'m>,
+    model: &Megabyte<'m>,
+    n: usize,
+    pools: &[Pool],
+) -> Result<Vec<Speeds>> {
+    let mut best: Vec<Speeds> = Vec::with_capacity(pools.len());
+    for rep in 0..REPEATS {
+        for (i, pool) in pools.iter().enumerate() {
+            let r = measure(kbm, model, n, pool)?;
+            if rep == 0 {
+                best.push(r);
+            } else {
+                best[i].gen = best[i].gen.max(r.gen);
+                best[i].prefill = best[i].prefill.max(r.prefill);
+            }
+        }
     }
     Ok(best)
 }
 
-fn measure<'m>(kbm: &Kbm<'m>, model: &Megabyte<'m>, n: usize) -> Result<Speeds> {
+fn measure<'m>(kbm: &Kbm<'m>, model: &Megabyte<'m>, n: usize, pool: &Pool) -> Result<Speeds> {
     let config = model.config;
     let spec = ArenaSpec::new(config.max_seq as usize);
     let prompt: Vec<u8> = b"The quick brown fox jumps over the lazy dog. "
@@ -312,6 +340,7 @@ fn measure<'m>(kbm: &Kbm<'m>, model: &Megabyte<'m>, n: usize) -> Result<Speeds> 
         .copied()
         .collect();
     let (prefill, gen) = kbm.session(model, spec, "a T_max context", |s| {
+        s.set_parallel(pool);
         let t = Instant::now();
         s.prefill(&prompt)?;
         let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();

@@ -4,6 +4,7 @@
 //! `super::open`.
 
 use super::open::{with_kbm, Kbm};
+use super::threads::Pool;
 use crate::text::shown;
 use anyhow::{anyhow, bail, Context, Result};
 use kilobyte_runtime::sampling::{StopMatcher, StopSequences};
@@ -49,6 +50,10 @@ pub struct Args {
     /// Report prefill and generation speed on stderr.
     #[arg(long)]
     pub stats: bool,
+    /// Threads for the larger matrix-vector products of generation (the
+    /// bytes are the same for any count).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 /// Decodes \n, \t, \r, \0, \\ and \xHH escapes.
@@ -137,8 +142,10 @@ fn generate(args: &Args, kbm: &Kbm<'_>) -> Result<()> {
     } else {
         spec
     };
+    let pool = Pool::new(args.threads)?;
     let (produced, prefill_s, gen_s) =
         kbm.session(&model, spec, &format!("--context {context}"), |session| {
+            session.set_parallel(&pool);
             let t0 = Instant::now();
             session.prefill(&prompt)?;
             let prefill_s = t0.elapsed().as_secs_f64();

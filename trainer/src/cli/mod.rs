@@ -2,7 +2,7 @@
 //! and its `run`) and returns `anyhow::Result`; `main` prints any error as
 //! one line and exits non-zero. What several commands share lives beside
 //! them: `model` (the model flags), `open` (opening .kbm files and run
-//! directories), `input` (bounded reads). The commands call the trainer and
+//! directories), `input` (bounded reads), `threads` (the `--threads` pool). The commands call the trainer and
 //! the runtime; nothing below them calls back into the CLI, except
 //! `crate::data::tsv` reading its tables through `input`.
 
@@ -22,6 +22,7 @@ mod open;
 mod plot;
 mod quantize;
 mod roofline;
+mod threads;
 mod train;
 
 use anyhow::Result;

@@ -550,19 +550,44 @@ pub fn matmul_parallel(
     y: &mut [f32],
     scratch: &mut [BlockQ8],
 ) -> Result<(), KernelError> {
-    matmul_parallel_on(Backend::current(), par, w, x, y, scratch)
+    let split = Split {
+        par,
+        min_macs: PARALLEL_MIN_MACS,
+    };
+    matmul_parallel_on(Backend::current(), split, w, x, y, scratch)
 }
 
-fn matmul_parallel_on(
-    backend: Backend,
+/// [`matmul_parallel`] splitting the rows whatever the matrix's size: what
+/// measures [`PARALLEL_MIN_MACS`].
+pub fn matmul_split(
     par: &dyn Parallel,
     w: &Matrix,
     x: &[f32],
     y: &mut [f32],
     scratch: &mut [BlockQ8],
 ) -> Result<(), KernelError> {
+    let split = Split { par, min_macs: 0 };
+    matmul_parallel_on(Backend::current(), split, w, x, y, scratch)
+}
+
+/// The threads of a parallel product, and the size below which it runs on
+/// one.
+#[derive(Clone, Copy)]
+struct Split<'p> {
+    par: &'p dyn Parallel,
+    min_macs: usize,
+}
+
+fn matmul_parallel_on(
+    backend: Backend,
+    Split { par, min_macs }: Split,
+    w: &Matrix,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [BlockQ8],
+) -> Result<(), KernelError> {
     let threads = par.threads();
-    if threads < 2 || x.len() != w.cols || w.rows.saturating_mul(w.cols) < PARALLEL_MIN_MACS {
+    if threads < 2 || x.len() != w.cols || w.rows.saturating_mul(w.cols) < min_macs {
         return matmul_on(backend, w, x, y, scratch);
     }
     check_matmul(w, x, y, scratch)?;
@@ -589,15 +614,18 @@ fn matmul_parallel_on(
     Ok(())
 }
 
-/// Weight rows below which splitting a matrix-vector product across two
-/// threads costs more than it saves: waking the other thread and joining
-/// it take microseconds, a product of this size about as long. Measured
-/// with `kilobyte bench runtime --threads` (see the README).
-pub const PARALLEL_MIN_MACS: usize = 1 << 16;
+/// Matrix sizes (rows x cols) below which a matrix-vector product stays on
+/// one thread: waking and joining another costs about a microsecond, and
+/// the parts' claims cross cores. On the 2-core development machine
+/// (`bench_split_threshold` in the trainer's `cli/threads.rs`), f32 gained
+/// 1.3x from 384 x 384 and q8/q4 broke even at 768 x 256 and gained from
+/// 1024 x 256 (1.1 to 1.2x) up to 1.7x at 3072 x 768; 256 x 256 lost.
+pub const PARALLEL_MIN_MACS: usize = 1 << 17;
 
 /// Parts per thread: a thread that the scheduler preempts (or wakes late)
-/// holds up only the part it is in, while the others take the rest.
-const PARTS_PER_THREAD: usize = 4;
+/// holds up only the part it is in, while the others take the rest; more
+/// parts cost more claims (4 measured slower than 2 for q8).
+const PARTS_PER_THREAD: usize = 2;
 
 /// Parts are whole multiples of this many rows: a multiple of every SIMD
 /// kernel's tile height, so each row goes through the same tile, and so

@@ -987,25 +987,32 @@ unsafe impl Parallel for Reversed {
 }
 
 /// Split rows give exactly the one-thread result, for every dtype, ragged
-/// row counts (not whole parts or tiles), 2 to 5 threads and both kernel
-/// sets; a batch and a small matrix take the serial path, also exactly.
+/// row counts (not whole parts or tiles, fewer rows than threads), 2 to 5
+/// threads and both kernel sets; a batch and a matrix under the threshold
+/// take the serial path, also exactly.
 #[test]
 fn parallel_matvec_equals_one_thread_bit_for_bit() {
     let mut rng = Rng::new(21);
     let cols = 256;
-    let shapes: &[(usize, usize)] = if cfg!(miri) {
-        &[(PARALLEL_MIN_MACS / cols + 5, 1)]
+    const MIN: usize = PARALLEL_MIN_MACS;
+    // (rows, inputs, the size below which the product stays serial): at the
+    // threshold, above it with ragged rows, a batch, a small matrix, and
+    // small ragged ones split regardless.
+    let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+        &[(37, 1, 0), (5, 1, 0)]
     } else {
         &[
-            (PARALLEL_MIN_MACS / cols, 1),
-            (PARALLEL_MIN_MACS / cols + 5, 1),
-            (3 * PARALLEL_MIN_MACS / cols + 17, 1),
-            (PARALLEL_MIN_MACS / cols + 3, 3),
-            (7, 1),
+            (MIN / cols, 1, MIN),
+            (MIN / cols + 5, 1, MIN),
+            (3 * MIN / cols + 17, 1, MIN),
+            (MIN / cols + 3, 3, MIN),
+            (7, 1, MIN),
+            (37, 1, 0),
+            (5, 1, 0),
         ]
     };
     for dtype in FLOATS.into_iter().chain(QUANTS) {
-        for &(rows, n) in shapes {
+        for &(rows, n, min_macs) in shapes {
             let m = TestMatrix::new(dtype, rows, cols, &mut rng);
             let x = random(&mut rng, n * cols);
             let blank = BlockQ8 {
@@ -1020,10 +1027,14 @@ fn parallel_matvec_equals_one_thread_bit_for_bit() {
                     let mut got = vec![f32::NAN; n * rows];
                     let mut scratch = vec![blank; scratch_blocks(cols, n)];
                     let par = Reversed::new(threads);
-                    matmul_parallel_on(backend, &par, &m.matrix(), &x, &mut got, &mut scratch)
+                    let split = Split {
+                        par: &par,
+                        min_macs,
+                    };
+                    matmul_parallel_on(backend, split, &m.matrix(), &x, &mut got, &mut scratch)
                         .unwrap();
-                    let split = n == 1 && rows * cols >= PARALLEL_MIN_MACS;
-                    assert_eq!(par.parts() > 1, split, "{rows}x{cols} n={n}");
+                    let split = n == 1 && rows * cols >= min_macs;
+                    assert_eq!(par.parts() > 0, split, "{rows}x{cols} n={n}");
                     let same = got
                         .iter()
                         .zip(&want)

@@ -38,15 +38,21 @@ pub const MAX_THREADS: usize = 64;
 const PARTS_BITS: u32 = 16;
 const MAX_PARTS: usize = (1 << PARTS_BITS) - 1;
 
+/// Keeps the counters on cache lines of their own (two lines: the
+/// adjacent-line prefetcher pairs them), so a claim does not wait for a
+/// line that a finishing part is writing.
+#[repr(align(128))]
+struct Line<T>(T);
+
 struct Shared {
     /// The closure of the current job, its lifetime erased: alive until
     /// `done` reaches the job's part count.
     job: UnsafeCell<&'static (dyn Fn(usize) + Sync)>,
     /// The claim word (see [`PARTS_BITS`]); written with release ordering
     /// after `job`.
-    claims: AtomicU64,
+    claims: Line<AtomicU64>,
     /// Parts of the current job that have returned.
-    done: AtomicUsize,
+    done: Line<AtomicUsize>,
     panicked: AtomicBool,
     stop: AtomicBool,
 }
@@ -75,8 +81,8 @@ impl Pool {
         let noop: &'static (dyn Fn(usize) + Sync) = &|_| {};
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(noop),
-            claims: AtomicU64::new(0),
-            done: AtomicUsize::new(0),
+            claims: Line(AtomicU64::new(0)),
+            done: Line(AtomicUsize::new(0)),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -102,7 +108,7 @@ impl Pool {
 impl Shared {
     /// Claims and runs parts of job `job` until none is left.
     fn run_parts(&self, job: u64) {
-        let mut word = self.claims.load(Ordering::Acquire);
+        let mut word = self.claims.0.load(Ordering::Acquire);
         loop {
             let (parts, next) = (
                 (word >> PARTS_BITS) & MAX_PARTS as u64,
@@ -111,7 +117,7 @@ impl Shared {
             if word >> 32 != job || next >= parts {
                 return;
             }
-            match self.claims.compare_exchange_weak(
+            match self.claims.0.compare_exchange_weak(
                 word,
                 word + 1,
                 Ordering::AcqRel,
@@ -125,8 +131,8 @@ impl Shared {
                     if catch_unwind(AssertUnwindSafe(|| f(next as usize))).is_err() {
                         self.panicked.store(true, Ordering::Relaxed);
                     }
-                    self.done.fetch_add(1, Ordering::Release);
-                    word = self.claims.load(Ordering::Acquire);
+                    self.done.0.fetch_add(1, Ordering::Release);
+                    word = self.claims.0.load(Ordering::Acquire);
                 }
                 Err(now) => word = now,
             }
@@ -144,7 +150,7 @@ fn work(shared: &Shared) {
             if shared.stop.load(Ordering::Acquire) {
                 return;
             }
-            let job = shared.claims.load(Ordering::Acquire) >> 32;
+            let job = shared.claims.0.load(Ordering::Acquire) >> 32;
             if job != seen {
                 break job;
             }
@@ -169,7 +175,7 @@ struct Join<'p>(&'p Shared, usize);
 impl Drop for Join<'_> {
     fn drop(&mut self) {
         let mut spins = 0u32;
-        while self.0.done.load(Ordering::Acquire) != self.1 {
+        while self.0.done.0.load(Ordering::Acquire) != self.1 {
             spins = spins.wrapping_add(1);
             if spins % 1024 == 0 {
                 // A worker the scheduler took off its core mid-part.
@@ -201,12 +207,13 @@ unsafe impl Parallel for Pool {
         // SAFETY: every part of the last job is done (its `Join` saw to it),
         // so no thread reads `job`, and `running` keeps other callers out.
         unsafe { *shared.job.get() = f_static };
-        shared.done.store(0, Ordering::Relaxed);
+        shared.done.0.store(0, Ordering::Relaxed);
         // Job numbers start at 1 (0 is "none yet") and wrap within 32 bits.
-        let job = ((shared.claims.load(Ordering::Relaxed) >> 32) + 1) & 0xffff_ffff;
+        let job = ((shared.claims.0.load(Ordering::Relaxed) >> 32) + 1) & 0xffff_ffff;
         let job = job.max(1);
         shared
             .claims
+            .0
             .store(job << 32 | (parts as u64) << PARTS_BITS, Ordering::Release);
         for w in &self.workers {
             w.thread().unpark();
@@ -256,17 +263,17 @@ mod tests {
 
     /// A session's logits with 2 and 3 threads are bit for bit those of
     /// one, for every weight dtype, over a prefill and generation across
-    /// patch boundaries (micro's global fc and local fc rows get split).
+    /// patch boundaries (a one-layer ref4m: its global qkv, fc and fc_proj
+    /// rows get split).
     #[test]
     fn sessions_generate_the_same_logits_on_any_thread_count() {
         use crate::cli::open::Kbm;
         use crate::params::ParamSet;
         use kilobyte_format::{AlignedBytes, DType, MegabyteConfig, ModelConfig};
         use kilobyte_runtime::{kernels, sampling, ArenaSpec};
-        let config = MegabyteConfig::MICRO;
-        assert!(
-            4 * config.d_local as usize * config.d_local as usize >= kernels::PARALLEL_MIN_MACS
-        );
+        let config = MegabyteConfig::preset(4, 64, 1, 4, 128, 1, 4, 256);
+        let width = (config.patch_size * config.d_global) as usize;
+        assert!(3 * width * width >= kernels::PARALLEL_MIN_MACS);
         let params = ParamSet::init(ModelConfig::Megabyte(config), 3).unwrap();
         let pools: Vec<Pool> = [1, 2, 3].map(|t| Pool::new(t).unwrap()).into();
         for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
@@ -308,5 +315,85 @@ mod tests {
             done.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(done.load(Ordering::Relaxed), 4);
+    }
+}
+
+/// Where splitting pays: one input through square-ish matrices of the
+/// presets' shapes and smaller, one thread against `threads` (rows split
+/// whatever the size), interleaved, best of 7. `kernels::PARALLEL_MIN_MACS`
+/// is the smallest size that gains on a quiet machine.
+#[test]
+#[ignore = "benchmark: cargo test --release -p kilobyte-trainer split_threshold -- --ignored --nocapture"]
+fn bench_split_threshold() {
+    use kilobyte_format::{BlockQ4, BlockQ8, DType};
+    use kilobyte_runtime::kernels::{self, Matrix, Serial, Weights};
+    let pool = Pool::new(2).unwrap();
+    let shapes = [
+        (64, 64),
+        (128, 128),
+        (256, 128),
+        (256, 256),
+        (384, 384),
+        (768, 256),
+        (1024, 256),
+        (256, 1024),
+        (512, 512),
+        (1536, 512),
+        (2048, 512),
+        (2304, 768),
+        (3072, 768),
+    ];
+    println!("rows x cols  dtype   1 thread us   2 threads us   speed-up");
+    for (rows, cols) in shapes {
+        let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
+        let mut y = vec![0.0; rows];
+        let blank = BlockQ8 {
+            d: [0; 2],
+            qs: [0; 32],
+        };
+        let mut scratch = vec![blank; kernels::scratch_blocks(cols, 1)];
+        for dtype in [DType::F32, DType::Q8, DType::Q4] {
+            let values: Vec<f32> = (0..rows * cols).map(|i| (i % 13) as f32 / 13.0).collect();
+            let mut bytes = vec![0u8; dtype.byte_len((rows * cols) as u64).unwrap() as usize];
+            kilobyte_format::quant::encode(dtype, &values, &mut bytes).unwrap();
+            let q8: Vec<BlockQ8> = bytes
+                .chunks_exact(34)
+                .map(|b| BlockQ8 {
+                    d: [b[0], b[1]],
+                    qs: std::array::from_fn(|i| b[2 + i] as i8),
+                })
+                .collect();
+            let q4: Vec<BlockQ4> = bytes
+                .chunks_exact(18)
+                .map(|b| BlockQ4 {
+                    d: [b[0], b[1]],
+                    qs: std::array::from_fn(|i| b[2 + i]),
+                })
+                .collect();
+            let weights = match dtype {
+                DType::F32 => Weights::F32(&values),
+                DType::Q8 => Weights::Q8(&q8),
+                _ => Weights::Q4(&q4),
+            };
+            let m = Matrix::new(weights, rows, cols).unwrap();
+            let reps = (1 << 24) / (rows * cols) + 10;
+            let mut best = [f64::MAX; 2];
+            for _ in 0..7 {
+                for (k, par) in [&Serial as &dyn Parallel, &pool].into_iter().enumerate() {
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        kernels::matmul_split(par, &m, &x, &mut y, &mut scratch).unwrap();
+                    }
+                    best[k] = best[k].min(t.elapsed().as_secs_f64() / reps as f64);
+                }
+            }
+            println!(
+                "{rows:>4} x {cols:<4}  {:<5} {:>12.2} {:>14.2} {:>10.2}",
+                dtype.name(),
+                best[0] * 1e6,
+                best[1] * 1e6,
+                best[0] / best[1]
+            );
+        }
     }
 }

@@ -539,7 +539,7 @@ fn rows_on(backend: Backend, w: &Matrix, x: &[f32], xq: &[BlockQ8], n: usize, y:
 }
 
 /// [`matmul`] with the rows of one input split across `par`'s threads when
-/// the matrix is large enough for that to pay ([`PARALLEL_MIN_MACS`]).
+/// the matrix is large enough for that to pay ([`Parallel::min_macs`]).
 /// The result is bit for bit [`matmul`]'s: each part is a run of whole
 /// tiles through the same kernel. Batches (`n > 1`, prefill) run serially:
 /// their output rows are not contiguous per weight row.
@@ -550,44 +550,19 @@ pub fn matmul_parallel(
     y: &mut [f32],
     scratch: &mut [BlockQ8],
 ) -> Result<(), KernelError> {
-    let split = Split {
-        par,
-        min_macs: PARALLEL_MIN_MACS,
-    };
-    matmul_parallel_on(Backend::current(), split, w, x, y, scratch)
+    matmul_parallel_on(Backend::current(), par, w, x, y, scratch)
 }
 
-/// [`matmul_parallel`] splitting the rows whatever the matrix's size: what
-/// measures [`PARALLEL_MIN_MACS`].
-pub fn matmul_split(
+fn matmul_parallel_on(
+    backend: Backend,
     par: &dyn Parallel,
     w: &Matrix,
     x: &[f32],
     y: &mut [f32],
     scratch: &mut [BlockQ8],
 ) -> Result<(), KernelError> {
-    let split = Split { par, min_macs: 0 };
-    matmul_parallel_on(Backend::current(), split, w, x, y, scratch)
-}
-
-/// The threads of a parallel product, and the size below which it runs on
-/// one.
-#[derive(Clone, Copy)]
-struct Split<'p> {
-    par: &'p dyn Parallel,
-    min_macs: usize,
-}
-
-fn matmul_parallel_on(
-    backend: Backend,
-    Split { par, min_macs }: Split,
-    w: &Matrix,
-    x: &[f32],
-    y: &mut [f32],
-    scratch: &mut [BlockQ8],
-) -> Result<(), KernelError> {
     let threads = par.threads();
-    if threads < 2 || x.len() != w.cols || w.rows.saturating_mul(w.cols) < min_macs {
+    if threads < 2 || x.len() != w.cols || w.rows.saturating_mul(w.cols) < par.min_macs() {
         return matmul_on(backend, w, x, y, scratch);
     }
     check_matmul(w, x, y, scratch)?;
@@ -614,8 +589,7 @@ fn matmul_parallel_on(
     Ok(())
 }
 
-/// Matrix sizes (rows x cols) below which a matrix-vector product stays on
-/// one thread: waking and joining another costs about a microsecond, and
+/// [`Parallel::min_macs`] unless an executor knows better: waking and joining another costs about a microsecond, and
 /// the parts' claims cross cores. On the 2-core development machine
 /// (`bench_split_threshold` in the trainer's `cli/threads.rs`), f32 gained
 /// 1.3x from 384 x 384 and q8/q4 broke even at 768 x 256 and gained from
@@ -663,6 +637,10 @@ impl RowsOut {
 pub unsafe trait Parallel: Sync {
     /// How many parts run at once (1: serial).
     fn threads(&self) -> usize;
+    /// Matrix sizes (rows x cols) below which a product stays on one thread.
+    fn min_macs(&self) -> usize {
+        PARALLEL_MIN_MACS
+    }
     fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync));
 }
 

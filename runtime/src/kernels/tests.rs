@@ -961,16 +961,20 @@ fn wasm32_uses_simd128_exactly_when_built_with_it() {
 /// Runs the parts in reverse order, on one thread: the split, not the
 /// threads, is what decides the values (the trainer's pool tests the
 /// threads).
-struct Reversed(usize, core::sync::atomic::AtomicUsize);
+struct Reversed(usize, usize, core::sync::atomic::AtomicUsize);
 
 impl Reversed {
     fn new(threads: usize) -> Self {
-        Reversed(threads, Default::default())
+        Reversed::splitting_from(threads, PARALLEL_MIN_MACS)
+    }
+
+    fn splitting_from(threads: usize, min_macs: usize) -> Self {
+        Reversed(threads, min_macs, Default::default())
     }
 
     /// Parts run so far.
     fn parts(&self) -> usize {
-        self.1.load(Relaxed)
+        self.2.load(Relaxed)
     }
 }
 
@@ -980,8 +984,12 @@ unsafe impl Parallel for Reversed {
         self.0
     }
 
+    fn min_macs(&self) -> usize {
+        self.1
+    }
+
     fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
-        self.1.fetch_add(parts, Relaxed);
+        self.2.fetch_add(parts, Relaxed);
         (0..parts).rev().for_each(f)
     }
 }
@@ -1026,12 +1034,8 @@ fn parallel_matvec_equals_one_thread_bit_for_bit() {
                 for threads in 2..=5 {
                     let mut got = vec![f32::NAN; n * rows];
                     let mut scratch = vec![blank; scratch_blocks(cols, n)];
-                    let par = Reversed::new(threads);
-                    let split = Split {
-                        par: &par,
-                        min_macs,
-                    };
-                    matmul_parallel_on(backend, split, &m.matrix(), &x, &mut got, &mut scratch)
+                    let par = Reversed::splitting_from(threads, min_macs);
+                    matmul_parallel_on(backend, &par, &m.matrix(), &x, &mut got, &mut scratch)
                         .unwrap();
                     let split = n == 1 && rows * cols >= min_macs;
                     assert_eq!(par.parts() > 0, split, "{rows}x{cols} n={n}");

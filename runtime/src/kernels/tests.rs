@@ -1027,7 +1027,7 @@ fn parallel_matvec_equals_one_thread_bit_for_bit() {
                 d: [0; 2],
                 qs: [0; QK],
             };
-            for backend in Backend::every_simd().chain([Backend(Isa::Scalar)]) {
+            for backend in Backend::every_backend().chain([Backend(Isa::Scalar)]) {
                 let mut want = vec![0.0; n * rows];
                 let mut scratch = vec![blank; scratch_blocks(cols, n)];
                 matmul_on(backend, &m.matrix(), &x, &mut want, &mut scratch).unwrap();

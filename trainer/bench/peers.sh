@@ -31,8 +31,9 @@
 # - GB/s: weight bytes read per byte generated times bytes/s (kilobyte:
 #   `bench runtime`'s wbytes/B; a Llama: every matrix once per token at its
 #   storage size: f32 4 B, llama2.c Q8 1+4/64 B, Q8_0 34/32 B, Q4_0 18/32 B).
-# - kilobyte generates on one thread (the runtime has no threads), so its
-#   2-thread rows are absent.
+# - kilobyte's 2-thread rows split one input's large products over a pool
+#   (`bench runtime --threads`); products under the runtime's threshold
+#   stay on one thread, so micro and ref4m barely change.
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,8p' "$0" >&2; exit 2; }
 l2c=$(realpath "$1")
@@ -61,14 +62,15 @@ lquant="$lbuild/bin/llama-quantize"
 export PYTHONPATH="$lcpp/gguf-py${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== kilobyte bench runtime" >&2
-"$kb" bench runtime --presets "$presets" --dtypes f32,q8,q4 --bytes "$bytes" | tee "$out/kilobyte.txt" >&2
+"$kb" bench runtime --presets "$presets" --dtypes f32,q8,q4 --bytes "$bytes" --threads "${threads// /,}" |
+    tee "$out/kilobyte.txt" >&2
 "$kb" bench runtime --model bigs --presets micro,small --dtypes f32,q8 --bytes 128 | tee "$out/bigs.txt" >&2
 
 # One row per engine run: engine size params dtype threads gen_per_s MAC_per_byte weight_bytes_per_byte
 rows="$out/rows.tsv"
 : >"$rows"
-awk -v OFS='\t' '$1 ~ /^(micro|small|base|ref4m)$/ && NF >= 12 {
-    print "kilobyte MEGABYTE", $1, $3, $2, 1, $6, $8, $9 }' "$out/kilobyte.txt" >>"$rows"
+awk -v OFS='\t' '$1 ~ /^(micro|small|base|ref4m)$/ && NF >= 13 {
+    print "kilobyte MEGABYTE", $1, $4, $2, $3, $7, $9, $10 }' "$out/kilobyte.txt" >>"$rows"
 
 llama_row() { # engine size dtype threads per_s shape.json bytes_per_param
     python3 - "$@" <<'EOF' >>"$rows"
@@ -93,7 +95,7 @@ peer_model() { # params dir
 ts() { python3 -c "import json, sys; print([r['avg_ts'] for r in json.load(open(sys.argv[1])) if r['n_' + sys.argv[2]] > 0][0])" "$1" "$2"; }
 
 for size in ${presets//,/ }; do
-    params=$(awk -v s="$size" '$1 == s && $2 == "f32" { print $3; exit }' "$out/kilobyte.txt")
+    params=$(awk -v s="$size" '$1 == s && $2 == "f32" { print $4; exit }' "$out/kilobyte.txt")
     [ -n "$params" ] || { echo "peers.sh: no f32 row for $size in kilobyte's table" >&2; exit 1; }
     m="$out/models/megabyte-$size"
     peer_model "$params" "$m"

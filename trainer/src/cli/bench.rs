@@ -120,7 +120,7 @@ pub const REF4M: MegabyteConfig = MegabyteConfig::preset(4, 64, 4, 4, 128, 2, 4,
 pub fn run(args: Args) -> Result<()> {
     match args.what {
         Bench::Runtime(a) => bench_runtime(&a),
-        Bench::Train(a) => bench_train(&a),
+        Bench::Train(a) => super::threads::on_rayon_workers(None, || bench_train(&a)),
     }
 }
 

@@ -83,10 +83,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fill(a) => fill::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
-        Command::Eval(a) => eval::run(a),
+        Command::Eval(a) => threads::on_rayon_workers(None, || eval::run(a)),
         Command::Export(a) => export::run(a),
         Command::Plot(a) => plot::run(a),
-        Command::Demo(a) => demo::run(a),
+        Command::Demo(a) => threads::on_rayon_workers(None, || demo::run(a)),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::bigs::jobs::{self, LabelledFiles};
 use crate::data::tsv::Column;
 use crate::family::{self, Start};
 use crate::train::{DataSource, Eval, TrainOptions};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use kilobyte_format::ModelConfig;
 use std::path::PathBuf;
 
@@ -143,17 +143,6 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-fn set_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(n) = threads {
-        crate::budget::check_threads(n)?;
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .with_context(|| format!("--threads {n}"))?;
-    }
-    Ok(())
-}
-
 /// The backend device from `--device` and `--precision`.
 fn device(a: &TrainArgs) -> Result<backend::Device> {
     Ok(match (a.device, a.precision) {
@@ -166,8 +155,11 @@ fn device(a: &TrainArgs) -> Result<backend::Device> {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    super::threads::on_rayon_workers(a.threads, || train(a))
+}
+
+fn train(a: TrainArgs) -> Result<()> {
     let device = device(&a)?;
-    set_threads(a.threads)?;
     let report = if let Some(dir) = &a.resume {
         family::resume(dir, a.quiet, device)?
     } else {

@@ -249,8 +249,9 @@ impl Drop for Pool {
 /// outside the pool, the trainer's own thread is one more runnable thread
 /// than there are cores, and the workers that spin (with `sched_yield`)
 /// before they sleep between two loops take time from its serial work. On
-/// two cores a 400-step micro MEGABYTE run took 16.4 s, 5.2 s of it in the
-/// kernel, against 13.1 s and 1.1 s run this way (2026-12-02, AMD EPYC).
+/// two cores, 400 micro MEGABYTE steps took 17.2-19.2 s (5.1-5.8 s of it in
+/// the kernel) against 14.8-15.6 s (1.3-1.6 s) run this way (README,
+/// 2026-12-02, AMD EPYC).
 pub fn on_rayon_workers<R: Send>(
     threads: Option<usize>,
     f: impl FnOnce() -> Result<R> + Send,
@@ -270,6 +271,18 @@ pub fn on_rayon_workers<R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trainer_runs_on_a_worker_of_a_pool_of_the_asked_size() {
+        let (index, threads) = on_rayon_workers(Some(3), || {
+            Ok((rayon::current_thread_index(), rayon::current_num_threads()))
+        })
+        .unwrap();
+        assert!(index.is_some(), "not on a rayon worker");
+        assert_eq!(threads, 3);
+        let e = on_rayon_workers(Some(0), || Ok(())).unwrap_err();
+        assert!(e.to_string().contains("--threads 0"), "{e}");
+    }
     use std::sync::atomic::AtomicU64;
 
     /// Every part runs exactly once, for part counts below, at and above

@@ -38,6 +38,11 @@ pub struct TrainOptions {
     pub warmup: u64,
     pub weight_decay: f32,
     pub grad_clip: f32,
+    /// BiGS dropout rate (0: off; see `bigs::model::Dropout`).
+    pub dropout: f32,
+    /// Decay of the moving average of the weights that evaluation and the
+    /// best weights use (0: off; see `optim::AdamW::with_average`).
+    pub ema: f32,
     /// Evaluate every this many steps (0: only at the end).
     pub eval_every: u64,
     /// Cap on validation windows per evaluation (0: all).
@@ -66,6 +71,8 @@ impl Default for TrainOptions {
             warmup: 50,
             weight_decay: 0.1,
             grad_clip: 1.0,
+            dropout: 0.0,
+            ema: 0.0,
             eval_every: 200,
             eval_windows: 64,
             checkpoint_every: 200,
@@ -89,6 +96,8 @@ impl TrainOptions {
             .with("warmup", self.warmup)
             .with("weight_decay", self.weight_decay)
             .with("grad_clip", self.grad_clip)
+            .with("dropout", self.dropout)
+            .with("ema", self.ema)
             .with("eval_every", self.eval_every)
             .with("eval_windows", self.eval_windows)
             .with("checkpoint_every", self.checkpoint_every)
@@ -117,6 +126,8 @@ impl TrainOptions {
             warmup: c.get("warmup")?.unwrap_or(d.warmup),
             weight_decay: c.get("weight_decay")?.unwrap_or(d.weight_decay),
             grad_clip: c.get("grad_clip")?.unwrap_or(d.grad_clip),
+            dropout: c.get("dropout")?.unwrap_or(d.dropout),
+            ema: c.get("ema")?.unwrap_or(d.ema),
             eval_every: c.get("eval_every")?.unwrap_or(d.eval_every),
             eval_windows: c.get("eval_windows")?.unwrap_or(d.eval_windows),
             checkpoint_every: c.get("checkpoint_every")?.unwrap_or(d.checkpoint_every),
@@ -144,6 +155,14 @@ impl TrainOptions {
         let g = self.grad_clip;
         if !(g.is_finite() && g >= 0.0) {
             bail!("--grad-clip {g}: must be a finite number >= 0 (0 turns clipping off)");
+        }
+        let p = self.dropout;
+        if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+            bail!("--dropout {p}: must be a number in [0, 1)");
+        }
+        let e = self.ema;
+        if !(e.is_finite() && (0.0..1.0).contains(&e)) {
+            bail!("--ema {e}: must be a number in [0, 1) (0 turns averaging off)");
         }
         if let Some(t) = self.time_limit_s {
             check_seconds("--time-limit", t)?;
@@ -317,7 +336,7 @@ pub(crate) fn optimizer<B: Backend>(
         grad_clip: opts.grad_clip,
         ..AdamWConfig::default()
     };
-    AdamW::for_param_set(
+    let opt = AdamW::for_param_set(
         be,
         adamw,
         LrSchedule::new(opts.lr, opts.warmup, opts.steps).with_time_limit(if opts.step_schedule {
@@ -326,7 +345,12 @@ pub(crate) fn optimizer<B: Backend>(
             opts.time_limit_s
         }),
         params,
-    )
+    )?;
+    if opts.ema > 0.0 {
+        opt.with_average(be, opts.ema, params)
+    } else {
+        Ok(opt)
+    }
 }
 
 /// What a validation pass measured.
@@ -364,6 +388,19 @@ pub(crate) trait Job<B: Backend> {
     fn train_flops_per_byte(&self) -> Option<f64> {
         None
     }
+}
+
+/// Evaluates the job's weights now and offers them as the run's best.
+fn evaluate_and_offer_best<B: Backend, J: Job<B>>(
+    be: &B,
+    job: &mut J,
+    run: &mut RunDir,
+    step: u64,
+) -> Result<Eval> {
+    let val = job.evaluate(be)?;
+    let set = job.to_param_set(be)?;
+    run.offer_best(&set, step, val.score())?;
+    Ok(val)
 }
 
 /// Non-finite steps in a row (loss or gradient norm) after which the loop
@@ -530,7 +567,12 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
         }
         let eval_due = opts.eval_every > 0 && state.step % opts.eval_every == 0;
         if eval_due || last || out_of_time || stopped {
-            let val = job.evaluate(be)?;
+            // Evaluation, and the best weights, read the averaged weights
+            // when the run keeps them; training goes on from the raw ones.
+            opt.swap_average(job.params_and_grads().0);
+            let evaluated = evaluate_and_offer_best(be, &mut job, &mut run, state.step);
+            opt.swap_average(job.params_and_grads().0);
+            let val = evaluated?;
             final_val = Some(val);
             let mut m = Metrics {
                 step: state.step,
@@ -556,8 +598,6 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
                 eprintln!("step {:>6}  validation {what}", state.step);
             }
             run.log(m)?;
-            let set = job.to_param_set(be)?;
-            run.offer_best(&set, state.step, val.score())?;
             if let Some(w) = run.memorisation_warning(3) {
                 eprintln!("warning: {w}");
             }

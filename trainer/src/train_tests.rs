@@ -304,6 +304,28 @@ fn float_options_must_be_finite_and_in_range() {
                 ..ok.clone()
             },
         ),
+        (
+            "--dropout",
+            TrainOptions {
+                dropout: f32::NAN,
+                ..ok.clone()
+            },
+        ),
+        (
+            "--dropout",
+            TrainOptions {
+                dropout: 1.0,
+                ..ok.clone()
+            },
+        ),
+        (
+            "--dropout",
+            TrainOptions {
+                // Valid for BiGS; MEGABYTE has none.
+                dropout: 0.1,
+                ..ok.clone()
+            },
+        ),
     ];
     for (flag, opts) in bad {
         let err = opts.check(&config).unwrap_err().to_string();

@@ -270,7 +270,7 @@ fn classify_pretrains_first_and_resumes_in_either_phase() {
     write_tables(&dir);
     let args = |run: &'static str| {
         let mut a = classify_args(run, "160");
-        a.extend(["--pretrain-fraction", "0.5"]);
+        a.extend(["--pretrain-fraction", "0.5", "--dropout", "0.1"]);
         a
     };
     ok(&args("straight"), &dir);
@@ -388,5 +388,59 @@ fn pretrain_fraction_0_trains_from_scratch() {
     ok(&init, &dir);
     assert!(!dir.join("init/pretrain").exists());
     assert_eq!(state_step(&dir.join("init")), Some(20));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A classifier without hyper-parameter flags gets the classification
+/// recipe's defaults (batch 16, lr 1e-3, 300 warm-up updates, evaluation
+/// every 500, no dropout), recorded in its config.txt; a MEGABYTE run
+/// keeps the general ones and refuses dropout.
+#[test]
+fn a_classifier_gets_the_recipe_defaults() {
+    let dir = temp_dir("defaults");
+    write_tables(&dir);
+    let mut a = vec![
+        "train",
+        "--model",
+        "bigs",
+        "--objective",
+        "classify",
+        "--train",
+        "train.tsv",
+        "--dev",
+        "dev.tsv",
+        "--run",
+        "c",
+        "--steps",
+        "3",
+        "--quiet",
+    ];
+    a.extend(TINY);
+    ok(&a, &dir);
+    let config = std::fs::read_to_string(dir.join("c/config.txt")).unwrap();
+    for line in [
+        "train.batch = 16\n",
+        "train.lr = 0.001\n",
+        "train.warmup = 300\n",
+        "train.eval_every = 500\n",
+        "train.dropout = 0\n",
+    ] {
+        assert!(config.contains(line), "{line}: {config}");
+    }
+    std::fs::write(dir.join("text.txt"), "the film was good. ".repeat(200)).unwrap();
+    let megabyte = [
+        "train",
+        "--data",
+        "text.txt",
+        "--run",
+        "m",
+        "--steps",
+        "2",
+        "--seq",
+        "32",
+        "--dropout",
+        "0.1",
+    ];
+    assert!(fails(&megabyte, &dir).contains("--dropout 0.1: MEGABYTE"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

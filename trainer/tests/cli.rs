@@ -232,15 +232,21 @@ fn train_args<'a>(run: &'a str, steps: &'a str) -> Vec<&'a str> {
 }
 
 /// Killing training at an arbitrary instant (SIGKILL, possibly mid-save) and
-/// resuming gives bit-identical weights to a run that was never interrupted.
+/// resuming gives bit-identical weights to a run that was never interrupted,
+/// the averaged best weights included.
 #[test]
 fn kill_and_resume_matches_an_uninterrupted_run() {
     let dir = temp_dir("resume");
     write_corpus(&dir);
-    ok(&train_args("straight", "400"), &dir);
+    let args = |run| {
+        let mut a = train_args(run, "400");
+        a.extend(["--ema", "0.99"]);
+        a
+    };
+    ok(&args("straight"), &dir);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_kilobyte"))
-        .args(train_args("killed", "400"))
+        .args(args("killed"))
         .current_dir(&dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -264,21 +270,33 @@ fn kill_and_resume_matches_an_uninterrupted_run() {
     ok(&["train", "--resume", "killed", "--quiet"], &dir);
     assert_eq!(state_step(&killed), Some(400));
 
-    let load = |run: &str| {
-        kilobyte_trainer::checkpoint::load_params(&dir.join(run).join("model.safetensors"))
+    let load = |run: &str, file: &str| {
+        kilobyte_trainer::checkpoint::load_params(&dir.join(run).join(file))
             .unwrap()
             .0
     };
-    let (a, b) = (load("straight"), load("killed"));
-    assert_eq!(a.params.len(), b.params.len());
-    for (x, y) in a.params.iter().zip(&b.params) {
-        let same = x
-            .data
-            .iter()
-            .zip(&y.data)
-            .all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(same, "{} differs after kill and resume", x.name);
+    for file in ["model.safetensors", "best.safetensors"] {
+        let (a, b) = (load("straight", file), load("killed", file));
+        assert_eq!(a.params.len(), b.params.len());
+        for (x, y) in a.params.iter().zip(&b.params) {
+            let same = x
+                .data
+                .iter()
+                .zip(&y.data)
+                .all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "{file}: {} differs after kill and resume", x.name);
+        }
     }
+    // The best weights are the average, not a copy of the last ones.
+    let (last, best) = (
+        load("straight", "model.safetensors"),
+        load("straight", "best.safetensors"),
+    );
+    assert!(last
+        .params
+        .iter()
+        .zip(&best.params)
+        .any(|(x, y)| x.data != y.data));
     // Export, eval through the runtime and through the trainer, and plot.
     ok(
         &["export", "straight", "--dtype", "q8", "-o", "m.kbm"],

@@ -12,7 +12,7 @@
 //! compute of the padding rows.
 
 use super::masking::mask_spans;
-use super::model::{BigsBatch, BigsModel, Task, Workspace};
+use super::model::{BigsBatch, BigsModel, Dropout, Task, Workspace};
 use crate::backend::Backend;
 use crate::backend::{CpuBackend, Device};
 use crate::checkpoint::{
@@ -79,6 +79,9 @@ pub(crate) struct BigsJob<B: Backend> {
     seq: usize,
     seed: u64,
     eval_windows: usize,
+    dropout: f32,
+    /// Draws each training batch's dropout seed.
+    dropout_rng: Rng,
 }
 
 /// Where a classification run that pretrains keeps its pretraining: a
@@ -98,6 +101,8 @@ pub const DEFAULT_PRETRAIN_FRACTION: f64 = 0.0;
 /// The longest pretraining window: task texts are mostly short, and a
 /// window much longer than them costs steps without teaching more.
 const PRETRAIN_SEQ: usize = 128;
+/// The checkpoint's name for the stream of dropout seeds.
+const DROPOUT_RNG: &str = "dropout";
 /// The config.txt entry of a run that pretrains first.
 const PRETRAIN_FRACTION_KEY: &str = "pretrain_fraction";
 
@@ -607,6 +612,11 @@ impl<B: Backend> BigsJob<B> {
             seq,
             seed: opts.seed,
             eval_windows: opts.eval_windows,
+            dropout: opts.dropout,
+            dropout_rng: match state.rngs.get(DROPOUT_RNG) {
+                Some(s) if state.step > 0 => Rng::from_state(*s),
+                _ => Rng::new(opts.seed ^ 0x6472_6f70),
+            },
         })
     }
 
@@ -715,6 +725,11 @@ impl<B: Backend> Job<B> for BigsJob<B> {
                 BigsBatch::from_sequences(&texts, Task::Classify { labels })
             }
         };
+        let dropout = (self.dropout > 0.0).then(|| Dropout {
+            rate: self.dropout,
+            seed: self.dropout_rng.next_u64(),
+        });
+        let batch = batch.with_dropout(dropout);
         let bytes: u64 = batch.lengths.iter().map(|&l| l as u64).sum();
         let r = self.model.step(be, &mut self.ws, &batch, true, 1.0)?;
         Ok((r.ce.loss, bytes))
@@ -765,6 +780,9 @@ impl<B: Backend> Job<B> for BigsJob<B> {
     }
 
     fn save_state(&self, state: &mut TrainState) {
+        state
+            .rngs
+            .insert(DROPOUT_RNG.into(), self.dropout_rng.state());
         match &self.data {
             Data::Mlm {
                 sampler, mask_rng, ..

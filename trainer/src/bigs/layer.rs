@@ -154,6 +154,8 @@ pub(crate) struct LayerGrads<B: Backend> {
     d_pre: B::Buf,
     d_z: B::Buf,
     d_kernel: B::Buf,
+    /// The branch output's gradient under a dropout mask.
+    d_y: B::Buf,
 }
 
 impl<B: Backend> LayerGrads<B> {
@@ -180,6 +182,7 @@ impl<B: Backend> LayerGrads<B> {
             d_pre: buf(rows * d)?,
             d_z: buf(rows * d)?,
             d_kernel: buf(kernels * seq)?,
+            d_y: buf(rows * d)?,
         })
     }
 }
@@ -216,13 +219,16 @@ fn ssm_params<B>(p: &[B], s: SsmIx) -> SsmParams<&B> {
 }
 
 /// Runs layer `l` on `x`, writing `out = x + M Wo` (`y` is scratch for
-/// `M Wo`). `lengths` are the sequences' real lengths.
+/// `M Wo`), or `out = x + mask * (M Wo)` with a dropout mask. `lengths`
+/// are the sequences' real lengths.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<B: Backend>(
     be: &B,
     p: &[B::Buf],
     l: &LayerIx,
     a: &mut LayerActs<B>,
     (x, out, y): (&B::Buf, &mut B::Buf, &mut B::Buf),
+    mask: Option<&B::Buf>,
     lengths: &B::Ids,
     sh: LayerShapes,
 ) {
@@ -254,29 +260,45 @@ pub(crate) fn forward<B: Backend>(
     be.gelu_forward(&mut a.h, &a.pl, rows * e);
     be.mul_forward(&mut a.m, &a.h, &a.v, rows * e);
     be.matmul_forward(y, &a.m, &p[l.o.w], Some(&p[l.o.b]), sh.ed);
-    be.add_forward(out, x, y, rows * d);
+    match mask {
+        Some(mask) => {
+            be.mul_forward(out, y, mask, rows * d);
+            be.add_assign(out, x);
+        }
+        None => be.add_forward(out, x, y, rows * d),
+    }
 }
 
 /// The backward of [`forward`] on its input `x`: `d_x` holds dL/dX_out on
 /// entry and dL/dX on return (X_out = X + Y, so it is also dL/dY and the
-/// identity part of dL/dX, to which the branch is added last). Parameter
+/// identity part of dL/dX, to which the branch is added last; with the
+/// forward's dropout `mask`, dL/dY is that times the mask). Parameter
 /// gradients are added into `g`; `gr` is scratch shared by the layers.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<B: Backend>(
     be: &B,
     (p, g): (&[B::Buf], &mut [B::Buf]),
     l: &LayerIx,
     (a, gr): (&LayerActs<B>, &mut LayerGrads<B>),
     (x, d_x): (&B::Buf, &mut B::Buf),
+    mask: Option<&B::Buf>,
     lengths: &B::Ids,
     sh: LayerShapes,
 ) {
     let (rows, d, e) = (sh.rows(), sh.d(), sh.e());
     let zero = |be: &B, b: &mut B::Buf, n| be.zero_prefix(b, n);
+    let d_y = match mask {
+        Some(mask) => {
+            be.mul_forward(&mut gr.d_y, d_x, mask, rows * d);
+            &gr.d_y
+        }
+        None => &*d_x,
+    };
     zero(be, &mut gr.d_m, rows * e);
     be.matmul_backward(
         Some(&mut gr.d_m),
         grads(g, l.o),
-        d_x,
+        d_y,
         &a.m,
         &p[l.o.w],
         sh.ed,

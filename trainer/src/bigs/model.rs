@@ -25,6 +25,7 @@ use kilobyte_format::schema::{
     Affine, BigsLinear, BigsPart, NgramInput, SsmDirection, SsmPart, TensorId,
 };
 use kilobyte_format::{BigsConfig, ModelConfig};
+use kilobyte_runtime::rng::Rng;
 
 /// What a batch is trained on.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +40,18 @@ pub enum Task {
     Classify { labels: Vec<u32> },
 }
 
+/// Dropout for one training batch. Each activation it covers (the
+/// embedding output, every layer's branch output before the residual add,
+/// and the pooled vector the classifier reads) is zeroed with probability
+/// `rate` and the rest scaled by `1 / (1 - rate)`. The masks are drawn on
+/// the host from `seed`, so one seed gives one set of masks: a gradient
+/// check holds them fixed, and every backend sees the same ones.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub rate: f32,
+    pub seed: u64,
+}
+
 /// One batch: `ids[batch * seq]` (bytes, MASK, PAD = 256..), real lengths.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BigsBatch {
@@ -47,6 +60,8 @@ pub struct BigsBatch {
     pub ids: Vec<u32>,
     pub lengths: Vec<u32>,
     pub task: Task,
+    /// None: no dropout (evaluation, and training without it).
+    pub dropout: Option<Dropout>,
 }
 
 impl BigsBatch {
@@ -63,6 +78,26 @@ impl BigsBatch {
             ids,
             lengths: texts.iter().map(|t| t.len() as u32).collect(),
             task,
+            dropout: None,
+        }
+    }
+
+    pub fn with_dropout(self, dropout: Option<Dropout>) -> Self {
+        BigsBatch { dropout, ..self }
+    }
+}
+
+/// Fills `out` with a dropout mask: 0 with probability `rate`, else
+/// `1 / (1 - rate)`. Two 32-bit draws per 64-bit random number keep the
+/// host's share of a step small.
+pub(crate) fn fill_mask(rng: &mut Rng, rate: f32, out: &mut [f32]) {
+    let threshold = (rate as f64 * 4_294_967_296.0) as u64;
+    let keep = 1.0 / (1.0 - rate);
+    for pair in out.chunks_mut(2) {
+        let r = rng.next_u64();
+        for (k, v) in pair.iter_mut().enumerate() {
+            let u = (r >> (32 * k)) & 0xffff_ffff;
+            *v = if u < threshold { 0.0 } else { keep };
         }
     }
 }
@@ -145,6 +180,50 @@ pub struct Workspace<B: Backend> {
     layer_grads: LayerGrads<B>,
     d_emb: B::Buf,
     host_pos: Vec<u32>,
+    /// Made on the first batch with dropout (evaluation never needs them).
+    dropout: Option<DropoutBufs<B>>,
+}
+
+/// The masks and the extra activations dropout needs.
+struct DropoutBufs<B: Backend> {
+    /// The embedding norm's output before its mask (`res[0]` is after it).
+    emb_n: B::Buf,
+    d_emb_n: B::Buf,
+    /// The embedding's mask, then one per layer's branch.
+    masks: Vec<B::Buf>,
+    /// The pooled vector's mask, the vector after it, and its gradient.
+    pool_mask: B::Buf,
+    pool_d: B::Buf,
+    d_pool_d: B::Buf,
+    host: Vec<f32>,
+}
+
+impl<B: Backend> DropoutBufs<B> {
+    fn new(be: &B, rows: usize, batch: usize, d: usize, layers: usize) -> Result<Self> {
+        Ok(DropoutBufs {
+            emb_n: be.alloc(rows * d)?,
+            d_emb_n: be.alloc(rows * d)?,
+            masks: (0..=layers)
+                .map(|_| be.alloc(rows * d))
+                .collect::<Result<_>>()?,
+            pool_mask: be.alloc(batch * d)?,
+            pool_d: be.alloc(batch * d)?,
+            d_pool_d: be.alloc(batch * d)?,
+            host: vec![0.0; rows * d],
+        })
+    }
+
+    /// Draws this batch's masks (`rows` rows, `nb` sequences) and uploads them.
+    fn draw(&mut self, be: &B, dropout: Dropout, rows: usize, nb: usize, d: usize) -> Result<()> {
+        let mut rng = Rng::new(dropout.seed);
+        let host = &mut self.host;
+        for m in &mut self.masks {
+            fill_mask(&mut rng, dropout.rate, &mut host[..rows * d]);
+            be.write(m, &host[..rows * d])?;
+        }
+        fill_mask(&mut rng, dropout.rate, &mut host[..nb * d]);
+        be.write(&mut self.pool_mask, &host[..nb * d])
+    }
 }
 
 fn lin(meta: &[ParamMeta], id: impl Fn(Affine) -> TensorId) -> Result<Lin> {
@@ -357,6 +436,7 @@ impl<B: Backend> BigsModel<B> {
             layer_grads: LayerGrads::new(be, rows, d, e, k, seq)?,
             d_emb: buf(rows * d)?,
             host_pos: vec![0; rows],
+            dropout: None,
         })
     }
 
@@ -403,9 +483,29 @@ impl<B: Backend> BigsModel<B> {
             .map(|i| ((i % seq) < batch.lengths[i / seq] as usize) as u8 as f32)
             .collect();
         be.write(&mut ws.real, &real)?;
-
-        self.encode(be, ws, nb, seq);
         let d = self.config.d_model as usize;
+        if let Some(dr) = batch.dropout {
+            ensure!(
+                dr.rate.is_finite() && (0.0..1.0).contains(&dr.rate),
+                "dropout rate {} is not in [0, 1)",
+                dr.rate
+            );
+            if ws.dropout.is_none() {
+                let layers = self.config.layers as usize;
+                ws.dropout = Some(DropoutBufs::new(
+                    be,
+                    ws.batch * ws.seq,
+                    ws.batch,
+                    d,
+                    layers,
+                )?);
+            }
+            let bufs = ws.dropout.as_mut().expect("made above");
+            bufs.draw(be, dr, rows, nb, d)?;
+        }
+
+        let dropout = batch.dropout.is_some();
+        self.encode(be, ws, nb, seq, dropout);
         let result = match &batch.task {
             Task::Mlm { targets, weights } => {
                 let Some((dense, ln)) = self.ix.mlm else {
@@ -469,12 +569,19 @@ impl<B: Backend> BigsModel<B> {
                 be.write_ids(&mut ws.targets, labels)?;
                 let p = &self.params;
                 be.mean_pool_forward(&mut ws.pool, &ws.xf, &ws.real, nb, seq, d);
+                let pooled = match &mut ws.dropout {
+                    Some(dr) if dropout => {
+                        be.mul_forward(&mut dr.pool_d, &ws.pool, &dr.pool_mask, nb * d);
+                        &dr.pool_d
+                    }
+                    _ => &ws.pool,
+                };
                 let lin = Linear {
                     rows: nb,
                     in_dim: d,
                     out_dim: d,
                 };
-                be.matmul_forward(&mut ws.cp, &ws.pool, &p[dense.w], Some(&p[dense.b]), lin);
+                be.matmul_forward(&mut ws.cp, pooled, &p[dense.w], Some(&p[dense.b]), lin);
                 be.tanh_forward(&mut ws.ct, &ws.cp, nb * d);
                 let lin = Linear {
                     rows: nb,
@@ -515,8 +622,9 @@ impl<B: Backend> BigsModel<B> {
         Ok(result)
     }
 
-    /// Embeddings, layers and the final norm: `ws.xf`.
-    fn encode(&self, be: &B, ws: &mut Workspace<B>, nb: usize, seq: usize) {
+    /// Embeddings, layers and the final norm: `ws.xf`. With `dropout`,
+    /// the masks in `ws.dropout` apply.
+    fn encode(&self, be: &B, ws: &mut Workspace<B>, nb: usize, seq: usize, dropout: bool) {
         let c = &self.config;
         let p = &self.params;
         let ix = &self.ix;
@@ -526,19 +634,34 @@ impl<B: Backend> BigsModel<B> {
         be.embedding_forward(&mut ws.emb, &p[ix.tok], &ws.ids, rows, d, false);
         ws.ngram.forward(be, p, &mut ws.emb, rows, d);
         be.embedding_forward(&mut ws.emb, &p[ix.pos], &ws.pos, rows, d, true);
-        be.layernorm_forward(
-            &mut ws.res[0],
-            &mut ws.emb_mean,
-            &mut ws.emb_rstd,
-            &ws.emb,
-            layer::wb(p, ix.emb_ln),
-            sh.ln,
-        );
+        let mut norm = |out: &mut B::Buf| {
+            be.layernorm_forward(
+                out,
+                &mut ws.emb_mean,
+                &mut ws.emb_rstd,
+                &ws.emb,
+                layer::wb(p, ix.emb_ln),
+                sh.ln,
+            )
+        };
+        // With dropout the norm writes emb_n, and its mask takes it to res[0].
+        let masks = match ws.dropout.as_mut().filter(|_| dropout) {
+            Some(dr) => {
+                norm(&mut dr.emb_n);
+                be.mul_forward(&mut ws.res[0], &dr.emb_n, &dr.masks[0], rows * d);
+                Some(&dr.masks)
+            }
+            None => {
+                norm(&mut ws.res[0]);
+                None
+            }
+        };
         for (i, (l, a)) in ix.layers.iter().zip(&mut ws.layers).enumerate() {
             let (before, after) = ws.res.split_at_mut(i + 1);
             // The layer's branch output goes through d_res as scratch.
             let io = (&before[i], &mut after[0], &mut ws.d_res);
-            layer::forward(be, p, l, a, io, &ws.lengths, sh);
+            let mask = masks.map(|m| &m[i + 1]);
+            layer::forward(be, p, l, a, io, mask, &ws.lengths, sh);
         }
         be.layernorm_forward(
             &mut ws.xf,
@@ -559,6 +682,7 @@ impl<B: Backend> BigsModel<B> {
         let p = &self.params;
         let g = &mut self.grads;
         let ix = &self.ix;
+        let dropout = batch.dropout.is_some();
         be.zero_prefix(&mut ws.d_xf, rows * d);
         match &batch.task {
             Task::Mlm { .. } => {
@@ -625,14 +749,28 @@ impl<B: Backend> BigsModel<B> {
                     in_dim: d,
                     out_dim: d,
                 };
-                be.matmul_backward(
-                    Some(&mut ws.d_pool),
-                    layer::grads(g, dense),
-                    &ws.d_cp,
-                    &ws.pool,
-                    &p[dense.w],
-                    lin,
-                );
+                match ws.dropout.as_mut().filter(|_| dropout) {
+                    Some(dr) => {
+                        be.zero_prefix(&mut dr.d_pool_d, nb * d);
+                        be.matmul_backward(
+                            Some(&mut dr.d_pool_d),
+                            layer::grads(g, dense),
+                            &ws.d_cp,
+                            &dr.pool_d,
+                            &p[dense.w],
+                            lin,
+                        );
+                        be.mul_forward(&mut ws.d_pool, &dr.d_pool_d, &dr.pool_mask, nb * d);
+                    }
+                    None => be.matmul_backward(
+                        Some(&mut ws.d_pool),
+                        layer::grads(g, dense),
+                        &ws.d_cp,
+                        &ws.pool,
+                        &p[dense.w],
+                        lin,
+                    ),
+                }
                 be.mean_pool_backward(&mut ws.d_xf, &ws.d_pool, &ws.real, nb, seq, d);
             }
         }
@@ -650,6 +788,7 @@ impl<B: Backend> BigsModel<B> {
             saved,
             sh.ln,
         );
+        let masks = ws.dropout.as_ref().filter(|_| dropout).map(|dr| &dr.masks);
         for (i, (l, a)) in ix.layers.iter().zip(&ws.layers).enumerate().rev() {
             let bufs = (a, &mut ws.layer_grads);
             layer::backward(
@@ -658,6 +797,7 @@ impl<B: Backend> BigsModel<B> {
                 l,
                 bufs,
                 (&ws.res[i], &mut ws.d_res),
+                masks.map(|m| &m[i + 1]),
                 &ws.lengths,
                 sh,
             );
@@ -669,10 +809,17 @@ impl<B: Backend> BigsModel<B> {
             mean: &ws.emb_mean,
             rstd: &ws.emb_rstd,
         };
+        let d_norm_out = match ws.dropout.as_mut().filter(|_| dropout) {
+            Some(dr) => {
+                be.mul_forward(&mut dr.d_emb_n, &ws.d_res, &dr.masks[0], rows * d);
+                &dr.d_emb_n
+            }
+            None => &ws.d_res,
+        };
         be.layernorm_backward(
             &mut ws.d_emb,
             layer::wb_mut(g, ix.emb_ln),
-            &ws.d_res,
+            d_norm_out,
             saved,
             sh.ln,
         );

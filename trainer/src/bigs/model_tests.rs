@@ -35,7 +35,8 @@ fn random_ids(rng: &mut Rng, n: usize) -> Vec<u32> {
         .collect()
 }
 
-fn batches(rng: &mut Rng) -> [BigsBatch; 2] {
+/// Both tasks without dropout, then both with it (a fixed seed: fixed masks).
+fn batches(rng: &mut Rng) -> [BigsBatch; 4] {
     let texts = vec![random_ids(rng, 7), random_ids(rng, 4)];
     let rows = 2 * 7;
     let targets: Vec<u32> = (0..rows).map(|_| rng.below(256) as u32).collect();
@@ -43,14 +44,23 @@ fn batches(rng: &mut Rng) -> [BigsBatch; 2] {
     for r in [0, 3, 6, 7, 10] {
         weights[r] = 1.0;
     }
+    let mlm = BigsBatch::from_sequences(&texts, Task::Mlm { targets, weights });
+    let classify = BigsBatch::from_sequences(&texts, Task::Classify { labels: vec![2, 0] });
+    let dropout = Some(Dropout {
+        rate: 0.3,
+        seed: 17,
+    });
     [
-        BigsBatch::from_sequences(&texts, Task::Mlm { targets, weights }),
-        BigsBatch::from_sequences(&texts, Task::Classify { labels: vec![2, 0] }),
+        mlm.clone(),
+        classify.clone(),
+        mlm.with_dropout(dropout),
+        classify.with_dropout(dropout),
     ]
 }
 
 /// Whole-model gradient check in f64 for both heads, SSM parameters
-/// included: the hand-written backward against central differences.
+/// included, with and without dropout: the hand-written backward against
+/// central differences.
 #[test]
 fn whole_model_gradients_match_finite_differences() {
     let config = tiny();
@@ -88,8 +98,9 @@ fn whole_model_gradients_match_finite_differences() {
                 let tol = 1e-9 + 1e-5 * (numeric.abs() + analytic.abs());
                 assert!(
                     err <= tol,
-                    "{:?} {}[{j}]: analytic {analytic:e} numeric {numeric:e}",
+                    "{:?} dropout {:?} {}[{j}]: analytic {analytic:e} numeric {numeric:e}",
                     std::mem::discriminant(&batch.task),
+                    batch.dropout,
                     model.meta[i].name
                 );
             }
@@ -226,4 +237,47 @@ fn trainer_and_runtime_logits_agree_on_the_export() {
         }
     }
     assert!(worst <= 1e-4, "max abs difference {worst}");
+}
+
+/// Dropout changes the loss, the same seed gives the same loss, another
+/// seed another one, and a rate of 0 is the same as none.
+#[test]
+fn dropout_masks_follow_their_seed() {
+    let set = params(tiny(), 5);
+    let be = CpuBackend::<f64>::new();
+    let mut model = BigsModel::new(&be, &set).unwrap();
+    let mut ws = model.workspace(&be, 2, 7).unwrap();
+    let [_, classify, ..] = batches(&mut Rng::new(2));
+    let mut loss = |rate: Option<f32>, seed: u64| {
+        let b = classify
+            .clone()
+            .with_dropout(rate.map(|rate| Dropout { rate, seed }));
+        model.step(&be, &mut ws, &b, false, 1.0).unwrap().ce.loss
+    };
+    let plain = loss(None, 0);
+    let a = loss(Some(0.5), 1);
+    assert_ne!(plain, a);
+    assert_eq!(a, loss(Some(0.5), 1));
+    assert_ne!(a, loss(Some(0.5), 2));
+    assert_eq!(plain, loss(Some(0.0), 3));
+    // Evaluation after a dropout batch runs without masks again.
+    assert_eq!(plain, loss(None, 0));
+    let bad = classify
+        .clone()
+        .with_dropout(Some(Dropout { rate: 1.0, seed: 0 }));
+    assert!(model.step(&be, &mut ws, &bad, false, 1.0).is_err());
+}
+
+/// A mask drops about `rate` of its elements and keeps the mean at 1.
+#[test]
+fn dropout_masks_drop_their_rate_and_keep_the_mean() {
+    let mut rng = Rng::new(4);
+    let mut mask = vec![0.0f32; 100_001];
+    for rate in [0.1f32, 0.5] {
+        fill_mask(&mut rng, rate, &mut mask);
+        let dropped = mask.iter().filter(|&&v| v == 0.0).count() as f64 / mask.len() as f64;
+        let mean = mask.iter().map(|&v| v as f64).sum::<f64>() / mask.len() as f64;
+        assert!((dropped - rate as f64).abs() < 0.01, "{rate}: {dropped}");
+        assert!((mean - 1.0).abs() < 0.02, "{rate}: {mean}");
+    }
 }

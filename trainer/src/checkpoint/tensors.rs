@@ -259,7 +259,11 @@ pub fn load_params(path: &Path) -> Result<(ParamSet, HashMap<String, String>)> {
 /// Metadata key of the optimizer's update count.
 pub const OPTIMIZER_STEP_KEY: &str = "kilobyte.optimizer.step";
 
-/// Writes AdamW's moments as `m.<param>` and `v.<param>`, shaped like the
+/// The name prefix of the averaged weights in the optimizer file.
+const AVERAGE_PREFIX: &str = "avg";
+
+/// Writes AdamW's moments as `m.<param>` and `v.<param>`, and the averaged
+/// weights (if the run keeps them) as `avg.<param>`, shaped like the
 /// parameters; `state.m[i]` belongs to `params.params[i]`.
 pub fn save_optimizer(
     path: &Path,
@@ -268,37 +272,41 @@ pub fn save_optimizer(
     extra: &HashMap<String, String>,
 ) -> Result<()> {
     let n = params.params.len();
-    if state.m.len() != n || state.v.len() != n {
+    if state.m.len() != n
+        || state.v.len() != n
+        || !(state.average.is_empty() || state.average.len() == n)
+    {
         bail!(
-            "{}: the optimizer has {} first and {} second moments for {n} parameters",
+            "{}: the optimizer has {} first and {} second moments and {} averaged weights for {n} parameters",
             path.display(),
             state.m.len(),
-            state.v.len()
+            state.v.len(),
+            state.average.len()
         );
     }
-    let names: Vec<(String, String)> = params
-        .params
+    let groups = [
+        ("m", &state.m),
+        ("v", &state.v),
+        (AVERAGE_PREFIX, &state.average),
+    ];
+    let names: Vec<Vec<String>> = groups
         .iter()
-        .map(|p| (format!("m.{}", p.name), format!("v.{}", p.name)))
+        .map(|(prefix, values)| {
+            params.params[..values.len()]
+                .iter()
+                .map(|p| format!("{prefix}.{}", p.name))
+                .collect()
+        })
         .collect();
-    let mut tensors = Vec::with_capacity(2 * n);
-    for ((p, (m_name, v_name)), (m, v)) in params
-        .params
-        .iter()
-        .zip(&names)
-        .zip(state.m.iter().zip(&state.v))
-    {
-        let shape: Vec<usize> = p.shape.dims().iter().map(|&d| d as usize).collect();
-        tensors.push(TensorRef {
-            name: m_name,
-            shape: shape.clone(),
-            data: m,
-        });
-        tensors.push(TensorRef {
-            name: v_name,
-            shape,
-            data: v,
-        });
+    let mut tensors = Vec::with_capacity(3 * n);
+    for ((_, values), names) in groups.iter().zip(&names) {
+        for ((p, name), data) in params.params.iter().zip(names).zip(values.iter()) {
+            tensors.push(TensorRef {
+                name,
+                shape: p.shape.dims().iter().map(|&d| d as usize).collect(),
+                data,
+            });
+        }
     }
     let mut metadata = extra.clone();
     metadata.insert(OPTIMIZER_STEP_KEY.to_string(), state.step.to_string());
@@ -326,6 +334,11 @@ pub fn load_optimizer(
         .into_iter()
         .map(|t| (t.name.clone(), t))
         .collect();
+    // The averaged weights are there for all parameters or for none.
+    let has_average = params
+        .params
+        .first()
+        .is_some_and(|p| found.contains_key(&format!("{AVERAGE_PREFIX}.{}", p.name)));
     let mut take = |prefix: &str, p: &Param| -> Result<Vec<f32>> {
         let name = format!("{prefix}.{}", p.name);
         let t = found
@@ -343,12 +356,16 @@ pub fn load_optimizer(
     };
     let mut state = AdamWState {
         step,
-        m: Vec::new(),
-        v: Vec::new(),
+        ..AdamWState::default()
     };
     for p in &params.params {
         state.m.push(take("m", p)?);
         state.v.push(take("v", p)?);
+    }
+    if has_average {
+        for p in &params.params {
+            state.average.push(take(AVERAGE_PREFIX, p)?);
+        }
     }
     if let Some(name) = found.keys().min() {
         bail!("{}: tensor {name} matches no parameter", path.display());

@@ -32,6 +32,12 @@ impl TrainOptions {
                 config.max_seq
             );
         }
+        if self.dropout != 0.0 {
+            bail!(
+                "--dropout {}: MEGABYTE has no dropout (BiGS only)",
+                self.dropout
+            );
+        }
         self.check_common()
     }
 }

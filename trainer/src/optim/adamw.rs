@@ -67,12 +67,24 @@ pub struct StepStats {
 }
 
 /// The optimizer state as plain data: one f32 vector per parameter for
-/// each moment, in parameter order, plus the number of updates made.
+/// each moment, in parameter order, plus the number of updates made, and
+/// the averaged weights when the run keeps them (else empty).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct AdamWState {
     pub step: u64,
     pub m: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
+    pub average: Vec<Vec<f32>>,
+}
+
+/// An exponential moving average of the weights, updated after every
+/// step: `avg = d avg + (1 - d) w` with `d = min(decay, (1 + t) / (10 + t))`
+/// at update `t`, so the first updates are not averaged with the
+/// initialisation for long. Evaluation and the best weights use it;
+/// training goes on from the raw weights.
+struct Average<B: Backend> {
+    decay: f32,
+    bufs: Vec<B::Buf>,
 }
 
 /// AdamW with global gradient-norm clipping and a learning-rate schedule.
@@ -90,6 +102,7 @@ pub struct AdamW<B: Backend> {
     m: Vec<B::Buf>,
     v: Vec<B::Buf>,
     step: u64,
+    average: Option<Average<B>>,
 }
 
 impl<B: Backend> AdamW<B> {
@@ -114,7 +127,33 @@ impl<B: Backend> AdamW<B> {
             m,
             v,
             step: 0,
+            average: None,
         })
+    }
+
+    /// Keeps a moving average of the weights with `decay` (in (0, 1)),
+    /// starting from `start` (the weights now, in parameter order).
+    pub fn with_average(mut self, backend: &B, decay: f32, start: &ParamSet) -> Result<Self> {
+        ensure!(
+            decay > 0.0 && decay < 1.0,
+            "weight-average decay {decay} is not in (0, 1)"
+        );
+        ensure!(start.params.len() == self.params.len(), "parameter count");
+        let bufs = start
+            .params
+            .iter()
+            .map(|p| backend.upload(&p.data))
+            .collect::<Result<_>>()?;
+        self.average = Some(Average { decay, bufs });
+        Ok(self)
+    }
+
+    /// Exchanges the weights in `params` with the averaged ones (a second
+    /// call swaps them back); without an average it does nothing.
+    pub fn swap_average(&mut self, params: &mut Vec<B::Buf>) {
+        if let Some(a) = &mut self.average {
+            std::mem::swap(params, &mut a.bufs);
+        }
     }
 
     /// An optimizer for every tensor of `set`, in its order, decaying what
@@ -212,6 +251,17 @@ impl<B: Backend> AdamW<B> {
                 &s,
             );
         }
+        if let Some(a) = &mut self.average {
+            let t = self.step as f32;
+            let d = a.decay.min((1.0 + t) / (10.0 + t));
+            // avg = (1 - d) (avg d / (1 - d) + w), from the ops every
+            // backend has; d / (1 - d) is at most 1e4 for decay 0.9999.
+            for (avg, w) in a.bufs.iter_mut().zip(params.iter()) {
+                backend.scale(avg, d / (1.0 - d));
+                backend.add_assign(avg, w);
+                backend.scale(avg, 1.0 - d);
+            }
+        }
         StepStats {
             step: self.step,
             lr,
@@ -235,6 +285,14 @@ impl<B: Backend> AdamW<B> {
                 .iter()
                 .map(|b| backend.download(b))
                 .collect::<Result<_>>()?,
+            average: match &self.average {
+                Some(a) => a
+                    .bufs
+                    .iter()
+                    .map(|b| backend.download(b))
+                    .collect::<Result<_>>()?,
+                None => Vec::new(),
+            },
         })
     }
 
@@ -255,6 +313,24 @@ impl<B: Backend> AdamW<B> {
         for i in 0..self.params.len() {
             backend.write(&mut self.m[i], &state.m[i])?;
             backend.write(&mut self.v[i], &state.v[i])?;
+        }
+        if let Some(a) = &mut self.average {
+            // A checkpoint from before the run kept an average has none:
+            // the average then starts from the initialisation it was given.
+            if !state.average.is_empty() {
+                ensure!(
+                    state.average.len() == a.bufs.len()
+                        && state
+                            .average
+                            .iter()
+                            .zip(&self.params)
+                            .all(|(w, p)| w.len() == p.len),
+                    "the checkpoint's averaged weights do not match the model"
+                );
+                for (b, w) in a.bufs.iter_mut().zip(&state.average) {
+                    backend.write(b, w)?;
+                }
+            }
         }
         self.step = state.step;
         Ok(())

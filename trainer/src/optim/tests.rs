@@ -279,3 +279,81 @@ fn builds_from_a_param_set() {
         set.numel()
     );
 }
+
+/// The moving average follows `avg = d avg + (1 - d) w` with the warm-up
+/// `d = min(decay, (1 + t) / (10 + t))`, survives a state round trip, and
+/// swaps in and out of the weights.
+#[test]
+fn the_weight_average_follows_its_formula_and_round_trips() {
+    let b = CpuBackend::<f64>::new();
+    let set = crate::params::ParamSet::init(
+        kilobyte_format::ModelConfig::Megabyte(kilobyte_format::MegabyteConfig::preset(
+            2, 8, 1, 2, 8, 1, 2, 16,
+        )),
+        3,
+    )
+    .unwrap();
+    let new_opt = || {
+        AdamW::for_param_set(
+            &b,
+            AdamWConfig::default(),
+            LrSchedule::new(1e-2, 2, 20),
+            &set,
+        )
+        .unwrap()
+        .with_average(&b, 0.5, &set)
+        .unwrap()
+    };
+    let mut rng = Rng::new(8);
+    let mut params: Vec<_> = set
+        .params
+        .iter()
+        .map(|p| b.upload(&p.data).unwrap())
+        .collect();
+    let grads: Vec<Vec<_>> = (0..5)
+        .map(|_| {
+            set.params
+                .iter()
+                .map(|p| b.upload(&randn(&mut rng, p.data.len())).unwrap())
+                .collect()
+        })
+        .collect();
+    let mut expect: Vec<Vec<f64>> = set
+        .params
+        .iter()
+        .map(|p| p.data.iter().map(|&x| x as f64).collect())
+        .collect();
+    let mut opt = new_opt();
+    for (t, g) in grads.iter().enumerate() {
+        opt.step(&b, &mut params, g, 1.0);
+        let d = 0.5f64.min((2.0 + t as f64) / (11.0 + t as f64));
+        for (e, w) in expect.iter_mut().zip(&params) {
+            for (e, w) in e.iter_mut().zip(b.download_f64(w).unwrap()) {
+                *e = d * *e + (1.0 - d) * w;
+            }
+        }
+    }
+    let state = opt.state(&b).unwrap();
+    let raw: Vec<Vec<f64>> = params.iter().map(|w| b.download_f64(w).unwrap()).collect();
+    opt.swap_average(&mut params);
+    for (e, w) in expect.iter().zip(&params) {
+        for (e, w) in e.iter().zip(b.download_f64(w).unwrap()) {
+            assert!((e - w).abs() <= 1e-6 * (1.0 + e.abs()), "{e} vs {w}");
+        }
+    }
+    opt.swap_average(&mut params);
+    let back: Vec<Vec<f64>> = params.iter().map(|w| b.download_f64(w).unwrap()).collect();
+    assert_eq!(raw, back);
+    let mut resumed = new_opt();
+    resumed.load_state(&b, &state).unwrap();
+    assert_eq!(resumed.state(&b).unwrap(), state);
+    assert!(AdamW::for_param_set(
+        &b,
+        AdamWConfig::default(),
+        LrSchedule::new(1e-2, 2, 20),
+        &set
+    )
+    .unwrap()
+    .with_average(&b, 1.0, &set)
+    .is_err());
+}

@@ -114,7 +114,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 fn whole_models_match_the_cpu() {
     use crate::backend::Backend;
     use crate::backend::CpuBackend;
-    use crate::bigs::model::{BigsBatch, BigsModel, Task};
+    use crate::bigs::model::{BigsBatch, BigsModel, Dropout, Task};
     use crate::megabyte::MegabyteModel;
     use crate::params::ParamSet;
     use kilobyte_format::config::NgramConfig;
@@ -166,7 +166,9 @@ fn whole_models_match_the_cpu() {
                 .map(|i| (!(20..32).contains(&i) && i % 3 == 0) as u32 as f32)
                 .collect(),
         },
-    );
+    )
+    // Host-drawn masks: both backends see the same ones.
+    .with_dropout(Some(Dropout { rate: 0.2, seed: 3 }));
     let mut b_gpu = BigsModel::new(&gpu, &set).unwrap();
     let mut b_cpu = BigsModel::new(&cpu, &set).unwrap();
     let mut ws_gpu = b_gpu.workspace(&gpu, batch.batch, batch.seq).unwrap();

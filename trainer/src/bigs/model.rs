@@ -743,33 +743,28 @@ impl<B: Backend> BigsModel<B> {
                 );
                 be.zero_prefix(&mut ws.d_cp, nb * d);
                 be.tanh_backward(&mut ws.d_cp, &ws.ct, &ws.d_ct, nb * d);
-                be.zero_prefix(&mut ws.d_pool, nb * d);
                 let lin = Linear {
                     rows: nb,
                     in_dim: d,
                     out_dim: d,
                 };
-                match ws.dropout.as_mut().filter(|_| dropout) {
-                    Some(dr) => {
-                        be.zero_prefix(&mut dr.d_pool_d, nb * d);
-                        be.matmul_backward(
-                            Some(&mut dr.d_pool_d),
-                            layer::grads(g, dense),
-                            &ws.d_cp,
-                            &dr.pool_d,
-                            &p[dense.w],
-                            lin,
-                        );
-                        be.mul_forward(&mut ws.d_pool, &dr.d_pool_d, &dr.pool_mask, nb * d);
-                    }
-                    None => be.matmul_backward(
-                        Some(&mut ws.d_pool),
-                        layer::grads(g, dense),
-                        &ws.d_cp,
-                        &ws.pool,
-                        &p[dense.w],
-                        lin,
-                    ),
+                // With dropout the dense layer read the masked vector, whose
+                // gradient the mask then takes back to the pooled one.
+                let (d_in, inp) = match ws.dropout.as_mut().filter(|_| dropout) {
+                    Some(dr) => (&mut dr.d_pool_d, &dr.pool_d),
+                    None => (&mut ws.d_pool, &ws.pool),
+                };
+                be.zero_prefix(d_in, nb * d);
+                be.matmul_backward(
+                    Some(d_in),
+                    layer::grads(g, dense),
+                    &ws.d_cp,
+                    inp,
+                    &p[dense.w],
+                    lin,
+                );
+                if let Some(dr) = ws.dropout.as_ref().filter(|_| dropout) {
+                    be.mul_forward(&mut ws.d_pool, &dr.d_pool_d, &dr.pool_mask, nb * d);
                 }
                 be.mean_pool_backward(&mut ws.d_xf, &ws.d_pool, &ws.real, nb, seq, d);
             }

@@ -143,34 +143,15 @@ fn create_temp(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
     ))
 }
 
-/// Takes an exclusive advisory lock (`flock`) on `file` without waiting:
-/// `Ok(false)` if another open file holds one. The lock lasts until the
-/// file is closed, so a killed process never leaves one behind. Run
-/// directories are locked with it too. (std's `File::try_lock` once the
-/// MSRV reaches 1.89.)
+/// Takes an exclusive advisory lock on `file` without waiting (`flock` on
+/// Unix, `LockFileEx` on Windows): `Ok(false)` if another open file holds
+/// one. The lock lasts until the file is closed, so a killed process never
+/// leaves one behind. Run directories are locked with it too.
 pub fn try_lock(file: &File) -> io::Result<bool> {
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock only reads the descriptor, which `file` keeps open
-        // for the duration of the call.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(false);
-        }
-        Err(e)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = file;
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "advisory locks are implemented on Unix only",
-        ))
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(fs::TryLockError::WouldBlock) => Ok(false),
+        Err(fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

@@ -291,21 +291,21 @@ impl MegabyteConfig {
             "global width (patch_size * d_global)",
             self.patch_size.saturating_mul(self.d_global),
         )?;
-        if self.max_seq % self.patch_size != 0 {
+        if !self.max_seq.is_multiple_of(self.patch_size) {
             return Err(bad_config(
                 "max_seq",
                 self.max_seq,
                 "must be a multiple of patch_size",
             ));
         }
-        if (self.global_width() % self.heads_global as usize) != 0 {
+        if !self.global_width().is_multiple_of(self.heads_global as usize) {
             return Err(bad_config(
                 "heads_global",
                 self.heads_global,
                 "must divide the global width patch_size * d_global",
             ));
         }
-        if self.d_local % self.heads_local != 0 {
+        if !self.d_local.is_multiple_of(self.heads_local) {
             return Err(bad_config(
                 "heads_local",
                 self.heads_local,
@@ -434,7 +434,7 @@ impl BigsConfig {
             check_dim(field, value)?;
         }
         check_layers("layers", self.layers)?;
-        if self.d_model % self.ssm_kernels != 0 {
+        if !self.d_model.is_multiple_of(self.ssm_kernels) {
             return Err(bad_config(
                 "ssm_kernels",
                 self.ssm_kernels,

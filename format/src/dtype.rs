@@ -88,7 +88,7 @@ impl DType {
             DType::F16 | DType::BF16 => numel.checked_mul(2),
             DType::U8 => Some(numel),
             DType::Q8 | DType::Q4 => {
-                if numel % QK as u64 != 0 {
+                if !numel.is_multiple_of(QK as u64) {
                     return None;
                 }
                 let block = if matches!(self, DType::Q8) {

@@ -401,7 +401,7 @@ impl<'a> ModelFile<'a> {
                 shape: t.shape,
                 byte_len: t.data.len() as u64,
             })?;
-            if t.dtype.is_quantized() && t.shape.last() as usize % QK != 0 {
+            if t.dtype.is_quantized() && !(t.shape.last() as usize).is_multiple_of(QK) {
                 return Err(FormatError::NotWholeBlocks {
                     name: tensor_name(name),
                     last_dim: t.shape.last(),

@@ -63,7 +63,7 @@ impl Role {
             Role::Vector | Role::Ssm => DType::F32,
             Role::Meta => DType::U8,
         };
-        if wanted.is_quantized() && shape.last() as usize % QK != 0 {
+        if wanted.is_quantized() && !(shape.last() as usize).is_multiple_of(QK) {
             DType::F16
         } else {
             wanted

@@ -100,7 +100,7 @@ impl KbmWriter {
         values: &[f32],
     ) -> Result<(), FormatError> {
         let shape = Shape::new(dims);
-        if dtype.is_quantized() && shape.last() as usize % crate::dtype::QK != 0 {
+        if dtype.is_quantized() && !(shape.last() as usize).is_multiple_of(crate::dtype::QK) {
             return Err(FormatError::NotWholeBlocks {
                 name: tensor_name(name),
                 last_dim: shape.last(),

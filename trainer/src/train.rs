@@ -527,7 +527,7 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
         let out_of_time = opts.time_limit_s.is_some_and(|t| state.elapsed_s >= t);
         stopped = interrupted();
 
-        if state.step % opts.log_every.max(1) == 0 || last {
+        if state.step.is_multiple_of(opts.log_every.max(1)) || last {
             let bps = window_bytes as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
             let mfu = match (be.peak_flops(), job.train_flops_per_byte()) {
                 (Some(peak), Some(per_byte)) => Some(bps * per_byte / peak),
@@ -565,7 +565,7 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
             window_bytes = 0;
             loss_window = (0.0, 0);
         }
-        let eval_due = opts.eval_every > 0 && state.step % opts.eval_every == 0;
+        let eval_due = opts.eval_every > 0 && state.step.is_multiple_of(opts.eval_every);
         if eval_due || last || out_of_time || stopped {
             // Evaluation, and the best weights, read the averaged weights
             // when the run keeps them; training goes on from the raw ones.
@@ -602,7 +602,7 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
                 eprintln!("warning: {w}");
             }
         }
-        let ckpt_due = opts.checkpoint_every > 0 && state.step % opts.checkpoint_every == 0;
+        let ckpt_due = opts.checkpoint_every > 0 && state.step.is_multiple_of(opts.checkpoint_every);
         if ckpt_due || last || out_of_time || stopped {
             job.save_state(&mut state);
             let set = job.to_param_set(be)?;

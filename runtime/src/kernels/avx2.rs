@@ -14,7 +14,7 @@ use kilobyte_format::quant::q8_scale;
 use kilobyte_format::{BlockQ4, BlockQ8};
 
 /// A float weight type that loads as eight f32 lanes.
-trait FloatWeight: Copy {
+pub(super) trait FloatWeight: Copy {
     unsafe fn load8(p: *const Self) -> __m256;
     fn to_f32(self) -> f32;
 }
@@ -489,9 +489,9 @@ pub(super) unsafe fn matmul_with<K: Rows4<BlockQ8> + Rows4<BlockQ4>>(
 ) {
     let (rows, cols) = (w.rows, w.cols);
     match w.weights {
-        Weights::F32(w) => float_matmul(w, rows, cols, x, n, y),
-        Weights::F16(w) => float_matmul(w, rows, cols, x, n, y),
-        Weights::BF16(w) => float_matmul(w, rows, cols, x, n, y),
+        Weights::F32(w) => float_matmul::<_, Avx2>(w, rows, cols, x, n, y),
+        Weights::F16(w) => float_matmul::<_, Avx2>(w, rows, cols, x, n, y),
+        Weights::BF16(w) => float_matmul::<_, Avx2>(w, rows, cols, x, n, y),
         Weights::Q8(w) => quant_matmul::<_, K>(w, rows, cols / QK, xq, n, y),
         Weights::Q4(w) => quant_matmul::<_, K>(w, rows, cols / QK, xq, n, y),
     }
@@ -504,8 +504,9 @@ pub(super) unsafe fn matmul_with<K: Rows4<BlockQ8> + Rows4<BlockQ4>>(
 // computed exactly as alone, so prefill and byte-by-byte generation agree
 // bit for bit.
 
+/// Float weights, with the panel tiles of kernel set `P` for large batches.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn float_matmul<W: FloatWeight>(
+pub(super) unsafe fn float_matmul<W: FloatWeight, P: PanelKernel>(
     w: &[W],
     rows: usize,
     cols: usize,
@@ -525,12 +526,12 @@ unsafe fn float_matmul<W: FloatWeight>(
             float_rows4xn::<W, 3>(r.map(row), i.map(input))
         });
     } else {
-        float_matmul_panels(w, rows, cols, x, n, y);
+        float_matmul_panels::<W, P>(w, rows, cols, x, n, y);
     }
 }
 
-/// Weight rows per packed panel: two vectors.
-const PANEL_ROWS: usize = 16;
+/// Weight rows per packed panel: two vectors (one of AVX-512's).
+pub(super) const PANEL_ROWS: usize = 16;
 /// Columns per packed panel: 16 x 384 f32 are 24 KiB (on the stack), half
 /// of a 48 KiB L1, leaving room for the inputs streaming past; BiGS's
 /// widest products (3d = 384 columns in micro) then take a single pass.
@@ -545,7 +546,34 @@ const PANEL_INPUTS: usize = 6;
 /// batches were not measured).
 const PANEL_MIN_INPUTS: usize = 16;
 
-#[repr(align(32))]
+/// A set of panel tile kernels: [`Avx2`]'s here, 512-bit ones in
+/// `super::avx512`.
+pub(super) trait PanelKernel {
+    /// The most inputs one call takes.
+    const INPUTS: usize;
+    /// Inputs `i0..i0 + count` of `tile`, `count` at most [`Self::INPUTS`].
+    unsafe fn run(tile: &PanelTile, i0: usize, count: usize, y: &mut [f32]);
+}
+
+impl PanelKernel for Avx2 {
+    const INPUTS: usize = PANEL_INPUTS;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run(tile: &PanelTile, i0: usize, count: usize, y: &mut [f32]) {
+        match count {
+            1 => tile.run::<1>(i0, y),
+            2 => tile.run::<2>(i0, y),
+            3 => tile.run::<3>(i0, y),
+            4 => tile.run::<4>(i0, y),
+            5 => tile.run::<5>(i0, y),
+            _ => tile.run::<PANEL_INPUTS>(i0, y),
+        }
+    }
+}
+
+// 64-byte aligned, so that each column's 16 values are one aligned
+// AVX-512 load.
+#[repr(align(64))]
 struct Panel([f32; PANEL_ROWS * PANEL_COLS]);
 
 /// `y_i = W x_i` for a large batch in outer-product form, without
@@ -556,7 +584,7 @@ struct Panel([f32; PANEL_ROWS * PANEL_COLS]);
 /// summed in column order, as in the scalar definition (in parts of
 /// `PANEL_COLS` columns).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn float_matmul_panels<W: FloatWeight>(
+unsafe fn float_matmul_panels<W: FloatWeight, P: PanelKernel>(
     w: &[W],
     rows: usize,
     cols: usize,
@@ -580,15 +608,8 @@ unsafe fn float_matmul_panels<W: FloatWeight>(
                 r: r.clone(),
                 add: k0 > 0,
             };
-            for i0 in (0..n).step_by(PANEL_INPUTS) {
-                match n - i0 {
-                    1 => tile.run::<1>(i0, y),
-                    2 => tile.run::<2>(i0, y),
-                    3 => tile.run::<3>(i0, y),
-                    4 => tile.run::<4>(i0, y),
-                    5 => tile.run::<5>(i0, y),
-                    _ => tile.run::<PANEL_INPUTS>(i0, y),
-                }
+            for i0 in (0..n).step_by(P::INPUTS) {
+                P::run(&tile, i0, (n - i0).min(P::INPUTS), y);
             }
         }
     }
@@ -667,24 +688,24 @@ unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
 }
 
 /// One packed panel against the inputs, a tile at a time.
-struct PanelTile<'a> {
-    panel: &'a [f32],
-    x: &'a [f32],
-    cols: usize,
+pub(super) struct PanelTile<'a> {
+    pub(super) panel: &'a [f32],
+    pub(super) x: &'a [f32],
+    pub(super) cols: usize,
     /// The panel's columns.
-    k: core::ops::Range<usize>,
+    pub(super) k: core::ops::Range<usize>,
     /// Values per output row of `y`.
-    y_rows: usize,
+    pub(super) y_rows: usize,
     /// The panel's rows.
-    r: core::ops::Range<usize>,
+    pub(super) r: core::ops::Range<usize>,
     /// Add to `y` (a later column block) rather than store.
-    add: bool,
+    pub(super) add: bool,
 }
 
 impl PanelTile<'_> {
-    /// Inputs `i0..i0 + N`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn run<const N: usize>(&self, i0: usize, y: &mut [f32]) {
+    /// The column slices of inputs `i0..i0 + N`, and how many columns the
+    /// tile may read of them and of the panel.
+    pub(super) fn inputs<const N: usize>(&self, i0: usize) -> ([&[f32]; N], usize) {
         let x: [&[f32]; N] = core::array::from_fn(|m| {
             let at = (i0 + m) * self.cols;
             &self.x[at + self.k.start..at + self.k.end]
@@ -695,6 +716,13 @@ impl PanelTile<'_> {
             .min()
             .unwrap_or(0)
             .min(self.panel.len() / PANEL_ROWS);
+        (x, kc)
+    }
+
+    /// Inputs `i0..i0 + N`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run<const N: usize>(&self, i0: usize, y: &mut [f32]) {
+        let (x, kc) = self.inputs::<N>(i0);
         let p = self.panel.as_ptr();
         let mut acc = [[_mm256_setzero_ps(); 2]; N];
         for c in 0..kc {
@@ -733,8 +761,9 @@ impl PanelTile<'_> {
     }
 }
 
+/// Quantised weights, with the four-row kernels of set `K`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quant_matmul<W, K: Rows4<W>>(
+pub(super) unsafe fn quant_matmul<W, K: Rows4<W>>(
     w: &[W],
     rows: usize,
     blocks: usize,

@@ -4,7 +4,8 @@
 //! their arguments, then run the fastest version this machine supports:
 //! AVX2+FMA+F16C on x86_64 (detected at run time, since `no_std` has no
 //! `is_x86_feature_detected!`), with AVX-VNNI's byte dot products for the
-//! q8/q4 rows where the CPU has them, NEON on aarch64 (always present there),
+//! q8/q4 rows where the CPU has them and AVX-512's 512-bit versions of the
+//! q8/q4 rows and of the large-batch float panels where it has those, NEON on aarch64 (always present there),
 //! SIMD128 on wasm32 when the crate is built with the `simd128` feature
 //! (WebAssembly has no run-time detection), and the scalar code everywhere
 //! else and under Miri. The SIMD versions are
@@ -30,6 +31,8 @@ use kilobyte_format::{BlockQ4, BlockQ8, DType, FormatError, Shape, Tensor};
 
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 mod avx2;
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+mod avx512;
 #[cfg(all(kilobyte_dsp, not(miri)))]
 pub mod dsp;
 #[cfg(all(target_arch = "aarch64", not(miri)))]
@@ -233,7 +236,7 @@ impl<'a> Matrix<'a> {
             rows: self.rows,
             cols: self.cols,
         };
-        if self.rows == 0 || self.cols == 0 || (self.is_quantized() && self.cols % QK != 0) {
+        if self.rows == 0 || self.cols == 0 || (self.is_quantized() && !self.cols.is_multiple_of(QK)) {
             return Err(bad);
         }
         let numel = self.rows.checked_mul(self.cols).ok_or(bad)?;
@@ -296,18 +299,33 @@ pub enum Isa {
     /// [`Isa::Avx2`] plus AVX-VNNI (`vpdpbusd`, VEX-encoded) for the q8/q4
     /// rows; every other kernel is the AVX2 one.
     Avx2Vnni,
+    /// [`Isa::Avx2`] plus AVX-512 (F, BW, VL and VNNI) for the q8/q4 rows
+    /// and the float panels of large batches; every other kernel is the
+    /// AVX2 one.
+    Avx512,
 }
 
 impl Isa {
-    const ALL: [Isa; 5] = [
+    const ALL: [Isa; 6] = [
         Isa::Scalar,
         Isa::Avx2,
         Isa::Neon,
         Isa::Simd128,
         Isa::Avx2Vnni,
+        Isa::Avx512,
     ];
 
-    // 0 means "not chosen yet" in the atomics below.
+    /// The order [`detected`] picks in: the first usable one.
+    const PREFERENCE: [Isa; 6] = [
+        Isa::Avx512,
+        Isa::Avx2Vnni,
+        Isa::Avx2,
+        Isa::Neon,
+        Isa::Simd128,
+        Isa::Scalar,
+    ];
+
+    // 0 means "not chosen yet" in SELECTED.
     fn code(self) -> u8 {
         self as u8 + 1
     }
@@ -316,23 +334,33 @@ impl Isa {
         Isa::ALL.into_iter().find(|isa| isa.code() == code)
     }
 
-    /// Whether a CPU with `self` can run `other`'s kernels.
-    fn includes(self, other: Isa) -> bool {
-        other == self || other == Isa::Scalar || (self, other) == (Isa::Avx2Vnni, Isa::Avx2)
+    fn bit(self) -> u8 {
+        1 << self as u8
     }
 }
 
-static DETECTED: AtomicU8 = AtomicU8::new(0);
+/// Bit `isa as u8` for every set this machine runs, and [`DETECTED`] once
+/// detection ran. A set, not a best-of: AVX-512 CPUs may or may not have
+/// AVX-VNNI, so neither of those two sets includes the other.
+static USABLE: AtomicU8 = AtomicU8::new(0);
+const DETECTED: u8 = 0x80;
 static SELECTED: AtomicU8 = AtomicU8::new(0);
+
+fn usable(isa: Isa) -> bool {
+    let mut set = USABLE.load(Relaxed);
+    if set == 0 {
+        set = detect() | Isa::Scalar.bit() | DETECTED;
+        USABLE.store(set, Relaxed);
+    }
+    set & isa.bit() != 0
+}
 
 /// The best instruction set this machine supports.
 pub fn detected() -> Isa {
-    if let Some(isa) = Isa::from_code(DETECTED.load(Relaxed)) {
-        return isa;
-    }
-    let isa = detect();
-    DETECTED.store(isa.code(), Relaxed);
-    isa
+    Isa::PREFERENCE
+        .into_iter()
+        .find(|&isa| usable(isa))
+        .unwrap_or(Isa::Scalar)
 }
 
 /// The instruction set the kernels use: [`detected`] unless [`set_isa`]
@@ -342,61 +370,77 @@ pub fn isa() -> Isa {
 }
 
 /// Makes every kernel use `isa`, e.g. `Isa::Scalar` to measure what SIMD
-/// buys. Only `Isa::Scalar`, [`detected`] and the sets it includes
-/// (`Isa::Avx2` where AVX-VNNI was detected) are accepted, which is what
-/// keeps the dispatch sound. Affects all threads.
+/// buys. Only the sets this machine runs are accepted (`Isa::Scalar`,
+/// [`detected`], and e.g. `Isa::Avx2` where AVX-512 was detected), which is
+/// what keeps the dispatch sound. Affects all threads.
 pub fn set_isa(isa: Isa) -> Result<(), KernelError> {
-    if !detected().includes(isa) {
+    if !usable(isa) {
         return Err(KernelError::Unsupported(isa));
     }
     SELECTED.store(isa.code(), Relaxed);
     Ok(())
 }
 
+/// The sets this CPU and OS run, as [`Isa::bit`]s.
 #[cfg(all(target_arch = "x86_64", not(miri)))]
-fn detect() -> Isa {
+fn detect() -> u8 {
     use core::arch::x86_64::{__cpuid_count, _xgetbv};
     // SAFETY: every x86_64 CPU has cpuid, and xgetbv is only executed once
     // cpuid reports OSXSAVE, i.e. that the OS enabled it.
-    let (usable, vnni) = unsafe {
+    let (avx2, avx_vnni, avx512) = unsafe {
         let leaf1 = __cpuid_count(1, 0);
         let bit = |n: u32| leaf1.ecx & (1 << n) != 0;
         let (fma, osxsave, avx, f16c) = (bit(12), bit(27), bit(28), bit(29));
         // The OS must also save the YMM registers on a context switch
-        // (XCR0 bits 1 and 2), or AVX state would be corrupted.
-        let os_saves_ymm = osxsave && _xgetbv(0) & 0b110 == 0b110;
+        // (XCR0 bits 1 and 2), or AVX state would be corrupted; for
+        // AVX-512, the mask registers and all 32 ZMM registers too (bits 5
+        // to 7).
+        let xcr0 = if osxsave { _xgetbv(0) } else { 0 };
+        let os_saves_ymm = xcr0 & 0b110 == 0b110;
+        let os_saves_zmm = xcr0 & 0b1110_0110 == 0b1110_0110;
         let leaf7 = (__cpuid_count(0, 0).eax >= 7).then(|| __cpuid_count(7, 0));
-        let avx2 = leaf7.is_some_and(|l| l.ebx & (1 << 5) != 0);
+        let ebx7 = |n: u32| leaf7.is_some_and(|l| l.ebx & (1 << n) != 0);
+        let avx2 = fma && avx && f16c && os_saves_ymm && ebx7(5);
         // AVX-VNNI is leaf 7 subleaf 1, EAX bit 4; being VEX-encoded it
         // needs no more OS support than the YMM state.
-        let vnni = leaf7.is_some_and(|l| l.eax >= 1 && __cpuid_count(7, 1).eax & (1 << 4) != 0);
-        (fma && avx && f16c && os_saves_ymm && avx2, vnni)
+        let avx_vnni = leaf7.is_some_and(|l| l.eax >= 1 && __cpuid_count(7, 1).eax & (1 << 4) != 0);
+        // AVX512F, BW and VL (EBX bits 16, 30, 31) and AVX512-VNNI (ECX
+        // bit 11).
+        let vnni512 = leaf7.is_some_and(|l| l.ecx & (1 << 11) != 0);
+        let avx512 = os_saves_zmm && ebx7(16) && ebx7(30) && ebx7(31) && vnni512;
+        (avx2, avx2 && avx_vnni, avx2 && avx512)
     };
-    match (usable, vnni) {
-        (true, true) => Isa::Avx2Vnni,
-        (true, false) => Isa::Avx2,
-        _ => Isa::Scalar,
+    let mut set = 0;
+    for (on, isa) in [
+        (avx2, Isa::Avx2),
+        (avx_vnni, Isa::Avx2Vnni),
+        (avx512, Isa::Avx512),
+    ] {
+        if on {
+            set |= isa.bit();
+        }
     }
+    set
 }
 
 #[cfg(all(target_arch = "aarch64", not(miri)))]
-fn detect() -> Isa {
-    Isa::Neon
+fn detect() -> u8 {
+    Isa::Neon.bit()
 }
 
 // The engine either validated this module's SIMD instructions or refused
 // to load it, so having been compiled in is proof enough.
 #[cfg(all(target_arch = "wasm32", feature = "simd128"))]
-fn detect() -> Isa {
-    Isa::Simd128
+fn detect() -> u8 {
+    Isa::Simd128.bit()
 }
 
 #[cfg(not(any(
     all(any(target_arch = "x86_64", target_arch = "aarch64"), not(miri)),
     all(target_arch = "wasm32", feature = "simd128")
 )))]
-fn detect() -> Isa {
-    Isa::Scalar
+fn detect() -> u8 {
+    0
 }
 
 /// An instruction set known to work on this machine. Only `current` and
@@ -415,15 +459,15 @@ impl Backend {
     }
 
     /// The best kernel set, then every other SIMD set this machine runs:
-    /// the q8/q4 tests check the AVX2 kernels too where the VNNI ones are
-    /// the default, and still check the scalar dispatch where no SIMD set
+    /// the q8/q4 tests check the AVX2 kernels too where the VNNI or
+    /// AVX-512 ones are the default, and still check the scalar dispatch where no SIMD set
     /// runs (Miri, wasm without simd128).
     #[cfg(test)]
     fn every_backend() -> impl Iterator<Item = Backend> {
         let best = detected();
         let others = Isa::ALL
             .into_iter()
-            .filter(move |&i| i != best && i != Isa::Scalar && best.includes(i));
+            .filter(move |&i| i != best && i != Isa::Scalar && usable(i));
         core::iter::once(best).chain(others).map(Backend)
     }
 }
@@ -447,6 +491,14 @@ macro_rules! dispatch {
             // AVX-VNNI; accesses are bounded as above.
             Isa::Avx2Vnni => unsafe {
                 use vnni as $m;
+                $simd
+            },
+            #[cfg(all(target_arch = "x86_64", not(miri)))]
+            // SAFETY: a Backend holds Avx512 only if the CPU also has
+            // AVX-512 F, BW, VL and VNNI and the OS saves their registers;
+            // accesses are bounded as above.
+            Isa::Avx512 => unsafe {
+                use avx512 as $m;
                 $simd
             },
             #[cfg(all(target_arch = "aarch64", not(miri)))]

@@ -25,7 +25,7 @@ use kilobyte_format::{BlockQ4, BlockQ8};
 /// weights `w` is off by at most `sum_blocks(d / 2 * sum |w|)` (tested). Blocks whose `amax / 127` is below f16's normal range (6.1e-5)
 /// lose relative precision; activations after a norm are far above that.
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) -> Result<(), KernelError> {
-    if x.len() % QK != 0 {
+    if !x.len().is_multiple_of(QK) {
         return Err(KernelError::BadShape {
             rows: 1,
             cols: x.len(),

@@ -187,13 +187,7 @@ fn check_matmul(dtype: DType, rows: usize, cols: usize, n: usize, rng: &mut Rng)
     } else {
         x.clone()
     };
-    // The float kernels are the same code in every x86 set.
-    let backends: Vec<Backend> = if dtype.is_quantized() {
-        Backend::every_backend().collect()
-    } else {
-        vec![Backend::best()]
-    };
-    for backend in backends {
+    for backend in Backend::every_backend() {
         let mut got = vec![0.0; n * rows];
         matmul_on(backend, &m.matrix(), &x, &mut got, &mut scratch).unwrap();
         let isa = backend.0;
@@ -342,10 +336,10 @@ fn quantised_products_at_the_integer_extremes_are_exact() {
             for pattern in 0..4usize {
                 // Signs agreeing with x (largest sums), opposing it, or mixed.
                 let pick = |r: usize, j: usize| match pattern {
-                    0 => (j / 3) % 2 == 0,
-                    1 => (j / 3) % 2 != 0,
-                    2 => (r + j) % 2 == 0,
-                    _ => (r + j / 7) % 3 == 0,
+                    0 => (j / 3).is_multiple_of(2),
+                    1 => !(j / 3).is_multiple_of(2),
+                    2 => (r + j).is_multiple_of(2),
+                    _ => (r + j / 7).is_multiple_of(3),
                 };
                 let q8: Vec<BlockQ8> = (0..rows * blocks)
                     .map(|k| BlockQ8 {
@@ -890,8 +884,10 @@ fn set_isa_accepts_scalar_and_the_detected_sets_only() {
             assert_eq!(set_isa(other), Err(KernelError::Unsupported(other)));
         }
     }
-    // Avx2Vnni's kernels are Avx2's plus VNNI ones.
-    assert!(!supported(Isa::Avx2Vnni) || supported(Isa::Avx2));
+    // The AVX-VNNI and AVX-512 sets run AVX2's kernels for most ops.
+    for extended in [Isa::Avx2Vnni, Isa::Avx512] {
+        assert!(!supported(extended) || supported(Isa::Avx2));
+    }
     set_isa(detected()).unwrap();
     assert_eq!(isa(), detected());
 }
@@ -899,11 +895,17 @@ fn set_isa_accepts_scalar_and_the_detected_sets_only() {
 #[test]
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 fn cpuid_detection_agrees_with_std() {
-    // std names AVX-VNNI only from Rust 1.89, past the MSRV.
-    let std_says = std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c");
-    assert_eq!(matches!(detected(), Isa::Avx2 | Isa::Avx2Vnni), std_says);
+    use std::is_x86_feature_detected as has;
+    let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+    let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni");
+    for (isa, std_says) in [
+        (Isa::Avx2, avx2),
+        (Isa::Avx2Vnni, avx2 && has!("avxvnni")),
+        (Isa::Avx512, avx2 && avx512),
+    ] {
+        assert_eq!(usable(isa), std_says, "{isa:?}");
+    }
+    assert_eq!(detected() != Isa::Scalar, avx2);
 }
 
 /// The q8/q4 kernel sets share every float operation and their integer
@@ -913,7 +915,13 @@ fn cpuid_detection_agrees_with_std() {
 fn quantised_kernel_sets_agree_bit_for_bit() {
     let mut rng = Rng::new(12);
     for dtype in QUANTS {
-        for (rows, cols, n) in [(5, 32, 1), (7, 96, 1), (4, 320, 3), (9, 1024, 6)] {
+        for (rows, cols, n) in [
+            (5, 32, 1),
+            (7, 96, 1),
+            (4, 320, 3),
+            (11, 224, 5),
+            (9, 1024, 6),
+        ] {
             let m = TestMatrix::new(dtype, rows, cols, &mut rng);
             let x = random(&mut rng, n * cols);
             let mut scratch = vec![
@@ -1162,21 +1170,24 @@ fn bench_matvec_and_matmul() {
                 flops / cold / 1e9,
             );
         }
-        set_isa(detected()).unwrap();
-        for n in [8, 64] {
-            let t = fastest_call(|| {
-                matmul(
-                    &m.matrix(),
-                    &x[..n * cols],
-                    &mut y[..n * rows],
-                    &mut scratch,
-                )
-                .unwrap()
-            });
-            println!(
-                "  {:>4} matmul n={n:<2}: {:8.1} us {:6.1} GFLOP/s, {:.1}x faster than {n} hot matvecs",
-                dtype.name(), t * 1e6, n as f64 * flops / t / 1e9, n as f64 * hot_simd / t
-            );
+        for isa in Backend::every_backend().map(|b| b.0) {
+            set_isa(isa).unwrap();
+            for n in [8, 64] {
+                let t = fastest_call(|| {
+                    matmul(
+                        &m.matrix(),
+                        &x[..n * cols],
+                        &mut y[..n * rows],
+                        &mut scratch,
+                    )
+                    .unwrap()
+                });
+                println!(
+                    "  {:>4} {:<8} matmul n={n:<2}: {:8.1} us {:6.1} GFLOP/s, {:.1}x faster than {n} hot matvecs of the best set",
+                    dtype.name(), std::format!("{isa:?}"), t * 1e6, n as f64 * flops / t / 1e9, n as f64 * hot_simd / t
+                );
+            }
         }
+        set_isa(detected()).unwrap();
     }
 }

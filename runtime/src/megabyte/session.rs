@@ -77,7 +77,7 @@ impl ArenaSpec {
     /// Why this spec cannot work with `config`, if it cannot.
     pub const fn check(&self, config: &MegabyteConfig) -> Option<&'static str> {
         let p = config.patch_size as usize;
-        if self.max_context == 0 || self.max_context % p != 0 {
+        if self.max_context == 0 || !self.max_context.is_multiple_of(p) {
             Some("must be a positive multiple of the patch size")
         } else if self.max_context > config.max_seq as usize {
             Some("exceeds the model's trained context T_max")

@@ -553,7 +553,7 @@ unsafe fn memset8(dst: CUdeviceptr, v: u8, n: usize, s: Handle) -> CUresult {
 unsafe fn memset32(dst: CUdeviceptr, v: u32, n: usize, s: Handle) -> CUresult {
     code(ready().and_then(|dev| {
         valid_stream(&dev, s)?;
-        if dst % 4 != 0 {
+        if !dst.is_multiple_of(4) {
             return Err(status::INVALID_VALUE);
         }
         check_range(&dev, "cuMemsetD32", dst, n.saturating_mul(4))?;

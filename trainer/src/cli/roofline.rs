@@ -292,15 +292,25 @@ pub fn fma_peak_gflops_threads(threads: usize) -> f64 {
     (0..5).map(|_| together()).fold(0.0, f64::max)
 }
 
+/// The widest FMA this CPU has: AVX-512's where it has AVX512F (the
+/// runtime's panel tiles and the trainer's gemm use it there), else AVX2's.
 fn fma_gflops_once() -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
-        return unsafe { fma_avx2() };
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            return unsafe { fma_avx512() };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the features were just detected.
+            return unsafe { fma_avx2() };
+        }
     }
     fma_scalar()
 }
 
+/// Ten independent chains, which cover the FMA latency of two units.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_avx2() -> f64 {
@@ -320,23 +330,49 @@ unsafe fn fma_avx2() -> f64 {
     (ITERS * 10 * 8 * 2) as f64 / secs / 1e9
 }
 
-/// Best of several runs of independent chains of the q8 kernels' inner
-/// step: `vpdpbusd` where the runtime chose its VNNI kernels, else
-/// `maddubs` then `madd` into i32; 32 multiply-adds per step.
+/// As [`fma_avx2`], sixteen lanes wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512() -> f64 {
+    use std::arch::x86_64::*;
+    const ITERS: usize = 20_000_000;
+    let mut acc = [_mm512_set1_ps(0.0); 10];
+    let a = _mm512_set1_ps(black_box(0.999_999));
+    let b = _mm512_set1_ps(black_box(1e-7));
+    let t = Instant::now();
+    for _ in 0..ITERS {
+        for x in acc.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, a, b);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    black_box(acc);
+    (ITERS * 10 * 16 * 2) as f64 / secs / 1e9
+}
+
+/// Best of several runs of independent chains of the widest i8 step this
+/// CPU has: `vpdpbusd` on 512 bits with AVX-512 VNNI, on 256 with AVX-VNNI,
+/// else `maddubs` then `madd` into i32.
 fn i8_peak_gmacs() -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         use kilobyte_runtime::kernels::{detected, Isa};
+        if detected() == Isa::Avx512 {
+            // SAFETY: the runtime detected AVX-512 with VNNI.
+            return (0..5)
+                .map(|_| unsafe { i8_chains_avx512() })
+                .fold(0.0, f64::max);
+        }
         if detected() == Isa::Avx2Vnni {
             // SAFETY: the runtime detected AVX-VNNI.
             return (0..5)
-                .map(|_| unsafe { i8_chains::<true>() })
+                .map(|_| unsafe { i8_chains_vnni() })
                 .fold(0.0, f64::max);
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the feature was just detected.
             return (0..5)
-                .map(|_| unsafe { i8_chains::<false>() })
+                .map(|_| unsafe { i8_chains_avx2() })
                 .fold(0.0, f64::max);
         }
     }
@@ -345,42 +381,68 @@ fn i8_peak_gmacs() -> f64 {
     fma_scalar() / 2.0
 }
 
-/// `VNNI`: `vpdpbusd` (in `asm!`, as the runtime's VNNI kernels have it:
-/// its intrinsic needs Rust 1.89, past the MSRV), else `maddubs` + `madd`.
+/// Times `CHAINS` independent chains of `$step(acc)` on vectors of
+/// `$lanes` bytes, all starting at `$init`, and returns G multiply-adds/s.
+/// Each chain feeds its own result back in (as bytes, or as the i32
+/// accumulator), so nothing is loop-invariant; 12 chains cover any of the
+/// steps' latency. A macro so the loop is compiled inside each function,
+/// with its target features.
+#[cfg(target_arch = "x86_64")]
+macro_rules! i8_chains {
+    ($init:expr, $lanes:expr, $step:expr) => {{
+        const ITERS: usize = 10_000_000;
+        const CHAINS: usize = 12;
+        let mut acc = [$init; CHAINS];
+        let t = Instant::now();
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = $step(*x);
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        black_box(acc);
+        (ITERS * CHAINS * $lanes) as f64 / secs / 1e9
+    }};
+}
+
+/// `maddubs` then `madd` into i32, the AVX2 q8 kernels' step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn i8_chains<const VNNI: bool>() -> f64 {
+unsafe fn i8_chains_avx2() -> f64 {
     use std::arch::x86_64::*;
-    const ITERS: usize = 10_000_000;
-    const CHAINS: usize = 12;
-    // Each chain feeds its own result back in (as bytes, or as the i32
-    // accumulator), so nothing is loop-invariant; 12 chains cover either
-    // step's latency.
-    let mut acc = [_mm256_set1_epi8(black_box(3)); CHAINS];
+    let b = _mm256_set1_epi8(black_box(-1));
+    let ones = _mm256_set1_epi16(black_box(1));
+    i8_chains!(_mm256_set1_epi8(black_box(3)), 32, |x| {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(x, b), ones)
+    })
+}
+
+/// `vpdpbusd`, VEX-encoded, the AVX-VNNI kernels' step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn i8_chains_vnni() -> f64 {
+    use std::arch::x86_64::*;
     let (a, b) = (
         _mm256_set1_epi8(black_box(1)),
         _mm256_set1_epi8(black_box(-1)),
     );
-    let ones = _mm256_set1_epi16(black_box(1));
-    let t = Instant::now();
-    for _ in 0..ITERS {
-        for x in acc.iter_mut() {
-            if VNNI {
-                std::arch::asm!(
-                    "{{vex}} vpdpbusd {x}, {a}, {b}",
-                    x = inout(ymm_reg) *x,
-                    a = in(ymm_reg) a,
-                    b = in(ymm_reg) b,
-                    options(pure, nomem, nostack, preserves_flags)
-                );
-            } else {
-                *x = _mm256_madd_epi16(_mm256_maddubs_epi16(*x, b), ones);
-            }
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    black_box(acc);
-    (ITERS * CHAINS * 32) as f64 / secs / 1e9
+    i8_chains!(_mm256_set1_epi8(black_box(3)), 32, |x| {
+        _mm256_dpbusd_avx_epi32(x, a, b)
+    })
+}
+
+/// `vpdpbusd` on 512 bits, the AVX-512 q8/q4 kernels' step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn i8_chains_avx512() -> f64 {
+    use std::arch::x86_64::*;
+    let (a, b) = (
+        _mm512_set1_epi8(black_box(1)),
+        _mm512_set1_epi8(black_box(-1)),
+    );
+    i8_chains!(_mm512_set1_epi8(black_box(3)), 64, |x| {
+        _mm512_dpbusd_epi32(x, a, b)
+    })
 }
 
 fn fma_scalar() -> f64 {

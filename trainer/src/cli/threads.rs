@@ -159,7 +159,7 @@ fn work(shared: &Shared) {
                 break job;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 || Instant::now() < spin_until {
+            if !spins.is_multiple_of(64) || Instant::now() < spin_until {
                 spin_loop();
             } else {
                 // `run` unparks after publishing a job, and an unpark before
@@ -181,7 +181,7 @@ impl Drop for Join<'_> {
         let mut spins = 0u32;
         while self.0.done.0.load(Ordering::Acquire) != self.1 {
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 // A worker the scheduler took off its core mid-part.
                 thread::yield_now();
             } else {

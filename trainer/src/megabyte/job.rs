@@ -25,7 +25,7 @@ impl TrainOptions {
     /// The options a MEGABYTE run of `config` accepts.
     pub(crate) fn check(&self, config: &MegabyteConfig) -> Result<()> {
         let p = config.patch_size as usize;
-        if self.seq == 0 || self.seq % p != 0 || self.seq > config.max_seq as usize {
+        if self.seq == 0 || !self.seq.is_multiple_of(p) || self.seq > config.max_seq as usize {
             bail!(
                 "--seq {}: must be a multiple of the patch size {p}, at most T_max = {}",
                 self.seq,

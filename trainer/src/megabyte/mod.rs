@@ -149,7 +149,7 @@ impl<B: Backend> MegabyteModel<B> {
         let p = c.patch_size as usize;
         ensure!(batch > 0, "batch size must be at least 1");
         ensure!(
-            seq >= p && seq % p == 0 && seq <= c.max_seq as usize,
+            seq >= p && seq.is_multiple_of(p) && seq <= c.max_seq as usize,
             "sequence length {seq} must be a multiple of the patch size {p} between {p} and T_max = {}",
             c.max_seq
         );

@@ -36,7 +36,7 @@ impl Geom {
 
     fn new(a: Attention) -> Self {
         assert!(
-            a.heads > 0 && a.width % a.heads == 0,
+            a.heads > 0 && a.width.is_multiple_of(a.heads),
             "width {} not divisible by heads {}",
             a.width,
             a.heads

@@ -44,7 +44,7 @@ use core::ops::{Add, AddAssign, Div, Mul, Sub};
 impl SsmShape {
     fn channels_per_kernel(&self) -> usize {
         assert!(
-            self.kernels > 0 && self.width % self.kernels == 0,
+            self.kernels > 0 && self.width.is_multiple_of(self.kernels),
             "width {} is not split evenly among {} kernels",
             self.width,
             self.kernels

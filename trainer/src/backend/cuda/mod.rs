@@ -999,7 +999,7 @@ impl Backend for CudaBackend {
         check("ssm d", d.len(), s.kernels);
         check("ssm lengths", lengths.len(), s.batch);
         assert!(
-            s.kernels > 0 && s.width % s.kernels == 0,
+            s.kernels > 0 && s.width.is_multiple_of(s.kernels),
             "width not split evenly among kernels"
         );
         let (b, q, w, k) = (
@@ -1041,7 +1041,7 @@ impl Backend for CudaBackend {
         check("ssm dd", dd.len().min(d.len()), s.kernels);
         check("ssm lengths", lengths.len(), s.batch);
         assert!(
-            s.kernels > 0 && s.width % s.kernels == 0,
+            s.kernels > 0 && s.width.is_multiple_of(s.kernels),
             "width not split evenly among kernels"
         );
         if n == 0 {

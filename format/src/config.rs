@@ -298,7 +298,10 @@ impl MegabyteConfig {
                 "must be a multiple of patch_size",
             ));
         }
-        if !self.global_width().is_multiple_of(self.heads_global as usize) {
+        if !self
+            .global_width()
+            .is_multiple_of(self.heads_global as usize)
+        {
             return Err(bad_config(
                 "heads_global",
                 self.heads_global,

@@ -602,7 +602,8 @@ pub(crate) fn train_loop<B: Backend, J: Job<B>>(
                 eprintln!("warning: {w}");
             }
         }
-        let ckpt_due = opts.checkpoint_every > 0 && state.step.is_multiple_of(opts.checkpoint_every);
+        let ckpt_due =
+            opts.checkpoint_every > 0 && state.step.is_multiple_of(opts.checkpoint_every);
         if ckpt_due || last || out_of_time || stopped {
             job.save_state(&mut state);
             let set = job.to_param_set(be)?;

@@ -236,7 +236,10 @@ impl<'a> Matrix<'a> {
             rows: self.rows,
             cols: self.cols,
         };
-        if self.rows == 0 || self.cols == 0 || (self.is_quantized() && !self.cols.is_multiple_of(QK)) {
+        if self.rows == 0
+            || self.cols == 0
+            || (self.is_quantized() && !self.cols.is_multiple_of(QK))
+        {
             return Err(bad);
         }
         let numel = self.rows.checked_mul(self.cols).ok_or(bad)?;

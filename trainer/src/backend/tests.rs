@@ -874,13 +874,17 @@ fn determinism_workload() -> Vec<Vec<u32>> {
 fn results_are_deterministic_across_runs_and_thread_counts() {
     let first = determinism_workload();
     assert_eq!(first, determinism_workload(), "second run differs");
-    // The baseline (SSE2) copies of the kernels agree bit for bit with the
-    // AVX2 ones, so a run can resume on a machine without AVX2.
-    super::cpu::simd::set_enabled(false);
-    let baseline = determinism_workload();
-    super::cpu::simd::set_enabled(true);
-    for (i, (a, b)) in first.iter().zip(&baseline).enumerate() {
-        assert!(a == b, "output {i} differs without AVX2");
+    // The baseline (SSE2) and AVX2 copies of the kernels agree bit for bit
+    // with the widest ones, so a run can resume on a machine without
+    // AVX-512 or AVX2.
+    use super::cpu::simd::{set_widest, Simd};
+    for narrower in [Simd::Avx2, Simd::Baseline] {
+        set_widest(narrower);
+        let other = determinism_workload();
+        set_widest(Simd::Avx512);
+        for (i, (a, b)) in first.iter().zip(&other).enumerate() {
+            assert!(a == b, "output {i} differs with {narrower:?} kernels");
+        }
     }
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new()

@@ -131,7 +131,11 @@ fn use_kernels(isa: kernels::Isa) -> Result<()> {
 
 fn bench_runtime(args: &RuntimeArgs) -> Result<()> {
     let roof = Roofline::measure();
-    println!("machine: {}", roof.describe());
+    println!(
+        "machine: {}; kernels {:?}",
+        roof.describe(),
+        kernels::detected()
+    );
     if args.model == Family::Bigs {
         return bench_bigs(args, &roof);
     }

@@ -1,13 +1,15 @@
-//! Runtime dispatch to AVX2 builds of hot loops.
+//! Runtime dispatch to AVX2 and AVX-512 builds of hot loops.
 //!
 //! The crate is compiled for baseline x86-64 (SSE2), so auto-vectorised
-//! loops use 4 lanes. [`simd_kernel!`] compiles a function body twice, once
-//! with AVX2 enabled (8 lanes), and picks the AVX2 copy when the CPU has it.
-//! Rust never contracts `a*b + c` into an FMA and the kernels spell out
-//! their summation order, so both copies compute bit-identical results: a
-//! run resumed on a machine without AVX2 continues exactly.
+//! loops use 4 lanes. [`simd_kernel!`] compiles a function body three
+//! times, with AVX-512 (16 lanes), with AVX2 (8 lanes) and without, and
+//! picks the widest copy the CPU runs. Rust never contracts `a*b + c` into
+//! an FMA and the kernels spell out their summation order, so every copy
+//! computes bit-identical results: a run resumed on a machine without
+//! AVX-512 or AVX2 continues exactly.
 
-/// Defines `fn name<T: Float>(args) -> ret { body }` with an AVX2 copy.
+/// Defines `fn name<T: Float>(args) -> ret { body }` with AVX2 and AVX-512
+/// copies.
 macro_rules! simd_kernel {
     (
         $(#[$meta:meta])*
@@ -21,11 +23,20 @@ macro_rules! simd_kernel {
             fn imp<$T: Float>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+                unsafe fn avx512<$T: Float>($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2<$T: Float>($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && $crate::backend::cpu::simd::enabled() {
+                use $crate::backend::cpu::simd::{allowed, Simd};
+                if allowed(Simd::Avx512) {
+                    // SAFETY: the CPU supports these AVX-512 subsets.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if allowed(Simd::Avx2) {
                     // SAFETY: the CPU supports AVX2.
                     return unsafe { avx2($($arg),*) };
                 }
@@ -37,18 +48,45 @@ macro_rules! simd_kernel {
 
 pub(crate) use simd_kernel;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Whether kernels may use their AVX2 copies (default: yes, when the CPU
-/// has AVX2).
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+/// The widths a [`simd_kernel!`] has copies for, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// Baseline x86-64 (SSE2), or any other architecture.
+    Baseline,
+    Avx2,
+    /// AVX-512 F, BW, VL and DQ (every AVX-512 CPU since Skylake-SP).
+    Avx512,
 }
 
-/// Allows or forbids the AVX2 copies (tests compare the two; results are
-/// bit-identical, only speed differs).
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
+static WIDEST: AtomicU8 = AtomicU8::new(Simd::Avx512 as u8);
+
+/// Whether kernels may use their `width` copies: the CPU runs them and
+/// [`set_widest`] did not forbid them.
+pub fn allowed(width: Simd) -> bool {
+    if width as u8 > WIDEST.load(Ordering::Relaxed) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        match width {
+            Simd::Baseline => true,
+            Simd::Avx2 => has!("avx2"),
+            Simd::Avx512 => {
+                has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq")
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        width == Simd::Baseline
+    }
+}
+
+/// Makes the kernels use copies no wider than `width` (tests compare the
+/// copies; results are bit-identical, only speed differs).
+pub fn set_widest(width: Simd) {
+    WIDEST.store(width as u8, Ordering::Relaxed);
 }

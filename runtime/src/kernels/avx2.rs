@@ -761,8 +761,11 @@ impl PanelTile<'_> {
     }
 }
 
-/// Quantised weights, with the four-row kernels of set `K`.
-#[target_feature(enable = "avx2,fma,f16c")]
+/// Quantised weights, with the four-row kernels of set `K`. No target
+/// features of its own and always inlined, so that `K`'s kernels, whose
+/// features may be wider than AVX2's (`super::avx512`), are inlined into
+/// the caller.
+#[inline(always)]
 pub(super) unsafe fn quant_matmul<W, K: Rows4<W>>(
     w: &[W],
     rows: usize,

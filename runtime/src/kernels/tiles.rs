@@ -13,7 +13,6 @@ const INPUT_CHUNK_BYTES: usize = 256 * 1024;
 /// is what makes a matmul faster than `n` matvecs. Tiles at a ragged edge
 /// repeat the last row or input, so the kernel always sees a full `R x N`
 /// tile; the repeats are computed but not stored.
-///
 pub(super) fn for_each_tile<const R: usize, const N: usize>(
     rows: usize,
     n: usize,

@@ -310,44 +310,41 @@ fn fma_gflops_once() -> f64 {
     fma_scalar()
 }
 
-/// Ten independent chains, which cover the FMA latency of two units.
+/// Times ten independent chains of `$fmadd(x, a, b)` on `$lanes`-lane f32
+/// vectors made by `$set1`, and returns GFLOP/s (two per lane per step).
+/// Ten chains cover the FMA latency of two units. A macro so the loop is
+/// compiled inside each function, with its target features.
+#[cfg(target_arch = "x86_64")]
+macro_rules! fma_chains {
+    ($set1:path, $fmadd:path, $lanes:expr) => {{
+        const ITERS: usize = 20_000_000;
+        let mut acc = [$set1(0.0); 10];
+        let a = $set1(black_box(0.999_999));
+        let b = $set1(black_box(1e-7));
+        let t = Instant::now();
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = $fmadd(*x, a, b);
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        black_box(acc);
+        (ITERS * 10 * $lanes * 2) as f64 / secs / 1e9
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_avx2() -> f64 {
     use std::arch::x86_64::*;
-    const ITERS: usize = 20_000_000;
-    let mut acc = [_mm256_set1_ps(0.0); 10];
-    let a = _mm256_set1_ps(black_box(0.999_999));
-    let b = _mm256_set1_ps(black_box(1e-7));
-    let t = Instant::now();
-    for _ in 0..ITERS {
-        for x in acc.iter_mut() {
-            *x = _mm256_fmadd_ps(*x, a, b);
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    black_box(acc);
-    (ITERS * 10 * 8 * 2) as f64 / secs / 1e9
+    fma_chains!(_mm256_set1_ps, _mm256_fmadd_ps, 8)
 }
 
-/// As [`fma_avx2`], sixteen lanes wide.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn fma_avx512() -> f64 {
     use std::arch::x86_64::*;
-    const ITERS: usize = 20_000_000;
-    let mut acc = [_mm512_set1_ps(0.0); 10];
-    let a = _mm512_set1_ps(black_box(0.999_999));
-    let b = _mm512_set1_ps(black_box(1e-7));
-    let t = Instant::now();
-    for _ in 0..ITERS {
-        for x in acc.iter_mut() {
-            *x = _mm512_fmadd_ps(*x, a, b);
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    black_box(acc);
-    (ITERS * 10 * 16 * 2) as f64 / secs / 1e9
+    fma_chains!(_mm512_set1_ps, _mm512_fmadd_ps, 16)
 }
 
 /// Best of several runs of independent chains of the widest i8 step this

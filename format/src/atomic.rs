@@ -143,10 +143,13 @@ fn create_temp(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
     ))
 }
 
-/// Takes an exclusive advisory lock on `file` without waiting (`flock` on
-/// Unix, `LockFileEx` on Windows): `Ok(false)` if another open file holds
-/// one. The lock lasts until the file is closed, so a killed process never
-/// leaves one behind. Run directories are locked with it too.
+/// Takes an exclusive advisory lock on `file` without waiting: std's
+/// `File::try_lock`, which is `flock` on Linux, the BSDs and Apple systems
+/// (as this crate's own call was before) and `LockFileEx` on Windows, where
+/// the lock is mandatory. `Ok(false)` if another open file holds one. The
+/// lock lasts until the file is closed, so a killed process never leaves
+/// one behind. Run directories are locked with it too. Where std has no
+/// lock it is an `Unsupported` error.
 pub fn try_lock(file: &File) -> io::Result<bool> {
     match file.try_lock() {
         Ok(()) => Ok(true),

@@ -62,7 +62,7 @@ pub(super) trait QuantWeight {
 }
 
 /// A set of four-row kernels for weight blocks `W`: [`Avx2`]'s here, the
-/// VNNI ones in `super::vnni`.
+/// VNNI ones in `super::vnni`, their EVEX versions in `super::avx512`.
 pub(super) trait Rows4<W> {
     /// Four rows of `W` blocks against `N` q8 inputs.
     unsafe fn rows4<const N: usize>(w: [&[W]; 4], x: [&[BlockQ8]; N]) -> [[f32; N]; 4];
@@ -765,6 +765,11 @@ impl PanelTile<'_> {
 /// features of its own and always inlined, so that `K`'s kernels, whose
 /// features may be wider than AVX2's (`super::avx512`), are inlined into
 /// the caller.
+///
+/// # Safety
+/// Unlike the rest of this module, this function's requirement is `K`'s:
+/// the CPU must have `K`'s target features (the callers, `matmul_with` and
+/// `avx512::matmul`, have them).
 #[inline(always)]
 pub(super) unsafe fn quant_matmul<W, K: Rows4<W>>(
     w: &[W],

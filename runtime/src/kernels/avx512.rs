@@ -103,7 +103,9 @@ unsafe fn panel_tile<const N: usize>(tile: &PanelTile, i0: usize, y: &mut [f32])
     let p = tile.panel.as_ptr();
     let mut acc = [_mm512_setzero_ps(); N];
     for c in 0..kc {
-        let w = _mm512_load_ps(p.add(c * PANEL_ROWS));
+        // Unaligned load: as fast when aligned (the panel is), and the
+        // tile does not rely on where its caller put the panel.
+        let w = _mm512_loadu_ps(p.add(c * PANEL_ROWS));
         for (a, x) in acc.iter_mut().zip(&x) {
             *a = _mm512_fmadd_ps(w, _mm512_set1_ps(*x.as_ptr().add(c)), *a);
         }

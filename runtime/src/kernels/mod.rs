@@ -4,8 +4,9 @@
 //! their arguments, then run the fastest version this machine supports:
 //! AVX2+FMA+F16C on x86_64 (detected at run time, since `no_std` has no
 //! `is_x86_feature_detected!`), with AVX-VNNI's byte dot products for the
-//! q8/q4 rows where the CPU has them and AVX-512's 512-bit versions of the
-//! q8/q4 rows and of the large-batch float panels where it has those, NEON on aarch64 (always present there),
+//! q8/q4 rows where the CPU has them and AVX-512 (512-bit float panels and
+//! q8 tiles for batches, the EVEX `vpdpbusd` for the rest) where it has
+//! that, NEON on aarch64 (always present there),
 //! SIMD128 on wasm32 when the crate is built with the `simd128` feature
 //! (WebAssembly has no run-time detection), and the scalar code everywhere
 //! else and under Miri. The SIMD versions are
@@ -476,7 +477,7 @@ impl Backend {
 }
 
 /// Evaluates `$simd` with `$m` naming the backend's module (`avx2`, `vnni`,
-/// `neon` or `simd128`, whose functions all share one signature), or
+/// `avx512`, `neon` or `simd128`, whose functions all share one signature), or
 /// `$scalar`.
 macro_rules! dispatch {
     ($backend:expr, |$m:ident| $simd:expr, $scalar:expr) => {

@@ -253,10 +253,11 @@ fn matmul_matches_scalar_for_every_dtype() {
     }
 }
 
-/// Batches large enough for AVX2's packed float panels (16 rows x 384
-/// columns, 6 inputs a tile), with every edge ragged: rows around 16,
-/// columns around 8 and 384 (later column blocks add to the first),
-/// inputs not a multiple of 6. Other backends take their usual batch path.
+/// Batches large enough for the packed float panels (16 rows x 384
+/// columns; 6 inputs a tile with AVX2, 12 with AVX-512), with every edge
+/// ragged: rows around 16, columns around 8 and 384 (later column blocks
+/// add to the first), inputs not a multiple of 6 or 12. Other backends
+/// take their usual batch path.
 #[test]
 #[cfg_attr(miri, ignore = "too slow under Miri")]
 fn large_float_batches_match_scalar() {
@@ -909,8 +910,8 @@ fn cpuid_detection_agrees_with_std() {
 }
 
 /// The q8/q4 kernel sets share every float operation and their integer
-/// block sums are exact, so where a machine runs several (AVX2 and VNNI)
-/// they must agree to the bit, batches included.
+/// block sums are exact, so where a machine runs several (AVX2, VNNI,
+/// AVX-512) they must agree to the bit, batches included.
 #[test]
 fn quantised_kernel_sets_agree_bit_for_bit() {
     let mut rng = Rng::new(12);
@@ -935,6 +936,39 @@ fn quantised_kernel_sets_agree_bit_for_bit() {
                 .map(|backend| {
                     let mut y = vec![0.0; n * rows];
                     matmul_on(backend, &m.matrix(), &x, &mut y, &mut scratch).unwrap();
+                    (backend.0, y)
+                })
+                .collect();
+            for (isa, y) in &outputs[1..] {
+                let (best, want) = &outputs[0];
+                assert_eq!(y, want, "{dtype} {rows}x{cols} n={n}: {isa:?} vs {best:?}");
+            }
+        }
+    }
+}
+
+/// The float panels sum every output in column order in every x86 set
+/// (AVX2's 6-input tiles and AVX-512's 12-input ones alike), so the sets
+/// agree to the bit on batches too: ragged rows, columns past one
+/// 384-column block, and last tiles of 1 to 11 inputs.
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn float_kernel_sets_agree_bit_for_bit() {
+    let mut rng = Rng::new(13);
+    for dtype in FLOATS {
+        for (rows, cols, n) in [
+            (17, 385, 23),
+            (5, 100, 16),
+            (1, 9, 26),
+            (33, 64, 40),
+            (16, 800, 17),
+        ] {
+            let m = TestMatrix::new(dtype, rows, cols, &mut rng);
+            let x = random(&mut rng, n * cols);
+            let outputs: Vec<(Isa, Vec<f32>)> = Backend::every_backend()
+                .map(|backend| {
+                    let mut y = vec![0.0; n * rows];
+                    matmul_on(backend, &m.matrix(), &x, &mut y, &mut []).unwrap();
                     (backend.0, y)
                 })
                 .collect();

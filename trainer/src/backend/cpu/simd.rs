@@ -5,8 +5,10 @@
 //! times, with AVX-512 (16 lanes), with AVX2 (8 lanes) and without, and
 //! picks the widest copy the CPU runs. Rust never contracts `a*b + c` into
 //! an FMA and the kernels spell out their summation order, so every copy
-//! computes bit-identical results: a run resumed on a machine without
-//! AVX-512 or AVX2 continues exactly.
+//! computes bit-identical results. (The matrix products are the gemm
+//! crate's, which picks its own AVX-512 or AVX2 microkernel: a run resumed
+//! on a CPU of another kind continues correctly, not necessarily to the
+//! bit.)
 
 /// Defines `fn name<T: Float>(args) -> ret { body }` with AVX2 and AVX-512
 /// copies.
@@ -75,7 +77,13 @@ pub fn allowed(width: Simd) -> bool {
             Simd::Baseline => true,
             Simd::Avx2 => has!("avx2"),
             Simd::Avx512 => {
-                has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq")
+                // Rust's avx512f implies avx2 at compile time; std's
+                // detection does not check it, so this does.
+                has!("avx2")
+                    && has!("avx512f")
+                    && has!("avx512bw")
+                    && has!("avx512vl")
+                    && has!("avx512dq")
             }
         }
     }

@@ -210,11 +210,11 @@ unsafe fn q8_rows8<const N: usize>(w: [&[BlockQ8]; 8], x: [&[BlockQ8]; N]) -> [[
             _mm512_xor_si512(q8_values(wb, pair), flip)
         });
         let next = if pair { b + 1 } else { b };
+        // An odd last block goes into the even blocks' lanes only.
+        let lanes: __mmask16 = if pair { 0xffff } else { 0x00ff };
         let ws = [0, 1].map(|g| {
-            let (lo, hi) = (
-                scale_bits4(&group(&w, g), b),
-                scale_bits4(&group(&w, g), next),
-            );
+            let rows = group(&w, g);
+            let (lo, hi) = (scale_bits4(&rows, b), scale_bits4(&rows, next));
             f16x16([lo, lo, hi, hi])
         });
         for (a, x) in acc.iter_mut().zip(&x) {
@@ -228,8 +228,6 @@ unsafe fn q8_rows8<const N: usize>(w: [&[BlockQ8]; 8], x: [&[BlockQ8]; N]) -> [[
                 let p = core::array::from_fn(|k| _mm512_dpbusd_epi32(start, biased[4 * g + k], xv));
                 let dots = _mm512_cvtepi32_ps(reduce_rows4(p));
                 let s = _mm512_mul_ps(ws[g], xs);
-                // An odd last block goes into the even blocks' lanes only.
-                let lanes: __mmask16 = if pair { 0xffff } else { 0x00ff };
                 *a = _mm512_mask3_fmadd_ps(dots, s, *a, lanes);
             }
         }

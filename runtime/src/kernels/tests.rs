@@ -923,27 +923,33 @@ fn quantised_kernel_sets_agree_bit_for_bit() {
             (11, 224, 5),
             (9, 1024, 6),
         ] {
-            let m = TestMatrix::new(dtype, rows, cols, &mut rng);
-            let x = random(&mut rng, n * cols);
-            let mut scratch = vec![
-                BlockQ8 {
-                    d: [0; 2],
-                    qs: [0; QK]
-                };
-                scratch_blocks(cols, n)
-            ];
-            let outputs: Vec<(Isa, Vec<f32>)> = Backend::every_backend()
-                .map(|backend| {
-                    let mut y = vec![0.0; n * rows];
-                    matmul_on(backend, &m.matrix(), &x, &mut y, &mut scratch).unwrap();
-                    (backend.0, y)
-                })
-                .collect();
-            for (isa, y) in &outputs[1..] {
-                let (best, want) = &outputs[0];
-                assert_eq!(y, want, "{dtype} {rows}x{cols} n={n}: {isa:?} vs {best:?}");
-            }
+            every_kernel_set_agrees(dtype, rows, cols, n, &mut rng);
         }
+    }
+}
+
+/// `matmul` of a random `rows x cols` matrix of `dtype` by `n` random
+/// inputs gives the same bits on every kernel set this machine runs.
+fn every_kernel_set_agrees(dtype: DType, rows: usize, cols: usize, n: usize, rng: &mut Rng) {
+    let m = TestMatrix::new(dtype, rows, cols, rng);
+    let x = random(rng, n * cols);
+    let mut scratch = vec![
+        BlockQ8 {
+            d: [0; 2],
+            qs: [0; QK]
+        };
+        scratch_blocks(cols, n)
+    ];
+    let outputs: Vec<(Isa, Vec<f32>)> = Backend::every_backend()
+        .map(|backend| {
+            let mut y = vec![0.0; n * rows];
+            matmul_on(backend, &m.matrix(), &x, &mut y, &mut scratch).unwrap();
+            (backend.0, y)
+        })
+        .collect();
+    for (isa, y) in &outputs[1..] {
+        let (best, want) = &outputs[0];
+        assert_eq!(y, want, "{dtype} {rows}x{cols} n={n}: {isa:?} vs {best:?}");
     }
 }
 
@@ -963,19 +969,7 @@ fn float_kernel_sets_agree_bit_for_bit() {
             (33, 64, 40),
             (16, 800, 17),
         ] {
-            let m = TestMatrix::new(dtype, rows, cols, &mut rng);
-            let x = random(&mut rng, n * cols);
-            let outputs: Vec<(Isa, Vec<f32>)> = Backend::every_backend()
-                .map(|backend| {
-                    let mut y = vec![0.0; n * rows];
-                    matmul_on(backend, &m.matrix(), &x, &mut y, &mut []).unwrap();
-                    (backend.0, y)
-                })
-                .collect();
-            for (isa, y) in &outputs[1..] {
-                let (best, want) = &outputs[0];
-                assert_eq!(y, want, "{dtype} {rows}x{cols} n={n}: {isa:?} vs {best:?}");
-            }
+            every_kernel_set_agrees(dtype, rows, cols, n, &mut rng);
         }
     }
 }

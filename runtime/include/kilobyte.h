@@ -78,6 +78,9 @@ kb_status kb_session_sample(kb_session *session, kb_sampler *sampler, uint8_t *o
 kb_status kb_encoder_new(void *storage, size_t storage_len, const kb_model *model,
                          uint8_t *arena, size_t arena_len, size_t max_len,
                          kb_encoder **out);
+/* Class of `len` bytes of text. An encoder made for T_max bytes reads a
+   longer text whole, in windows of T_max bytes; a smaller one refuses
+   texts longer than its max_len. */
 kb_status kb_classify(kb_encoder *encoder, const uint8_t *text, size_t len,
                       size_t *label, float *probs, size_t probs_len);
 /* Label name of class `index`: *name_len bytes at *name, not NUL-terminated. */

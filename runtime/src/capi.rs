@@ -459,6 +459,8 @@ pub unsafe extern "C" fn kb_encoder_new(
 
 /// Classifies `len` bytes of text: the class index into `label`, and the
 /// first `probs_len` class probabilities into `probs` (may be null when 0).
+/// An encoder made for T_max bytes reads a longer text in windows
+/// (`Encoder::class_logits`); a smaller one refuses texts past its size.
 ///
 /// # Safety
 /// `encoder` is null or a live encoder from [`kb_encoder_new`], not in use

@@ -192,10 +192,19 @@ fn pretrain_finetune_resume_export_and_run() {
     let filled = ok(&["fill", "c.kbm", "the f_lm"], &dir);
     assert_eq!(filled.trim_end().len(), 8);
 
-    // A text longer than T_max = 48 is cut to it, as training cuts it.
+    // A text longer than T_max = 48 is read whole, in windows of 48 bytes
+    // whose positions are pooled together: two copies of one window read
+    // as that window does, another second window changes the answer, and
+    // a line of a file reads as the same text given as an argument.
+    let w = format!("{:<48}", "the plot was great 3");
+    let v = format!("{:<48}", "the cast was bad 2, bad 2");
+    let one = ok(&["classify", "c.kbm", &w], &dir);
+    assert_eq!(ok(&["classify", "c.kbm", &format!("{w}{w}")], &dir), one);
+    assert_ne!(ok(&["classify", "c.kbm", &format!("{w}{v}")], &dir), one);
+    std::fs::write(dir.join("long.txt"), format!("{w}{v}\n")).unwrap();
     assert_eq!(
-        ok(&["classify", "c.kbm", &"x".repeat(49)], &dir),
-        ok(&["classify", "c.kbm", &"x".repeat(48)], &dir)
+        ok(&["classify", "c.kbm", "--file", "long.txt"], &dir),
+        ok(&["classify", "c.kbm", &format!("{w}{v}")], &dir)
     );
     // Errors name the problem.
     ok(&["export", "mlm", "--dtype", "q8", "-o", "m.kbm"], &dir);

@@ -1,5 +1,6 @@
 //! The BiGS encoder: its arena layout and the bidirectional forward pass
-//! over one input, with the classification and masked-byte heads.
+//! over one input of up to T_max bytes, with the classification and
+//! masked-byte heads (classification reads a longer text window by window).
 //!
 //! Inputs are processed at their exact length (no padding on the device).
 //! The SSMs run as direct causal convolutions whose kernels `K[l]`
@@ -361,18 +362,29 @@ impl<'a, 'm> Encoder<'a, 'm> {
     }
 
     /// The class logits of `text` (before the softmax), for parity checks.
+    /// A text longer than T_max is read in the windows of
+    /// [`super::text_windows`], which needs an encoder of `max_len` = T_max;
+    /// a smaller encoder takes texts up to its `max_len`.
     pub fn class_logits(&mut self, text: &[u8]) -> Result<&[f32], RuntimeError> {
         let head = self.model.classifier.ok_or(RuntimeError::MissingHead {
             head: "classification",
         })?;
-        self.encode(|t| text[t] as u32, text.len())?;
-        let d = self.model.config.d_model as usize;
-        let n = self.len;
-        self.mem.pooled.fill(0.0);
-        for t in 0..n {
-            kernels::add(self.mem.pooled, &self.mem.z[t * d..(t + 1) * d])?;
+        if text.is_empty() {
+            return Err(RuntimeError::BadContext {
+                requested: 0,
+                reason: "the input is empty",
+            });
         }
-        kernels::scale(self.mem.pooled, 1.0 / n as f32);
+        let d = self.model.config.d_model as usize;
+        self.mem.pooled.fill(0.0);
+        for w in super::text_windows(text.len(), self.model.config.max_seq as usize) {
+            let window = &text[w];
+            self.encode(|t| window[t] as u32, window.len())?;
+            for t in 0..self.len {
+                kernels::add(self.mem.pooled, &self.mem.z[t * d..(t + 1) * d])?;
+            }
+        }
+        kernels::scale(self.mem.pooled, 1.0 / text.len() as f32);
         linear_rows(
             &head.dense,
             self.mem.pooled,

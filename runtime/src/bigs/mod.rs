@@ -26,6 +26,17 @@ use kilobyte_format::schema::{
 };
 use kilobyte_format::{BigsConfig, ModelConfig, ModelFile};
 
+/// The windows a classifier reads a text of `len` bytes in: consecutive
+/// runs of `t_max` bytes (the model's T_max), the last one shorter. Each
+/// window is encoded on its own, and the vector the classification head
+/// reads is the mean over every position of every window, so a text of at
+/// most T_max bytes is one window and a longer one is read whole rather
+/// than cut. The trainer evaluates with this same function.
+pub fn text_windows(len: usize, t_max: usize) -> impl Iterator<Item = core::ops::Range<usize>> {
+    let step = t_max.max(1);
+    (0..len).step_by(step).map(move |s| s..len.min(s + step))
+}
+
 /// A linear layer `y = W x + b`.
 #[derive(Clone, Copy, Debug)]
 pub struct Linear<'m> {

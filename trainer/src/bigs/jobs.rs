@@ -12,14 +12,14 @@
 //! compute of the padding rows.
 
 use super::masking::mask_spans;
-use super::model::{BigsBatch, BigsModel, Dropout, Task, Workspace};
+use super::model::{argmax, BigsBatch, BigsModel, Dropout, Task, Workspace};
 use crate::backend::Backend;
 use crate::backend::{CpuBackend, Device};
 use crate::checkpoint::{
     load_best, load_params, read_config, Checkpoint, RunConfig, RunDir, TrainState, CONFIG_FILE,
     MODEL_FILE,
 };
-use crate::data::tsv::{model_text, read_labeled, Column, LabeledSet};
+use crate::data::tsv::{read_labeled, Column, LabeledSet};
 use crate::data::{Sampler, Subset, ValBatches};
 use crate::params::ParamSet;
 use crate::text::{shown, shown_list};
@@ -513,13 +513,15 @@ fn copy_encoder(to: &mut ParamSet, from: &ParamSet) -> Result<()> {
     Ok(())
 }
 
+/// A table's non-empty texts as examples, whole, and how many are longer
+/// than `max_seq` (read in windows: see [`crop`] and [`classify_eval`]).
 fn examples(set: &LabeledSet, labels: &[String], max_seq: usize) -> Result<(Vec<Example>, usize)> {
-    let mut truncated = 0;
+    let mut long = 0;
     let out = set
         .examples
         .iter()
-        .filter_map(|e| model_text(&e.text, max_seq).map(|text| (e, text)))
-        .map(|(e, text)| {
+        .filter(|e| !e.text.is_empty())
+        .map(|e| {
             let label = labels.iter().position(|l| *l == e.label).with_context(|| {
                 format!(
                     "{}: line {}: label {} does not occur in the training file (labels: {})",
@@ -529,9 +531,9 @@ fn examples(set: &LabeledSet, labels: &[String], max_seq: usize) -> Result<(Vec<
                     shown_list(labels)
                 )
             })? as u32;
-            truncated += (e.text.len() > text.len()) as usize;
+            long += (e.text.len() > max_seq) as usize;
             Ok(Example {
-                ids: text.iter().map(|&b| b as u32).collect(),
+                ids: e.text.iter().map(|&b| b as u32).collect(),
                 label,
             })
         })
@@ -541,7 +543,20 @@ fn examples(set: &LabeledSet, labels: &[String], max_seq: usize) -> Result<(Vec<
         "{}: no non-empty texts",
         set.path.display()
     );
-    Ok((out, truncated))
+    Ok((out, long))
+}
+
+/// What a training batch reads of a text longer than `max_seq`: one
+/// window of `max_seq` bytes at a random offset, a new one at each visit
+/// (evaluation and the runtime read all of its windows). The offset comes
+/// from `rng`, which the caller derives from the batch's place in the run,
+/// so a resumed run draws the same windows.
+fn crop(ids: &[u32], max_seq: usize, rng: &mut Rng) -> Vec<u32> {
+    if ids.len() <= max_seq {
+        return ids.to_vec();
+    }
+    let start = rng.below((ids.len() - max_seq + 1) as u64) as usize;
+    ids[start..start + max_seq].to_vec()
 }
 
 impl<B: Backend> BigsJob<B> {
@@ -582,7 +597,7 @@ impl<B: Backend> BigsJob<B> {
                 let (dev, dev_cut) = examples(&dev_set, labels, max_seq)?;
                 if cut + dev_cut > 0 && state.step == 0 {
                     eprintln!(
-                        "note: {cut} training and {dev_cut} dev texts longer than T_max = {max_seq} bytes are cut to it"
+                        "note: {cut} training and {dev_cut} dev texts are longer than T_max = {max_seq} bytes: training reads a random window of {max_seq} bytes of each, evaluation all of its windows"
                     );
                 }
                 let get = |k: &str| -> Result<u64> {
@@ -719,8 +734,17 @@ impl<B: Backend> Job<B> for BigsJob<B> {
                     *order = epoch_order(train, self.batch, self.seed, *epoch);
                 }
                 let picked = &order[*cursor];
+                let mut rng = Rng::new(
+                    self.seed
+                        ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        ^ ((*cursor as u64) << 20)
+                        ^ 0x7769_6e64,
+                );
                 *cursor += 1;
-                let texts: Vec<Vec<u32>> = picked.iter().map(|&i| train[i].ids.clone()).collect();
+                let texts: Vec<Vec<u32>> = picked
+                    .iter()
+                    .map(|&i| crop(&train[i].ids, self.seq, &mut rng))
+                    .collect();
                 let labels = picked.iter().map(|&i| train[i].label).collect();
                 BigsBatch::from_sequences(&texts, Task::Classify { labels })
             }
@@ -820,7 +844,8 @@ fn mlm_batch<'a>(rows: impl Iterator<Item = &'a [u8]>, rng: &mut Rng) -> BigsBat
     BigsBatch::from_sequences(&texts, Task::Mlm { targets, weights })
 }
 
-/// Mean cross-entropy and accuracy over `dev`, in batches of similar length.
+/// Mean cross-entropy and accuracy over `dev`, in batches of similar
+/// length, each text read whole in the runtime's windows.
 fn classify_eval<B: Backend>(
     be: &B,
     model: &mut BigsModel<B>,
@@ -830,14 +855,20 @@ fn classify_eval<B: Backend>(
 ) -> Result<(f64, f64)> {
     let mut idx: Vec<usize> = (0..dev.len()).collect();
     idx.sort_by_key(|&i| dev[i].ids.len());
+    let classes = model.config.n_classes as usize;
     let (mut loss, mut correct) = (0.0, 0usize);
     for chunk in idx.chunks(batch) {
         let texts: Vec<Vec<u32>> = chunk.iter().map(|&i| dev[i].ids.clone()).collect();
-        let labels = chunk.iter().map(|&i| dev[i].label).collect();
-        let b = BigsBatch::from_sequences(&texts, Task::Classify { labels });
-        let r = model.step(be, ws, &b, false, 1.0)?;
-        loss += r.ce.loss * chunk.len() as f64;
-        correct += r.correct;
+        let logits = model.class_logits(be, ws, &texts)?;
+        for (row, &i) in logits.chunks(classes).zip(chunk) {
+            let label = dev[i].label as usize;
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+            loss += lse - row[label];
+            // A row with a NaN predicts nothing (argmax would say class
+            // 0): it counts as wrong, as the runtime's eval counts it.
+            correct += (!row.iter().any(|v| v.is_nan()) && argmax(row) == label) as usize;
+        }
     }
     Ok((loss / dev.len() as f64, correct as f64 / dev.len() as f64))
 }
@@ -896,5 +927,24 @@ mod tests {
         assert_eq!(pre.seq, 7);
         let one = TrainOptions { steps: 1, ..opts };
         assert!(phase_options(&one, 0.5, 256, 79).is_err());
+    }
+
+    /// A long text gives a window of exactly `max_seq` bytes from inside
+    /// it, the draws differ, and a short text is kept whole.
+    #[test]
+    fn crop_takes_one_window_of_a_long_text() {
+        let ids: Vec<u32> = (0..40).collect();
+        let mut rng = Rng::new(1);
+        let starts: Vec<u32> = (0..20)
+            .map(|_| {
+                let w = crop(&ids, 8, &mut rng);
+                assert_eq!(w.len(), 8);
+                assert!(w.windows(2).all(|p| p[1] == p[0] + 1) && w[7] < 40);
+                w[0]
+            })
+            .collect();
+        assert!(starts.iter().any(|&s| s != starts[0]));
+        assert_eq!(crop(&ids[..5], 8, &mut rng), ids[..5].to_vec());
+        assert_eq!(crop(&ids[..8], 8, &mut rng), ids[..8].to_vec());
     }
 }

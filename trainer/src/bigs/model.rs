@@ -440,17 +440,9 @@ impl<B: Backend> BigsModel<B> {
         })
     }
 
-    /// Forward pass over `batch`, and with `backward` the backward pass
-    /// adding into `self.grads` (scaled by `grad_scale`). Returns the mean
-    /// cross-entropy over the counted positions (masked bytes, or sequences).
-    pub fn step(
-        &mut self,
-        be: &B,
-        ws: &mut Workspace<B>,
-        batch: &BigsBatch,
-        backward: bool,
-        grad_scale: f32,
-    ) -> Result<StepResult> {
+    /// Checks `batch` against the workspace and writes its ids, positions,
+    /// lengths and real-row mask (and its dropout masks) to the backend.
+    fn load(&self, be: &B, ws: &mut Workspace<B>, batch: &BigsBatch) -> Result<()> {
         let (nb, seq) = (batch.batch, batch.seq);
         ensure!(
             nb >= 1 && nb <= ws.batch && seq >= 1 && seq <= ws.seq,
@@ -503,7 +495,24 @@ impl<B: Backend> BigsModel<B> {
             let bufs = ws.dropout.as_mut().expect("made above");
             bufs.draw(be, dr, rows, nb, d)?;
         }
+        Ok(())
+    }
 
+    /// Forward pass over `batch`, and with `backward` the backward pass
+    /// adding into `self.grads` (scaled by `grad_scale`). Returns the mean
+    /// cross-entropy over the counted positions (masked bytes, or sequences).
+    pub fn step(
+        &mut self,
+        be: &B,
+        ws: &mut Workspace<B>,
+        batch: &BigsBatch,
+        backward: bool,
+        grad_scale: f32,
+    ) -> Result<StepResult> {
+        self.load(be, ws, batch)?;
+        let (nb, seq) = (batch.batch, batch.seq);
+        let rows = nb * seq;
+        let d = self.config.d_model as usize;
         let dropout = batch.dropout.is_some();
         self.encode(be, ws, nb, seq, dropout);
         let result = match &batch.task {
@@ -576,25 +585,12 @@ impl<B: Backend> BigsModel<B> {
                     }
                     _ => &ws.pool,
                 };
-                let lin = Linear {
-                    rows: nb,
-                    in_dim: d,
-                    out_dim: d,
+                let head = ClassHead {
+                    cp: &mut ws.cp,
+                    ct: &mut ws.ct,
+                    logits: &mut ws.class_logits,
                 };
-                be.matmul_forward(&mut ws.cp, pooled, &p[dense.w], Some(&p[dense.b]), lin);
-                be.tanh_forward(&mut ws.ct, &ws.cp, nb * d);
-                let lin = Linear {
-                    rows: nb,
-                    in_dim: d,
-                    out_dim: classes,
-                };
-                be.matmul_forward(
-                    &mut ws.class_logits,
-                    &ws.ct,
-                    &p[out.w],
-                    Some(&p[out.b]),
-                    lin,
-                );
+                head.forward(be, p, (dense, out), pooled, nb, d, classes);
                 let ce = be.cross_entropy(
                     &ws.class_logits,
                     &ws.targets,
@@ -620,6 +616,74 @@ impl<B: Backend> BigsModel<B> {
             self.backward(be, ws, batch);
         }
         Ok(result)
+    }
+
+    /// The class logits, `[texts][classes]`, of whole texts (model ids,
+    /// at most `ws.batch` of them), each read in the runtime's windows
+    /// ([`kilobyte_runtime::bigs::text_windows`]) exactly as the runtime
+    /// reads it: every window is encoded as a sequence of its own, and the
+    /// head reads the mean over all the windows' positions (each window's
+    /// pooled vector weighted by its length, on the host). For evaluation:
+    /// no dropout, no backward pass.
+    pub fn class_logits(
+        &self,
+        be: &B,
+        ws: &mut Workspace<B>,
+        texts: &[Vec<u32>],
+    ) -> Result<Vec<f64>> {
+        let Some(head_ix) = self.ix.cls else {
+            bail!("this model has no classification head");
+        };
+        ensure!(
+            !texts.is_empty() && texts.len() <= ws.batch,
+            "{} texts for a workspace of {}",
+            texts.len(),
+            ws.batch
+        );
+        ensure!(
+            texts.iter().all(|t| !t.is_empty()),
+            "an empty text has no class"
+        );
+        let d = self.config.d_model as usize;
+        let t_max = self.config.max_seq as usize;
+        let windows: Vec<(usize, &[u32])> = texts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                kilobyte_runtime::bigs::text_windows(t.len(), t_max).map(move |w| (i, &t[w]))
+            })
+            .collect();
+        let mut sums = vec![0.0f64; texts.len() * d];
+        for chunk in windows.chunks(ws.batch) {
+            let seqs: Vec<Vec<u32>> = chunk.iter().map(|(_, w)| w.to_vec()).collect();
+            let labels = vec![0; seqs.len()];
+            let batch = BigsBatch::from_sequences(&seqs, Task::Classify { labels });
+            self.load(be, ws, &batch)?;
+            self.encode(be, ws, batch.batch, batch.seq, false);
+            be.mean_pool_forward(&mut ws.pool, &ws.xf, &ws.real, batch.batch, batch.seq, d);
+            let pooled = be.download_f64(&ws.pool)?;
+            for (&(i, w), row) in chunk.iter().zip(pooled.chunks(d)) {
+                for (s, v) in sums[i * d..(i + 1) * d].iter_mut().zip(row) {
+                    *s += w.len() as f64 * v;
+                }
+            }
+        }
+        for (i, t) in texts.iter().enumerate() {
+            for s in &mut sums[i * d..(i + 1) * d] {
+                *s /= t.len() as f64;
+            }
+        }
+        be.write_f64(&mut ws.pool, &sums)?;
+        let classes = self.config.n_classes as usize;
+        let head = ClassHead {
+            cp: &mut ws.cp,
+            ct: &mut ws.ct,
+            logits: &mut ws.class_logits,
+        };
+        head.forward(be, &self.params, head_ix, &ws.pool, texts.len(), d, classes);
+        let mut logits = be.download_f64(&ws.class_logits)?;
+        logits.truncate(texts.len() * classes);
+        Ok(logits)
     }
 
     /// Embeddings, layers and the final norm: `ws.xf`. With `dropout`,
@@ -824,7 +888,44 @@ impl<B: Backend> BigsModel<B> {
     }
 }
 
-fn argmax(row: &[f64]) -> usize {
+/// The classification head's outputs: `tanh(dense(pooled))` and the
+/// class logits read from it.
+struct ClassHead<'w, B: Backend> {
+    cp: &'w mut B::Buf,
+    ct: &'w mut B::Buf,
+    logits: &'w mut B::Buf,
+}
+
+impl<B: Backend> ClassHead<'_, B> {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        self,
+        be: &B,
+        p: &[B::Buf],
+        (dense, out): (Lin, Lin),
+        pooled: &B::Buf,
+        nb: usize,
+        d: usize,
+        classes: usize,
+    ) {
+        let lin = Linear {
+            rows: nb,
+            in_dim: d,
+            out_dim: d,
+        };
+        be.matmul_forward(self.cp, pooled, &p[dense.w], Some(&p[dense.b]), lin);
+        be.tanh_forward(self.ct, self.cp, nb * d);
+        let lin = Linear {
+            rows: nb,
+            in_dim: d,
+            out_dim: classes,
+        };
+        be.matmul_forward(self.logits, self.ct, &p[out.w], Some(&p[out.b]), lin);
+    }
+}
+
+/// Index of the largest value (the first on ties).
+pub(crate) fn argmax(row: &[f64]) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
         if v > row[best] {

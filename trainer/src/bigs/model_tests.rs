@@ -173,7 +173,8 @@ fn bad_batches_are_errors() {
 }
 
 /// The trainer's logits and the runtime's, on the exported f32 model, agree
-/// (both heads) at lengths 1, a middle one and T_max.
+/// (both heads) at lengths 1, a middle one and T_max, and the class logits
+/// of texts longer than T_max, which both read in windows.
 #[test]
 fn trainer_and_runtime_logits_agree_on_the_export() {
     use kilobyte_format::{AlignedBytes, DType, ModelFile};
@@ -234,6 +235,21 @@ fn trainer_and_runtime_logits_agree_on_the_export() {
         let trainer = be.download(&ws.class_logits).unwrap();
         for (a, b) in enc.class_logits(&text).unwrap().iter().zip(&trainer) {
             worst = worst.max((a - b).abs());
+        }
+    }
+    // Texts longer than T_max, read in windows: more windows than the
+    // workspace's batch, and a short text beside them.
+    let mut ws = model.workspace(&be, 2, t_max).unwrap();
+    let texts: Vec<Vec<u8>> = [3 * t_max + 2, 5, t_max + 1]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.below(256) as u8).collect())
+        .collect();
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| byte_ids(t)).collect();
+    let mut trainer = model.class_logits(&be, &mut ws, &ids[..2]).unwrap();
+    trainer.extend(model.class_logits(&be, &mut ws, &ids[2..]).unwrap());
+    for (text, want) in texts.iter().zip(trainer.chunks(3)) {
+        for (a, b) in enc.class_logits(text).unwrap().iter().zip(want) {
+            worst = worst.max((*a as f64 - b).abs() as f32);
         }
     }
     assert!(worst <= 1e-4, "max abs difference {worst}");

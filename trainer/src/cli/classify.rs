@@ -5,7 +5,6 @@
 
 use super::input;
 use super::open::{label_name, with_kbm, Head};
-use crate::data::tsv::model_text;
 use anyhow::{bail, Context, Result};
 use kilobyte_runtime::Encoder;
 use std::io::{BufRead, Write};
@@ -23,8 +22,12 @@ pub struct Args {
 }
 
 /// The first encoder size for a stream of lines: most texts are shorter,
-/// and a longer line grows the encoder (up to T_max) when it comes.
+/// and a longer line grows the encoder (up to T_max, which reads any
+/// longer text in windows) when it comes.
 const STREAM_CONTEXT: usize = 512;
+
+/// The most of one line that is classified; the rest is read past.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 pub fn run(a: Args) -> Result<()> {
     with_kbm(&a.model, |kbm| {
@@ -33,10 +36,10 @@ pub fn run(a: Args) -> Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         let mut one = |enc: &mut Encoder<'_, '_>, text: &[u8], where_: &str| -> Result<()> {
-            let Some(text) = model_text(text, max) else {
+            if text.is_empty() {
                 writeln!(out)?;
                 return Ok(());
-            };
+            }
             let c = enc.classify(text).with_context(|| where_.to_string())?;
             writeln!(out, "{}\t{:.4}", label_name(m, c.class), c.probs[c.class])?;
             Ok(())
@@ -66,13 +69,13 @@ pub fn run(a: Args) -> Result<()> {
                             one(enc, &line, &format!("{name}: line {line_no}"))?;
                         }
                         loop {
-                            let got = input::next_line(&mut reader, max, &mut buf)
+                            let got = input::next_line(&mut reader, MAX_LINE_BYTES, &mut buf)
                                 .with_context(|| format!("{name}: line {}", line_no + 1))?;
                             let at = || format!("{name}: line {}", line_no + 1);
                             match got {
                                 input::Line::End => return Ok(None),
-                                // Cut to T_max like any text; the rest is
-                                // read past, up to the most a prompt may be.
+                                // Cut to MAX_LINE_BYTES; the rest is read
+                                // past, up to the most a prompt may be.
                                 input::Line::TooLong => {
                                     let limit = input::MAX_STDIN_BYTES as u64;
                                     if !input::skip_line(&mut reader, limit).with_context(at)? {
@@ -85,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
                                 input::Line::Text => {}
                             }
                             line_no += 1;
-                            if buf.len() > enc.max_len() {
+                            if buf.len() > enc.max_len() && enc.max_len() < max {
                                 return Ok(Some(buf));
                             }
                             one(enc, &buf, &format!("{name}: line {line_no}"))?;

@@ -6,7 +6,7 @@
 
 use super::open::{label_name, run_weights, with_kbm, Head, Kbm};
 use crate::backend::CpuBackend;
-use crate::data::tsv::{model_text, read_labeled, Column};
+use crate::data::tsv::{read_labeled, Column};
 use crate::data::{Corpus, Split, Subset, ValBatches};
 use crate::megabyte::{self, MegabyteModel};
 use crate::text::{shown, shown_list};
@@ -173,16 +173,22 @@ fn accuracy_kbm(path: &Path, dev: &Path, text: &Column, label: &Column) -> Resul
         let texts: Vec<_> = set
             .examples
             .iter()
-            .filter_map(|e| model_text(&e.text, max).map(|t| (e, t)))
+            .filter(|e| !e.text.is_empty())
+            .map(|e| (e, &e.text[..]))
             .collect();
         if texts.is_empty() {
             bail!("{}: no non-empty texts", dev.display());
         }
-        let cut = texts.iter().filter(|(e, t)| e.text.len() > t.len()).count();
-        if cut > 0 {
-            eprintln!("note: {cut} dev texts longer than T_max = {max} bytes are cut to it");
+        let long = texts.iter().filter(|(_, t)| t.len() > max).count();
+        if long > 0 {
+            eprintln!("note: {long} dev texts are longer than T_max = {max} bytes: each is read in windows of {max} bytes");
         }
-        let longest = texts.iter().map(|(_, t)| t.len()).max().unwrap_or(1);
+        let longest = texts
+            .iter()
+            .map(|(_, t)| t.len())
+            .max()
+            .unwrap_or(1)
+            .min(max);
         kbm.encoder(&m, longest, |enc| {
             let (mut correct, mut not_finite) = (0, 0);
             for &(e, text) in &texts {

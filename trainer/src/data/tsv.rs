@@ -45,15 +45,6 @@ impl fmt::Display for Column {
 pub const DEFAULT_TEXT_COLUMN: &str = "sentence";
 pub const DEFAULT_LABEL_COLUMN: &str = "label";
 
-/// The one rule for a text a classifier sees, in training, `eval --dev`
-/// (run or `.kbm`) and `classify`: an empty text is skipped (`None`: not
-/// trained on, not scored; `classify` answers it with an empty line), and
-/// a text longer than T_max is cut to its first `max_seq` bytes, as the
-/// model was trained to see it.
-pub fn model_text(text: &[u8], max_seq: usize) -> Option<&[u8]> {
-    (!text.is_empty()).then(|| &text[..text.len().min(max_seq)])
-}
-
 /// One example and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabeledText {

@@ -40,6 +40,9 @@ pub struct TrainOptions {
     pub grad_clip: f32,
     /// BiGS dropout rate (0: off; see `bigs::model::Dropout`).
     pub dropout: f32,
+    /// A BiGS classifier's masked-byte loss weight during fine-tuning (0:
+    /// off; see `bigs::model::Task::Joint`).
+    pub mlm_weight: f32,
     /// Decay of the moving average of the weights that evaluation and the
     /// best weights use (0: off; see `optim::AdamW::with_average`).
     pub ema: f32,
@@ -72,6 +75,7 @@ impl Default for TrainOptions {
             weight_decay: 0.1,
             grad_clip: 1.0,
             dropout: 0.0,
+            mlm_weight: 0.0,
             ema: 0.0,
             eval_every: 200,
             eval_windows: 64,
@@ -97,6 +101,7 @@ impl TrainOptions {
             .with("weight_decay", self.weight_decay)
             .with("grad_clip", self.grad_clip)
             .with("dropout", self.dropout)
+            .with("mlm_weight", self.mlm_weight)
             .with("ema", self.ema)
             .with("eval_every", self.eval_every)
             .with("eval_windows", self.eval_windows)
@@ -127,6 +132,7 @@ impl TrainOptions {
             weight_decay: c.get("weight_decay")?.unwrap_or(d.weight_decay),
             grad_clip: c.get("grad_clip")?.unwrap_or(d.grad_clip),
             dropout: c.get("dropout")?.unwrap_or(d.dropout),
+            mlm_weight: c.get("mlm_weight")?.unwrap_or(d.mlm_weight),
             ema: c.get("ema")?.unwrap_or(d.ema),
             eval_every: c.get("eval_every")?.unwrap_or(d.eval_every),
             eval_windows: c.get("eval_windows")?.unwrap_or(d.eval_windows),
@@ -159,6 +165,10 @@ impl TrainOptions {
         let p = self.dropout;
         if !(p.is_finite() && (0.0..1.0).contains(&p)) {
             bail!("--dropout {p}: must be a number in [0, 1)");
+        }
+        let m = self.mlm_weight;
+        if !(m.is_finite() && m >= 0.0) {
+            bail!("--mlm-weight {m}: must be a finite number >= 0 (0 turns it off)");
         }
         let e = self.ema;
         if !(e.is_finite() && (0.0..1.0).contains(&e)) {

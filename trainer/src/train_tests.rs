@@ -326,6 +326,21 @@ fn float_options_must_be_finite_and_in_range() {
                 ..ok.clone()
             },
         ),
+        (
+            "--mlm-weight",
+            TrainOptions {
+                mlm_weight: f32::NAN,
+                ..ok.clone()
+            },
+        ),
+        (
+            "--mlm-weight",
+            TrainOptions {
+                // Valid for a BiGS classifier only.
+                mlm_weight: 0.5,
+                ..ok.clone()
+            },
+        ),
     ];
     for (flag, opts) in bad {
         let err = opts.check(&config).unwrap_err().to_string();

@@ -271,7 +271,8 @@ fn same_weights(a: &Path, b: &Path) {
 /// The one-command recipe: masked-byte pretraining on the training table's
 /// texts (in RUN/pretrain), then fine-tuning from it (in RUN). Killed in
 /// the pretraining and again in the fine-tuning, each time resumed with
-/// `--resume RUN`, it ends bit for bit where a straight run ends; the
+/// `--resume RUN`, it ends bit for bit where a straight run ends (its
+/// fine-tuning with dropout and the joint masked-byte loss); the
 /// classifier exports and evaluates as any other.
 #[test]
 fn classify_pretrains_first_and_resumes_in_either_phase() {
@@ -280,6 +281,7 @@ fn classify_pretrains_first_and_resumes_in_either_phase() {
     let args = |run: &'static str| {
         let mut a = classify_args(run, "160");
         a.extend(["--pretrain-fraction", "0.5", "--dropout", "0.1"]);
+        a.extend(["--mlm-weight", "0.5"]);
         a
     };
     ok(&args("straight"), &dir);
@@ -297,6 +299,12 @@ fn classify_pretrains_first_and_resumes_in_either_phase() {
         "{config}"
     );
     assert!(config.contains("train.steps = 80\n"), "{config}");
+    assert!(config.contains("train.mlm_weight = 0.5\n"), "{config}");
+    let pre_config = std::fs::read_to_string(straight.join("pretrain/config.txt")).unwrap();
+    assert!(
+        pre_config.contains("train.mlm_weight = 0\n"),
+        "{pre_config}"
+    );
     // Both phases log: masked-byte bpb below, dev accuracy on top.
     let log = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap();
     assert!(log(&straight.join("pretrain")).contains("val_bpb"));
@@ -364,7 +372,14 @@ fn pretrain_fraction_0_trains_from_scratch() {
         &["export", "scratch", "--dtype", "f32", "-o", "s.kbm"],
         &dir,
     );
-    assert!(fails(&["fill", "s.kbm", "the f_lm"], &dir).contains("masked-byte"));
+    // The joint masked-byte loss (on by default) trained a masked-byte
+    // head, so the classifier fills; without it there is none.
+    assert_eq!(ok(&["fill", "s.kbm", "the f_lm"], &dir).trim_end().len(), 8);
+    let mut plain = classify_args("plain", "4");
+    plain.extend(["--pretrain-fraction", "0", "--mlm-weight", "0"]);
+    ok(&plain, &dir);
+    ok(&["export", "plain", "--dtype", "f32", "-o", "p.kbm"], &dir);
+    assert!(fails(&["fill", "p.kbm", "the f_lm"], &dir).contains("masked-byte"));
     // Twice the same: the from-scratch path is deterministic.
     ok(
         &{
@@ -402,8 +417,9 @@ fn pretrain_fraction_0_trains_from_scratch() {
 
 /// A classifier without hyper-parameter flags gets the classification
 /// recipe's defaults (batch 16, lr 1e-3, 300 warm-up updates, evaluation
-/// every 500, no dropout), recorded in its config.txt; a MEGABYTE run
-/// keeps the general ones and refuses dropout.
+/// every 500, no dropout, the joint masked-byte loss at weight 1), recorded
+/// in its config.txt; a MEGABYTE run keeps the general ones and refuses
+/// dropout.
 #[test]
 fn a_classifier_gets_the_recipe_defaults() {
     let dir = temp_dir("defaults");
@@ -433,6 +449,7 @@ fn a_classifier_gets_the_recipe_defaults() {
         "train.warmup = 300\n",
         "train.eval_every = 500\n",
         "train.dropout = 0\n",
+        "train.mlm_weight = 1\n",
     ] {
         assert!(config.contains(line), "{line}: {config}");
     }

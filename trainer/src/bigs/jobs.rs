@@ -80,6 +80,8 @@ pub(crate) struct BigsJob<B: Backend> {
     seed: u64,
     eval_windows: usize,
     dropout: f32,
+    /// The masked-byte loss weight of classification batches (0: off).
+    mlm_weight: f32,
     /// Draws each training batch's dropout seed.
     dropout_rng: Rng,
 }
@@ -144,6 +146,11 @@ pub fn start(
     let (params, run_config) = match &objective {
         Objective::Mlm(data) => {
             ensure!(
+                opts.mlm_weight == 0.0,
+                "--mlm-weight {}: for a classifier (--objective classify); pretraining is all masked-byte loss",
+                opts.mlm_weight
+            );
+            ensure!(
                 opts.seq >= 1 && opts.seq <= config.max_seq as usize,
                 "--seq {}: must be between 1 and T_max = {}",
                 opts.seq,
@@ -181,7 +188,8 @@ pub fn start(
                 },
                 None => config,
             };
-            let mlm_head = matches!(&base, Some(b) if matches!(b.config, ModelConfig::Bigs(c) if c.has_mlm_head()));
+            let mlm_head = opts.mlm_weight > 0.0
+                || matches!(&base, Some(b) if matches!(b.config, ModelConfig::Bigs(c) if c.has_mlm_head()));
             let (mut params, mut rc) = classifier(files, encoder, mlm_head, &opts)?;
             if let Some(b) = &base {
                 copy_encoder(&mut params, b)?;
@@ -273,6 +281,7 @@ fn phase_options(
             })
             .max(1),
         time_limit_s: opts.time_limit_s.map(|t| t * fraction),
+        mlm_weight: 0.0,
         ..opts.clone()
     };
     let fine = TrainOptions {
@@ -628,6 +637,7 @@ impl<B: Backend> BigsJob<B> {
             seed: opts.seed,
             eval_windows: opts.eval_windows,
             dropout: opts.dropout,
+            mlm_weight: opts.mlm_weight,
             dropout_rng: match state.rngs.get(DROPOUT_RNG) {
                 Some(s) if state.step > 0 => Rng::from_state(*s),
                 _ => Rng::new(opts.seed ^ 0x6472_6f70),
@@ -746,7 +756,11 @@ impl<B: Backend> Job<B> for BigsJob<B> {
                     .map(|&i| crop(&train[i].ids, self.seq, &mut rng))
                     .collect();
                 let labels = picked.iter().map(|&i| train[i].label).collect();
-                BigsBatch::from_sequences(&texts, Task::Classify { labels })
+                if self.mlm_weight > 0.0 {
+                    joint_batch(&texts, labels, self.mlm_weight, &mut rng)
+                } else {
+                    BigsBatch::from_sequences(&texts, Task::Classify { labels })
+                }
             }
         };
         let dropout = (self.dropout > 0.0).then(|| Dropout {
@@ -842,6 +856,31 @@ fn mlm_batch<'a>(rows: impl Iterator<Item = &'a [u8]>, rng: &mut Rng) -> BigsBat
         weights.extend(m.weights);
     }
     BigsBatch::from_sequences(&texts, Task::Mlm { targets, weights })
+}
+
+/// A classification batch whose texts are also masked (as for
+/// pretraining) for the joint loss of `--mlm-weight`; the masked-byte
+/// targets and weights are padded to the batch's rows.
+fn joint_batch(texts: &[Vec<u32>], labels: Vec<u32>, mlm_weight: f32, rng: &mut Rng) -> BigsBatch {
+    let seq = texts.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let (mut inputs, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+    for t in texts {
+        // Classification texts are bytes (ids < 256).
+        let bytes: Vec<u8> = t.iter().map(|&id| id as u8).collect();
+        let m = mask_spans(&bytes, rng);
+        inputs.push(m.inputs);
+        targets.extend(m.targets);
+        weights.extend(m.weights);
+        targets.resize(inputs.len() * seq, 0);
+        weights.resize(inputs.len() * seq, 0.0);
+    }
+    let task = Task::Joint {
+        labels,
+        targets,
+        weights,
+        mlm_weight,
+    };
+    BigsBatch::from_sequences(&inputs, task)
 }
 
 /// Mean cross-entropy and accuracy over `dev`, in batches of similar

@@ -38,6 +38,40 @@ pub enum Task {
     },
     /// One class index per sequence.
     Classify { labels: Vec<u32> },
+    /// Both at once on one (masked) input: the class of each sequence, and
+    /// the masked bytes with their loss weighted by `mlm_weight`. The
+    /// classification fine-tuning of `--mlm-weight`: the masked-byte loss
+    /// on the task's own texts keeps a small table from being memorised,
+    /// and the masks are the classifier's input noise.
+    Joint {
+        labels: Vec<u32>,
+        targets: Vec<u32>,
+        weights: Vec<f32>,
+        mlm_weight: f32,
+    },
+}
+
+impl Task {
+    /// The masked-byte targets, loss weights and the weight of that loss.
+    fn mlm(&self) -> Option<(&[u32], &[f32], f32)> {
+        match self {
+            Task::Mlm { targets, weights } => Some((targets, weights, 1.0)),
+            Task::Joint {
+                targets,
+                weights,
+                mlm_weight,
+                ..
+            } => Some((targets, weights, *mlm_weight)),
+            Task::Classify { .. } => None,
+        }
+    }
+
+    fn labels(&self) -> Option<&[u32]> {
+        match self {
+            Task::Classify { labels } | Task::Joint { labels, .. } => Some(labels),
+            Task::Mlm { .. } => None,
+        }
+    }
 }
 
 /// Dropout for one training batch. Each activation it covers (the
@@ -515,103 +549,111 @@ impl<B: Backend> BigsModel<B> {
         let d = self.config.d_model as usize;
         let dropout = batch.dropout.is_some();
         self.encode(be, ws, nb, seq, dropout);
-        let result = match &batch.task {
-            Task::Mlm { targets, weights } => {
-                let Some((dense, ln)) = self.ix.mlm else {
-                    bail!("this model has no masked-byte head");
-                };
-                ensure!(targets.len() == rows && weights.len() == rows);
-                ensure!(targets.iter().all(|&t| t < 256), "MLM targets are bytes");
-                be.write_ids(&mut ws.targets, targets)?;
-                be.write(&mut ws.weights, weights)?;
-                let p = &self.params;
-                let lin = Linear {
-                    rows,
-                    in_dim: d,
-                    out_dim: d,
-                };
-                be.matmul_forward(&mut ws.hp, &ws.xf, &p[dense.w], Some(&p[dense.b]), lin);
-                be.gelu_forward(&mut ws.hg, &ws.hp, rows * d);
-                be.layernorm_forward(
-                    &mut ws.hn,
-                    &mut ws.h_mean,
-                    &mut ws.h_rstd,
-                    &ws.hg,
-                    WeightBias {
-                        weight: &p[ln.w],
-                        bias: &p[ln.b],
-                    },
-                    LayerNorm {
-                        rows,
-                        width: d,
-                        eps: self.config.norm_eps,
-                    },
-                );
-                // Tied output: the first 256 rows of the token embedding
-                // are the bytes' (PAD, MASK, SEP are never predicted).
-                let out = Linear {
-                    rows,
-                    in_dim: d,
-                    out_dim: 256,
-                };
-                be.matmul_forward(&mut ws.logits, &ws.hn, &p[self.ix.tok], None, out);
-                let ce = be.cross_entropy(
-                    &ws.logits,
-                    &ws.targets,
-                    Some(&ws.weights),
-                    backward.then_some(&mut ws.dlogits),
-                    Logits { rows, classes: 256 },
-                    grad_scale,
-                );
-                StepResult { ce, correct: 0 }
-            }
-            Task::Classify { labels } => {
-                let Some((dense, out)) = self.ix.cls else {
-                    bail!("this model has no classification head");
-                };
-                let classes = self.config.n_classes as usize;
-                ensure!(labels.len() == nb);
-                ensure!(
-                    labels.iter().all(|&l| (l as usize) < classes),
-                    "a label index is >= the {classes} classes"
-                );
-                be.write_ids(&mut ws.targets, labels)?;
-                let p = &self.params;
-                be.mean_pool_forward(&mut ws.pool, &ws.xf, &ws.real, nb, seq, d);
-                let pooled = match &mut ws.dropout {
-                    Some(dr) if dropout => {
-                        be.mul_forward(&mut dr.pool_d, &ws.pool, &dr.pool_mask, nb * d);
-                        &dr.pool_d
-                    }
-                    _ => &ws.pool,
-                };
-                let head = ClassHead {
-                    cp: &mut ws.cp,
-                    ct: &mut ws.ct,
-                    logits: &mut ws.class_logits,
-                };
-                head.forward(be, p, (dense, out), pooled, nb, d, classes);
-                let ce = be.cross_entropy(
-                    &ws.class_logits,
-                    &ws.targets,
-                    None,
-                    backward.then_some(&mut ws.d_class_logits),
-                    Logits { rows: nb, classes },
-                    grad_scale,
-                );
-                let logits = be.download_f64(&ws.class_logits)?;
-                // A row with a NaN predicts nothing (argmax would say class
-                // 0): it counts as wrong, as the runtime's eval counts it.
-                let correct = logits
-                    .chunks(classes)
-                    .zip(labels)
-                    .filter(|(row, &l)| {
-                        !row.iter().any(|v| v.is_nan()) && argmax(row) == l as usize
-                    })
-                    .count();
-                StepResult { ce, correct }
-            }
+        let mut result = StepResult {
+            ce: CrossEntropy {
+                loss: 0.0,
+                count: 0.0,
+            },
+            correct: 0,
         };
+        if let Some((targets, weights, mlm_weight)) = batch.task.mlm() {
+            let Some((dense, ln)) = self.ix.mlm else {
+                bail!("this model has no masked-byte head");
+            };
+            ensure!(targets.len() == rows && weights.len() == rows);
+            ensure!(targets.iter().all(|&t| t < 256), "MLM targets are bytes");
+            be.write_ids(&mut ws.targets, targets)?;
+            be.write(&mut ws.weights, weights)?;
+            let p = &self.params;
+            let lin = Linear {
+                rows,
+                in_dim: d,
+                out_dim: d,
+            };
+            be.matmul_forward(&mut ws.hp, &ws.xf, &p[dense.w], Some(&p[dense.b]), lin);
+            be.gelu_forward(&mut ws.hg, &ws.hp, rows * d);
+            be.layernorm_forward(
+                &mut ws.hn,
+                &mut ws.h_mean,
+                &mut ws.h_rstd,
+                &ws.hg,
+                WeightBias {
+                    weight: &p[ln.w],
+                    bias: &p[ln.b],
+                },
+                LayerNorm {
+                    rows,
+                    width: d,
+                    eps: self.config.norm_eps,
+                },
+            );
+            // Tied output: the first 256 rows of the token embedding
+            // are the bytes' (PAD, MASK, SEP are never predicted).
+            let out = Linear {
+                rows,
+                in_dim: d,
+                out_dim: 256,
+            };
+            be.matmul_forward(&mut ws.logits, &ws.hn, &p[self.ix.tok], None, out);
+            let ce = be.cross_entropy(
+                &ws.logits,
+                &ws.targets,
+                Some(&ws.weights),
+                backward.then_some(&mut ws.dlogits),
+                Logits { rows, classes: 256 },
+                grad_scale * mlm_weight,
+            );
+            result.ce.loss += mlm_weight as f64 * ce.loss;
+            result.ce.count = ce.count;
+        }
+        // The masked-byte loss is taken first: the labels then overwrite
+        // `ws.targets`, whose bytes that loss has already read.
+        if let Some(labels) = batch.task.labels() {
+            let Some((dense, out)) = self.ix.cls else {
+                bail!("this model has no classification head");
+            };
+            let classes = self.config.n_classes as usize;
+            ensure!(labels.len() == nb);
+            ensure!(
+                labels.iter().all(|&l| (l as usize) < classes),
+                "a label index is >= the {classes} classes"
+            );
+            be.write_ids(&mut ws.targets, labels)?;
+            let p = &self.params;
+            be.mean_pool_forward(&mut ws.pool, &ws.xf, &ws.real, nb, seq, d);
+            let pooled = match &mut ws.dropout {
+                Some(dr) if dropout => {
+                    be.mul_forward(&mut dr.pool_d, &ws.pool, &dr.pool_mask, nb * d);
+                    &dr.pool_d
+                }
+                _ => &ws.pool,
+            };
+            let head = ClassHead {
+                cp: &mut ws.cp,
+                ct: &mut ws.ct,
+                logits: &mut ws.class_logits,
+            };
+            head.forward(be, p, (dense, out), pooled, nb, d, classes);
+            let ce = be.cross_entropy(
+                &ws.class_logits,
+                &ws.targets,
+                None,
+                backward.then_some(&mut ws.d_class_logits),
+                Logits { rows: nb, classes },
+                grad_scale,
+            );
+            let logits = be.download_f64(&ws.class_logits)?;
+            // A row with a NaN predicts nothing (argmax would say class
+            // 0): it counts as wrong, as the runtime's eval counts it.
+            let correct = logits
+                .chunks(classes)
+                .zip(labels)
+                .filter(|(row, &l)| !row.iter().any(|v| v.is_nan()) && argmax(row) == l as usize)
+                .count();
+            result.ce.loss += ce.loss;
+            result.ce.count = ce.count;
+            result.correct = correct;
+        }
         if backward {
             self.backward(be, ws, batch);
         }
@@ -748,90 +790,89 @@ impl<B: Backend> BigsModel<B> {
         let ix = &self.ix;
         let dropout = batch.dropout.is_some();
         be.zero_prefix(&mut ws.d_xf, rows * d);
-        match &batch.task {
-            Task::Mlm { .. } => {
-                let (dense, ln) = ix.mlm.expect("checked in step");
-                be.zero_prefix(&mut ws.d_hn, rows * d);
-                let out = Linear {
-                    rows,
-                    in_dim: d,
-                    out_dim: 256,
-                };
-                let d_tok = WeightBias {
-                    weight: &mut g[ix.tok],
-                    bias: None,
-                };
-                be.matmul_backward(
-                    Some(&mut ws.d_hn),
-                    d_tok,
-                    &ws.dlogits,
-                    &ws.hn,
-                    &p[ix.tok],
-                    out,
-                );
-                be.zero_prefix(&mut ws.d_hg, rows * d);
-                let saved = NormSaved {
-                    inp: &ws.hg,
-                    weight: &p[ln.w],
-                    mean: &ws.h_mean,
-                    rstd: &ws.h_rstd,
-                };
-                be.layernorm_backward(&mut ws.d_hg, layer::wb_mut(g, ln), &ws.d_hn, saved, sh.ln);
-                be.zero_prefix(&mut ws.d_hp, rows * d);
-                be.gelu_backward(&mut ws.d_hp, &ws.hp, &ws.d_hg, rows * d);
-                be.matmul_backward(
-                    Some(&mut ws.d_xf),
-                    layer::grads(g, dense),
-                    &ws.d_hp,
-                    &ws.xf,
-                    &p[dense.w],
-                    sh.dd,
-                );
+        // Each head adds its gradient into d_xf.
+        if batch.task.mlm().is_some() {
+            let (dense, ln) = ix.mlm.expect("checked in step");
+            be.zero_prefix(&mut ws.d_hn, rows * d);
+            let out = Linear {
+                rows,
+                in_dim: d,
+                out_dim: 256,
+            };
+            let d_tok = WeightBias {
+                weight: &mut g[ix.tok],
+                bias: None,
+            };
+            be.matmul_backward(
+                Some(&mut ws.d_hn),
+                d_tok,
+                &ws.dlogits,
+                &ws.hn,
+                &p[ix.tok],
+                out,
+            );
+            be.zero_prefix(&mut ws.d_hg, rows * d);
+            let saved = NormSaved {
+                inp: &ws.hg,
+                weight: &p[ln.w],
+                mean: &ws.h_mean,
+                rstd: &ws.h_rstd,
+            };
+            be.layernorm_backward(&mut ws.d_hg, layer::wb_mut(g, ln), &ws.d_hn, saved, sh.ln);
+            be.zero_prefix(&mut ws.d_hp, rows * d);
+            be.gelu_backward(&mut ws.d_hp, &ws.hp, &ws.d_hg, rows * d);
+            be.matmul_backward(
+                Some(&mut ws.d_xf),
+                layer::grads(g, dense),
+                &ws.d_hp,
+                &ws.xf,
+                &p[dense.w],
+                sh.dd,
+            );
+        }
+        if batch.task.labels().is_some() {
+            let (dense, out) = ix.cls.expect("checked in step");
+            let classes = c.n_classes as usize;
+            be.zero_prefix(&mut ws.d_ct, nb * d);
+            let lin = Linear {
+                rows: nb,
+                in_dim: d,
+                out_dim: classes,
+            };
+            be.matmul_backward(
+                Some(&mut ws.d_ct),
+                layer::grads(g, out),
+                &ws.d_class_logits,
+                &ws.ct,
+                &p[out.w],
+                lin,
+            );
+            be.zero_prefix(&mut ws.d_cp, nb * d);
+            be.tanh_backward(&mut ws.d_cp, &ws.ct, &ws.d_ct, nb * d);
+            let lin = Linear {
+                rows: nb,
+                in_dim: d,
+                out_dim: d,
+            };
+            // With dropout the dense layer read the masked vector, whose
+            // gradient the mask then takes back to the pooled one.
+            let (d_in, inp) = match ws.dropout.as_mut().filter(|_| dropout) {
+                Some(dr) => (&mut dr.d_pool_d, &dr.pool_d),
+                None => (&mut ws.d_pool, &ws.pool),
+            };
+            be.zero_prefix(d_in, nb * d);
+            be.matmul_backward(
+                Some(d_in),
+                layer::grads(g, dense),
+                &ws.d_cp,
+                inp,
+                &p[dense.w],
+                lin,
+            );
+            if let Some(dr) = ws.dropout.as_ref().filter(|_| dropout) {
+                be.mul_forward(&mut ws.d_pool, &dr.d_pool_d, &dr.pool_mask, nb * d);
             }
-            Task::Classify { .. } => {
-                let (dense, out) = ix.cls.expect("checked in step");
-                let classes = c.n_classes as usize;
-                be.zero_prefix(&mut ws.d_ct, nb * d);
-                let lin = Linear {
-                    rows: nb,
-                    in_dim: d,
-                    out_dim: classes,
-                };
-                be.matmul_backward(
-                    Some(&mut ws.d_ct),
-                    layer::grads(g, out),
-                    &ws.d_class_logits,
-                    &ws.ct,
-                    &p[out.w],
-                    lin,
-                );
-                be.zero_prefix(&mut ws.d_cp, nb * d);
-                be.tanh_backward(&mut ws.d_cp, &ws.ct, &ws.d_ct, nb * d);
-                let lin = Linear {
-                    rows: nb,
-                    in_dim: d,
-                    out_dim: d,
-                };
-                // With dropout the dense layer read the masked vector, whose
-                // gradient the mask then takes back to the pooled one.
-                let (d_in, inp) = match ws.dropout.as_mut().filter(|_| dropout) {
-                    Some(dr) => (&mut dr.d_pool_d, &dr.pool_d),
-                    None => (&mut ws.d_pool, &ws.pool),
-                };
-                be.zero_prefix(d_in, nb * d);
-                be.matmul_backward(
-                    Some(d_in),
-                    layer::grads(g, dense),
-                    &ws.d_cp,
-                    inp,
-                    &p[dense.w],
-                    lin,
-                );
-                if let Some(dr) = ws.dropout.as_ref().filter(|_| dropout) {
-                    be.mul_forward(&mut ws.d_pool, &dr.d_pool_d, &dr.pool_mask, nb * d);
-                }
-                be.mean_pool_backward(&mut ws.d_xf, &ws.d_pool, &ws.real, nb, seq, d);
-            }
+            be.mean_pool_backward(&mut ws.d_xf, &ws.d_pool, &ws.real, nb, seq, d);
         }
         be.zero_prefix(&mut ws.d_res, rows * d);
         let saved = NormSaved {

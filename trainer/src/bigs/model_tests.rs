@@ -35,8 +35,9 @@ fn random_ids(rng: &mut Rng, n: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Both tasks without dropout, then both with it (a fixed seed: fixed masks).
-fn batches(rng: &mut Rng) -> [BigsBatch; 4] {
+/// Both tasks without dropout, then both with it (a fixed seed: fixed
+/// masks), then both at once (the joint task) without and with it.
+fn batches(rng: &mut Rng) -> [BigsBatch; 6] {
     let texts = vec![random_ids(rng, 7), random_ids(rng, 4)];
     let rows = 2 * 7;
     let targets: Vec<u32> = (0..rows).map(|_| rng.below(256) as u32).collect();
@@ -44,8 +45,15 @@ fn batches(rng: &mut Rng) -> [BigsBatch; 4] {
     for r in [0, 3, 6, 7, 10] {
         weights[r] = 1.0;
     }
+    let joint = Task::Joint {
+        labels: vec![1, 2],
+        targets: targets.clone(),
+        weights: weights.clone(),
+        mlm_weight: 0.7,
+    };
     let mlm = BigsBatch::from_sequences(&texts, Task::Mlm { targets, weights });
     let classify = BigsBatch::from_sequences(&texts, Task::Classify { labels: vec![2, 0] });
+    let joint = BigsBatch::from_sequences(&texts, joint);
     let dropout = Some(Dropout {
         rate: 0.3,
         seed: 17,
@@ -55,6 +63,8 @@ fn batches(rng: &mut Rng) -> [BigsBatch; 4] {
         classify.clone(),
         mlm.with_dropout(dropout),
         classify.with_dropout(dropout),
+        joint.clone(),
+        joint.with_dropout(dropout),
     ]
 }
 

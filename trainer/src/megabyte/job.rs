@@ -38,6 +38,12 @@ impl TrainOptions {
                 self.dropout
             );
         }
+        if self.mlm_weight != 0.0 {
+            bail!(
+                "--mlm-weight {}: a BiGS classifier's option (MEGABYTE has no masked-byte loss)",
+                self.mlm_weight
+            );
+        }
         self.check_common()
     }
 }

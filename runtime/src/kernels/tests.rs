@@ -131,13 +131,7 @@ impl TestMatrix {
 
 /// `x` as the q8 activation quantiser sees it: the blocks and their values.
 fn quantised(x: &[f32]) -> (Vec<BlockQ8>, Vec<f32>) {
-    let mut blocks = vec![
-        BlockQ8 {
-            d: [0; 2],
-            qs: [0; QK]
-        };
-        x.len() / QK
-    ];
+    let mut blocks = zero_scratch(x.len() / QK);
     scalar::quantize_q8(x, &mut blocks).unwrap();
     let values = blocks
         .iter()
@@ -172,13 +166,7 @@ fn assert_within(what: &str, got: f32, want: f64, bound: f64) {
 fn check_matmul(dtype: DType, rows: usize, cols: usize, n: usize, rng: &mut Rng) {
     let m = TestMatrix::new(dtype, rows, cols, rng);
     let x = random(rng, n * cols);
-    let mut scratch = vec![
-        BlockQ8 {
-            d: [0; 2],
-            qs: [0; QK]
-        };
-        scratch_blocks(cols, n)
-    ];
+    let mut scratch = zero_scratch(scratch_blocks(cols, n));
     let mut want = vec![0.0; n * rows];
     scalar::matmul(&m.matrix(), &x, &mut want, &mut scratch).unwrap();
     let scalar_scratch = scratch.clone();
@@ -368,13 +356,7 @@ fn quantised_products_at_the_integer_extremes_are_exact() {
                     let m = Matrix::new(w, rows, cols).unwrap();
                     for n in [1, 2, 5] {
                         let xs: Vec<f32> = x.iter().copied().cycle().take(n * cols).collect();
-                        let mut scratch = vec![
-                            BlockQ8 {
-                                d: [0; 2],
-                                qs: [0; QK]
-                            };
-                            scratch_blocks(cols, n)
-                        ];
+                        let mut scratch = zero_scratch(scratch_blocks(cols, n));
                         let mut want = vec![0.0; n * rows];
                         scalar::matmul(&m, &xs, &mut want, &mut scratch).unwrap();
                         for backend in Backend::every_backend() {
@@ -928,18 +910,21 @@ fn quantised_kernel_sets_agree_bit_for_bit() {
     }
 }
 
+/// `blocks` zeroed quantised-activation blocks, for a kernel's scratch.
+fn zero_scratch(blocks: usize) -> Vec<BlockQ8> {
+    let zero = BlockQ8 {
+        d: [0; 2],
+        qs: [0; QK],
+    };
+    vec![zero; blocks]
+}
+
 /// `matmul` of a random `rows x cols` matrix of `dtype` by `n` random
 /// inputs gives the same bits on every kernel set this machine runs.
 fn every_kernel_set_agrees(dtype: DType, rows: usize, cols: usize, n: usize, rng: &mut Rng) {
     let m = TestMatrix::new(dtype, rows, cols, rng);
     let x = random(rng, n * cols);
-    let mut scratch = vec![
-        BlockQ8 {
-            d: [0; 2],
-            qs: [0; QK]
-        };
-        scratch_blocks(cols, n)
-    ];
+    let mut scratch = zero_scratch(scratch_blocks(cols, n));
     let outputs: Vec<(Isa, Vec<f32>)> = Backend::every_backend()
         .map(|backend| {
             let mut y = vec![0.0; n * rows];
@@ -1099,13 +1084,7 @@ fn parallel_matvec_refuses_what_matmul_refuses() {
     let mut y = vec![0.0; rows];
     assert!(matmul_parallel(&par, &m, &[0.0; 64], &mut y[1..], &mut []).is_err());
     assert!(matmul_parallel(&par, &m, &[0.0; 63], &mut y, &mut []).is_err());
-    let q = vec![
-        BlockQ8 {
-            d: [0; 2],
-            qs: [0; QK]
-        };
-        rows * 2
-    ];
+    let q = zero_scratch(rows * 2);
     let m = Matrix::new(Weights::Q8(&q), rows, 64).unwrap();
     assert!(matmul_parallel(&par, &m, &[0.0; 64], &mut y, &mut []).is_err());
     assert!(matmul_parallel(&Serial, &m, &[0.0; 64], &mut y, &mut []).is_err());
@@ -1163,13 +1142,7 @@ fn bench_matvec_and_matmul() {
             .collect();
         let x = random(&mut rng, 64 * cols);
         let mut y = vec![0.0; 64 * rows];
-        let mut scratch = vec![
-            BlockQ8 {
-                d: [0; 2],
-                qs: [0; QK]
-            };
-            scratch_blocks(cols, 64)
-        ];
+        let mut scratch = zero_scratch(scratch_blocks(cols, 64));
         let mut hot_simd = 0.0;
         let isas: Vec<Isa> = Backend::every_backend().map(|b| b.0).collect();
         for isa in isas.into_iter().chain([Isa::Scalar]) {

@@ -846,34 +846,45 @@ impl<B: Backend> Job<B> for BigsJob<B> {
     }
 }
 
-/// Masked windows of equal length.
-fn mlm_batch<'a>(rows: impl Iterator<Item = &'a [u8]>, rng: &mut Rng) -> BigsBatch {
-    let (mut texts, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
-    for row in rows {
-        let m = mask_spans(row, rng);
-        texts.push(m.inputs);
-        targets.extend(m.targets);
-        weights.extend(m.weights);
-    }
-    BigsBatch::from_sequences(&texts, Task::Mlm { targets, weights })
-}
-
-/// A classification batch whose texts are also masked (as for
-/// pretraining) for the joint loss of `--mlm-weight`; the masked-byte
-/// targets and weights are padded to the batch's rows.
-fn joint_batch(texts: &[Vec<u32>], labels: Vec<u32>, mlm_weight: f32, rng: &mut Rng) -> BigsBatch {
-    let seq = texts.iter().map(Vec::len).max().unwrap_or(1).max(1);
+/// `rows` masked as for pretraining: the model inputs, and the targets and
+/// loss weights padded to the longest row (as `from_sequences` pads ids).
+fn masked_rows<'a>(
+    rows: impl Iterator<Item = &'a [u8]>,
+    rng: &mut Rng,
+) -> (Vec<Vec<u32>>, Vec<u32>, Vec<f32>) {
+    let masked: Vec<_> = rows.map(|row| mask_spans(row, rng)).collect();
+    let seq = masked
+        .iter()
+        .map(|m| m.inputs.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let (mut inputs, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
-    for t in texts {
-        // Classification texts are bytes (ids < 256).
-        let bytes: Vec<u8> = t.iter().map(|&id| id as u8).collect();
-        let m = mask_spans(&bytes, rng);
-        inputs.push(m.inputs);
+    for m in masked {
         targets.extend(m.targets);
         weights.extend(m.weights);
+        inputs.push(m.inputs);
         targets.resize(inputs.len() * seq, 0);
         weights.resize(inputs.len() * seq, 0.0);
     }
+    (inputs, targets, weights)
+}
+
+/// Masked windows of equal length.
+fn mlm_batch<'a>(rows: impl Iterator<Item = &'a [u8]>, rng: &mut Rng) -> BigsBatch {
+    let (inputs, targets, weights) = masked_rows(rows, rng);
+    BigsBatch::from_sequences(&inputs, Task::Mlm { targets, weights })
+}
+
+/// A classification batch whose texts are also masked, for the joint
+/// loss of `--mlm-weight`.
+fn joint_batch(texts: &[Vec<u32>], labels: Vec<u32>, mlm_weight: f32, rng: &mut Rng) -> BigsBatch {
+    // Classification texts are bytes (ids < 256).
+    let bytes: Vec<Vec<u8>> = texts
+        .iter()
+        .map(|t| t.iter().map(|&id| id as u8).collect())
+        .collect();
+    let (inputs, targets, weights) = masked_rows(bytes.iter().map(Vec::as_slice), rng);
     let task = Task::Joint {
         labels,
         targets,

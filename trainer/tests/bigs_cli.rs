@@ -470,3 +470,71 @@ fn a_classifier_gets_the_recipe_defaults() {
     assert!(fails(&megabyte, &dir).contains("--dropout 0.1: MEGABYTE"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Without --dev a classifier holds out a share of its training table and
+/// keeps the weights that score best on it; with --holdout and --dev, the
+/// dev table is scored once, on those weights, and resume keeps the split.
+#[test]
+fn a_classifier_can_choose_its_weights_on_held_out_rows() {
+    let dir = temp_dir("holdout");
+    write_tables(&dir);
+    let without_dev = |run: &'static str| -> Vec<&'static str> {
+        let mut a = classify_args(run, "40");
+        let at = a.iter().position(|&x| x == "--dev").unwrap();
+        a.drain(at..at + 2);
+        a
+    };
+    let out = ok(&without_dev("nodev"), &dir);
+    assert!(out.contains("validation accuracy"), "{out}");
+    assert!(!out.contains("held-out rows"), "{out}");
+    let config = std::fs::read_to_string(dir.join("nodev/config.txt")).unwrap();
+    assert!(config.contains("train.holdout = 0.1"), "{config}");
+    assert!(!config.contains("dev_file"), "{config}");
+    // Held-out rows in place of --dev, and the dev table reported at the end.
+    let mut both = classify_args("both", "40");
+    both.extend(["--holdout", "0.25"]);
+    let out = ok(&both, &dir);
+    assert!(
+        out.contains("dev.tsv: accuracy") && out.contains("on 60 examples"),
+        "{out}"
+    );
+    let again = ok(&["eval", "both", "--dev", "dev.tsv"], &dir);
+    let acc = |s: &str| s.split("accuracy ").nth(1).unwrap()[..6].to_string();
+    assert_eq!(
+        acc(out.lines().last().unwrap()),
+        acc(&again),
+        "{out}\n{again}"
+    );
+    // Killed and resumed, the run holds out the same rows: it ends bit for
+    // bit where the straight run ends.
+    let mut killed = classify_args("killed", "40");
+    killed.extend(["--holdout", "0.25"]);
+    kill_at(&killed, &dir, &dir.join("killed"), 12);
+    ok(&["train", "--resume", "killed", "--quiet"], &dir);
+    same_weights(
+        &dir.join("both/model.safetensors"),
+        &dir.join("killed/model.safetensors"),
+    );
+    for (bad, want) in [
+        ("0", "--holdout 0: must be in (0, 0.5]"),
+        ("0.9", "--holdout 0.9: must be in (0, 0.5]"),
+    ] {
+        let mut a = classify_args("bad", "10");
+        a.extend(["--holdout", bad]);
+        let e = fails(&a, &dir);
+        assert!(e.contains(want), "{e}");
+    }
+    let mut mlm = vec![
+        "train",
+        "--model",
+        "bigs",
+        "--objective",
+        "mlm",
+        "--data",
+        "corpus.txt",
+    ];
+    mlm.extend(["--run", "m", "--steps", "2", "--holdout", "0.1", "--quiet"]);
+    mlm.extend(TINY);
+    let e = fails(&mlm, &dir);
+    assert!(e.contains("--holdout: only BiGS classifiers"), "{e}");
+}

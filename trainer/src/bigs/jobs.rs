@@ -35,9 +35,73 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq)]
 pub struct LabelledFiles {
     pub train: PathBuf,
-    pub dev: PathBuf,
+    /// Scored at each evaluation, choosing the best weights; with a
+    /// holdout, only scored once on the best weights at the end.
+    pub dev: Option<PathBuf>,
+    /// The share of the training table's rows set aside to choose the best
+    /// weights on (0: none; then `dev` must be given).
+    pub holdout: f64,
     pub text_column: Column,
     pub label_column: Column,
+}
+
+/// The holdout of a classification run given no dev table.
+pub const DEFAULT_HOLDOUT: f64 = 0.1;
+/// The config.txt entry of a run's holdout share.
+const HOLDOUT_KEY: &str = "holdout";
+
+/// A classification run's labelled rows: those it trains on and those that
+/// choose its best weights (the dev table, or the held-out rows of the
+/// training table, which training never reads).
+struct Tables {
+    train: LabeledSet,
+    select: LabeledSet,
+}
+
+impl LabelledFiles {
+    /// Reads the tables (naming any error in them) and sets the holdout
+    /// aside: `holdout` of the rows, at least one, drawn from `seed`, so
+    /// that a resumed run holds out the same rows.
+    fn read(&self, seed: u64) -> Result<Tables> {
+        let mut train = read_labeled(&self.train, &self.text_column, &self.label_column)?;
+        if self.holdout == 0.0 {
+            let dev = self
+                .dev
+                .as_ref()
+                .context("a classifier needs --dev FILE or --holdout F")?;
+            let select = read_labeled(dev, &self.text_column, &self.label_column)?;
+            return Ok(Tables { train, select });
+        }
+        ensure!(
+            self.holdout > 0.0 && self.holdout <= 0.5,
+            "--holdout {}: must be in (0, 0.5]",
+            self.holdout
+        );
+        let n = train.examples.len();
+        let held = ((self.holdout * n as f64).round() as usize).max(1);
+        ensure!(
+            held < n,
+            "{}: {n} rows leave none to train on after a holdout of {}",
+            self.train.display(),
+            self.holdout
+        );
+        let mut order: Vec<usize> = (0..n).collect();
+        shuffle(&mut order, &mut Rng::new(seed ^ 0x686f_6c64));
+        let mut is_held = vec![false; n];
+        for &i in &order[..held] {
+            is_held[i] = true;
+        }
+        let (held, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut train.examples)
+            .into_iter()
+            .zip(is_held)
+            .partition(|(_, h)| *h);
+        train.examples = kept.into_iter().map(|(e, _)| e).collect();
+        let select = LabeledSet {
+            path: self.train.clone(),
+            examples: held.into_iter().map(|(e, _)| e).collect(),
+        };
+        Ok(Tables { train, select })
+    }
 }
 
 /// What a BiGS run learns.
@@ -217,6 +281,7 @@ fn classifier(
     opts: &TrainOptions,
 ) -> Result<(ParamSet, RunConfig)> {
     let train_set = read_labeled(&files.train, &files.text_column, &files.label_column)?;
+    // Every label of the table, held-out rows included.
     let labels = train_set.label_names();
     ensure!(
         labels.len() >= 2,
@@ -236,18 +301,24 @@ fn classifier(
     };
     let mut params = ParamSet::init(ModelConfig::Bigs(config), opts.seed)?;
     params.labels = labels;
-    let rc = opts
+    let mut rc = opts
         .write(RunConfig::new(ModelConfig::Bigs(config)))
         .with("objective", "classify")
         .with("train_file", absolute(&files.train)?.display())
-        .with("dev_file", absolute(&files.dev)?.display())
         .with(
             &fingerprint_key("train_file"),
             table_fingerprint(&files.train)?,
         )
-        .with(&fingerprint_key("dev_file"), table_fingerprint(&files.dev)?)
         .with("text_column", column_text(&files.text_column))
         .with("label_column", column_text(&files.label_column));
+    if let Some(dev) = &files.dev {
+        rc = rc
+            .with("dev_file", absolute(dev)?.display())
+            .with(&fingerprint_key("dev_file"), table_fingerprint(dev)?);
+    }
+    if files.holdout > 0.0 {
+        rc = rc.with(HOLDOUT_KEY, files.holdout);
+    }
     Ok((params, rc))
 }
 
@@ -312,9 +383,15 @@ fn start_with_pretraining(
     }
     train::ensure_new(dir)?;
     // Both tables are read (and any error in them named) before any
-    // training, as a run without pretraining does.
-    let train_set = read_labeled(&files.train, &files.text_column, &files.label_column)?;
-    let dev_set = read_labeled(&files.dev, &files.text_column, &files.label_column)?;
+    // training, as a run without pretraining does. Held-out rows are not
+    // pretrained on either.
+    let Tables {
+        train: train_set,
+        select: dev_set,
+    } = files.read(opts.seed)?;
+    if let Some(dev) = files.dev.as_ref().filter(|_| files.holdout > 0.0) {
+        read_labeled(dev, &files.text_column, &files.label_column)?;
+    }
     let mut text = Vec::new();
     for e in train_set.examples.iter().filter(|e| !e.text.is_empty()) {
         text.extend_from_slice(&e.text);
@@ -599,14 +676,16 @@ impl<B: Backend> BigsJob<B> {
             }
             Objective::Classify(files) => {
                 let labels = &params.labels;
-                let train_set =
-                    read_labeled(&files.train, &files.text_column, &files.label_column)?;
-                let dev_set = read_labeled(&files.dev, &files.text_column, &files.label_column)?;
+                let Tables {
+                    train: train_set,
+                    select: dev_set,
+                } = files.read(opts.seed)?;
                 let (train, cut) = examples(&train_set, labels, max_seq)?;
                 let (dev, dev_cut) = examples(&dev_set, labels, max_seq)?;
                 if cut + dev_cut > 0 && state.step == 0 {
                     eprintln!(
-                        "note: {cut} training and {dev_cut} dev texts are longer than T_max = {max_seq} bytes: training reads a random window of {max_seq} bytes of each, evaluation all of its windows"
+                        "note: {cut} training and {dev_cut} {} texts are longer than T_max = {max_seq} bytes: training reads a random window of {max_seq} bytes of each, evaluation all of its windows",
+                        if files.holdout > 0.0 { "held-out" } else { "dev" }
                     );
                 }
                 let get = |k: &str| -> Result<u64> {
@@ -679,8 +758,16 @@ fn stored_objective(c: &RunConfig, dir: &Path) -> Result<Objective> {
                     .parse()
                     .expect("infallible"))
             };
-            for key in ["train_file", "dev_file"] {
-                let file = path(key)?;
+            let holdout = c.get::<f64>(HOLDOUT_KEY)?.unwrap_or(0.0);
+            let dev = match holdout > 0.0 {
+                true => c.get::<String>("dev_file")?.map(PathBuf::from),
+                false => Some(path("dev_file")?),
+            };
+            let files = [
+                Some(("train_file", path("train_file")?)),
+                dev.clone().map(|d| ("dev_file", d)),
+            ];
+            for (key, file) in files.into_iter().flatten() {
                 train::check_fingerprint_of(
                     c,
                     dir,
@@ -691,7 +778,8 @@ fn stored_objective(c: &RunConfig, dir: &Path) -> Result<Objective> {
             }
             Objective::Classify(LabelledFiles {
                 train: path("train_file")?,
-                dev: path("dev_file")?,
+                dev,
+                holdout,
                 text_column: col("text_column")?,
                 label_column: col("label_column")?,
             })
@@ -923,6 +1011,26 @@ fn classify_eval<B: Backend>(
     Ok((loss / dev.len() as f64, correct as f64 / dev.len() as f64))
 }
 
+/// For a classification run that chose its weights on held-out training
+/// rows and was given a dev table: that table's accuracy with the best
+/// weights, its path and its size (the dev table never chose anything, so
+/// this is a clean figure).
+pub fn dev_of_held_out_run(dir: &Path) -> Result<Option<(f64, usize, PathBuf)>> {
+    let config = read_config(dir)?;
+    if config.get::<String>("objective")?.as_deref() != Some("classify") {
+        return Ok(None);
+    }
+    let Objective::Classify(files) = stored_objective(&config, dir)? else {
+        return Ok(None);
+    };
+    let Some(dev) = files.dev.filter(|_| files.holdout > 0.0) else {
+        return Ok(None);
+    };
+    let (params, _) = load_best(dir)?;
+    let (acc, n) = evaluate_run_params(&params, &dev, &files.text_column, &files.label_column)?;
+    Ok(Some((acc, n, dev)))
+}
+
 /// Accuracy of a run's weights on a labelled file, through the trainer.
 pub fn evaluate_run_params(
     params: &ParamSet,
@@ -946,6 +1054,33 @@ pub fn evaluate_run_params(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The holdout takes its share of the rows (at least one), the same
+    /// rows for the same seed and others for another, and training keeps
+    /// the rest: every row is in exactly one part.
+    #[test]
+    fn the_holdout_splits_the_table_by_its_seed() {
+        let dir = crate::testutil::TempDir::new("holdout");
+        let rows: String = (0..50).map(|i| format!("text {i}\t{}\n", i % 2)).collect();
+        let path = dir.write("t.tsv", format!("sentence\tlabel\n{rows}").as_bytes());
+        let files = |holdout| LabelledFiles {
+            train: path.clone(),
+            dev: None,
+            holdout,
+            text_column: Column::Name("sentence".into()),
+            label_column: Column::Name("label".into()),
+        };
+        let lines = |s: &LabeledSet| s.examples.iter().map(|e| e.line).collect::<Vec<_>>();
+        let a = files(0.1).read(1).unwrap();
+        assert_eq!((a.train.examples.len(), a.select.examples.len()), (45, 5));
+        let mut all = [lines(&a.train), lines(&a.select)].concat();
+        all.sort();
+        assert_eq!(all, (2..52).collect::<Vec<_>>());
+        assert_eq!(lines(&files(0.1).read(1).unwrap().select), lines(&a.select));
+        assert_ne!(lines(&files(0.1).read(2).unwrap().select), lines(&a.select));
+        assert_eq!(files(0.001).read(1).unwrap().select.examples.len(), 1);
+        assert!(files(0.0).read(1).is_err(), "no dev and no holdout");
+    }
 
     #[test]
     fn the_phases_share_the_steps_and_the_budget() {

@@ -9,7 +9,7 @@ use crate::bigs::jobs::{self, LabelledFiles};
 use crate::data::tsv::Column;
 use crate::family::{self, Start};
 use crate::train::{DataSource, Eval, TrainOptions};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use kilobyte_format::ModelConfig;
 use std::path::PathBuf;
 
@@ -61,6 +61,12 @@ pub struct TrainArgs {
     /// BiGS classify: the labelled table scored at each evaluation (best-dev weights are kept).
     #[arg(long)]
     pub dev: Option<PathBuf>,
+    /// BiGS classify: set aside this share of the training table's rows
+    /// (drawn from the seed) and keep the weights that score best on them;
+    /// --dev is then scored only once, on those weights, at the end, so its
+    /// figure is clean [default: 0.1 without --dev, else none]
+    #[arg(long)]
+    pub holdout: Option<f64>,
     /// BiGS classify: the text column, by header name or 0-based index.
     #[arg(long, default_value = crate::data::tsv::DEFAULT_TEXT_COLUMN)]
     pub text_column: Column,
@@ -258,6 +264,12 @@ fn train(a: TrainArgs) -> Result<()> {
             step_schedule: a.step_schedule,
         };
         crate::budget::check_here(&model, opts.batch, opts.seq)?;
+        if a.holdout.is_some()
+            && !(model.family() == kilobyte_format::ModelFamily::Bigs
+                && a.objective == Objective::Classify)
+        {
+            bail!("--holdout: only BiGS classifiers (--model bigs --objective classify) hold rows out");
+        }
         match model {
             ModelConfig::Bigs(config) => {
                 let objective = match a.objective {
@@ -268,12 +280,21 @@ fn train(a: TrainArgs) -> Result<()> {
                         jobs::Objective::Mlm(DataSource::Paths(a.data.clone()))
                     }
                     Objective::Classify => {
-                        let (Some(train_file), Some(dev)) = (&a.train, &a.dev) else {
-                            bail!("--objective classify needs --train FILE and --dev FILE (labelled tables)");
+                        let Some(train_file) = &a.train else {
+                            bail!("--objective classify needs --train FILE (a labelled table), and --dev FILE or --holdout F");
+                        };
+                        let holdout = match (a.holdout, &a.dev) {
+                            (Some(f), _) => {
+                                ensure!(f > 0.0 && f <= 0.5, "--holdout {f}: must be in (0, 0.5]");
+                                f
+                            }
+                            (None, None) => jobs::DEFAULT_HOLDOUT,
+                            (None, Some(_)) => 0.0,
                         };
                         jobs::Objective::Classify(LabelledFiles {
                             train: train_file.clone(),
-                            dev: dev.clone(),
+                            dev: a.dev.clone(),
+                            holdout,
                             text_column: a.text_column.clone(),
                             label_column: a.label_column.clone(),
                         })
@@ -337,5 +358,15 @@ fn train(a: TrainArgs) -> Result<()> {
         report.elapsed_s,
         report.bytes_per_s
     );
+    let dir = a.resume.as_ref().or(a.run.as_ref());
+    if let (false, Some(dir)) = (report.interrupted, dir) {
+        if let Some((acc, n, dev)) = jobs::dev_of_held_out_run(dir)? {
+            println!(
+                "{}: accuracy {:.2}% on {n} examples with the weights chosen on the held-out rows",
+                dev.display(),
+                100.0 * acc
+            );
+        }
+    }
     Ok(())
 }

@@ -58,12 +58,6 @@ pub const MAX_LAYERS: u32 = 24;
 /// token embedding at t. Positions before the start of the text read as
 /// [`NGRAM_BOS`]. Zero buckets turn them off.
 ///
-/// Two layouts ([`NgramConfig::split`]): summed, where every order's rows
-/// are as wide as the embedding and all are added to it; and split, where
-/// order i's rows are `width / tables` wide and fill columns
-/// `i * width / tables ..` of it, so the same parameters buy `tables` times
-/// the rows (fewer collisions) at no cost in flash or time.
-///
 /// The hash ([`NgramConfig::bucket`]) is part of the file format
 /// (`format/SPEC.md`): the trainer and the runtime both call this one
 /// function, so a model means the same on every device.
@@ -73,15 +67,7 @@ pub struct NgramConfig {
     pub orders: u32,
     /// Rows of each order's table; 0: no n-gram embeddings (then `orders` is 0).
     pub buckets: u32,
-    /// The split layout: the orders' rows side by side, one table
-    /// `[tables * buckets, width / tables]` (order i's rows from
-    /// `i * buckets`). Stored as bit 0 of the orders word ([`NGRAM_SPLIT`]).
-    pub split: bool,
 }
-
-/// Bit 0 of an `ngram_orders` header word: the split layout (orders use bits
-/// 2..=8, so older readers refuse such a file instead of misreading it).
-pub const NGRAM_SPLIT: u32 = 1;
 
 /// The id that stands for positions before the start of a text.
 pub const NGRAM_BOS: u32 = 0xffff;
@@ -96,7 +82,6 @@ impl NgramConfig {
     pub const OFF: Self = NgramConfig {
         orders: 0,
         buckets: 0,
-        split: false,
     };
     /// What the CLI turns on when a preset has none: orders 3..=6 (BLT's
     /// range starts at 3; orders past 6 rarely repeat in small corpora) in
@@ -111,46 +96,7 @@ impl NgramConfig {
             orders |= 1 << n;
             n += 1;
         }
-        NgramConfig {
-            orders,
-            buckets,
-            split: false,
-        }
-    }
-
-    /// The same orders and rows in the split layout.
-    pub const fn split(mut self) -> Self {
-        self.split = self.enabled();
-        self
-    }
-
-    /// The header word that stores `orders` and the layout.
-    pub const fn orders_word(&self) -> u32 {
-        self.orders | if self.split { NGRAM_SPLIT } else { 0 }
-    }
-
-    /// Reads the two header words back.
-    pub const fn from_words(orders_word: u32, buckets: u32) -> Self {
-        NgramConfig {
-            orders: orders_word & !NGRAM_SPLIT,
-            buckets,
-            split: orders_word & NGRAM_SPLIT != 0,
-        }
-    }
-
-    /// Width of one table row for an embedding `width` wide: `width`, or
-    /// its share per order when split.
-    pub const fn row_width(&self, width: u32) -> u32 {
-        if self.split {
-            width / self.tables()
-        } else {
-            width
-        }
-    }
-
-    /// Parameters of the tables of an embedding `width` wide.
-    pub const fn param_count(&self, width: u32) -> u64 {
-        self.tables() as u64 * self.buckets as u64 * self.row_width(width) as u64
+        NgramConfig { orders, buckets }
     }
 
     pub const fn enabled(&self) -> bool {
@@ -200,41 +146,8 @@ impl NgramConfig {
         if (self.buckets == 0) != (self.orders == 0) {
             return Err(bad_config(
                 orders_field,
-                self.orders_word(),
+                self.orders,
                 "must be 0 exactly when the matching buckets word is 0",
-            ));
-        }
-        if self.split && !self.enabled() {
-            return Err(bad_config(
-                orders_field,
-                self.orders_word(),
-                "sets the split bit without any n-gram orders",
-            ));
-        }
-        if self.split && self.tables() as u64 * self.buckets as u64 > NGRAM_MAX_BUCKETS as u64 {
-            return Err(bad_config(
-                buckets_field,
-                self.buckets,
-                "split tables hold orders x buckets rows, at most 65535",
-            ));
-        }
-        Ok(())
-    }
-
-    /// [`NgramConfig::validate_as`] for an embedding `width` wide: a split
-    /// layout needs a width that the number of orders divides.
-    pub fn validate_for(
-        &self,
-        width: u32,
-        orders_field: &'static str,
-        buckets_field: &'static str,
-    ) -> Result<(), FormatError> {
-        self.validate_as(orders_field, buckets_field)?;
-        if self.split && !width.is_multiple_of(self.tables()) {
-            return Err(bad_config(
-                orders_field,
-                self.orders_word(),
-                "split n-gram rows need an embedding width that the number of orders divides",
             ));
         }
         Ok(())
@@ -402,10 +315,9 @@ impl MegabyteConfig {
                 "must divide d_local",
             ));
         }
-        self.ngram
-            .validate_for(self.d_global, "ngram_orders", "ngram_buckets")?;
+        self.ngram.validate()?;
         self.local_ngram
-            .validate_for(self.d_local, "local_ngram_orders", "local_ngram_buckets")?;
+            .validate_as("local_ngram_orders", "local_ngram_buckets")?;
         check_eps(self.norm_eps)
     }
 
@@ -416,14 +328,14 @@ impl MegabyteConfig {
         let dg = self.d_global as u64;
         let block = |w: u64| 12 * w * w + 4 * w; // qkv + proj + 2 MLP mats, 2 norms
         256 * dg
-            + self.ngram.param_count(self.d_global)
+            + self.ngram.tables() as u64 * self.ngram.buckets as u64 * dg
             + self.max_seq as u64 * dg
             + g
             + self.layers_global as u64 * block(g)
             + 2 * g
             + dg * l
             + 256 * l
-            + self.local_ngram.param_count(self.d_local)
+            + self.local_ngram.tables() as u64 * self.local_ngram.buckets as u64 * l
             + l
             + self.layers_local as u64 * block(l)
             + 2 * l
@@ -554,8 +466,7 @@ impl BigsConfig {
                 "must be 0 without a classification head",
             ));
         }
-        self.ngram
-            .validate_for(self.d_model, "ngram_orders", "ngram_buckets")?;
+        self.ngram.validate()?;
         check_eps(self.norm_eps)
     }
 
@@ -568,7 +479,7 @@ impl BigsConfig {
         let ssm = k * (4 * n + 2); // a, w, C (2 floats) per mode; log_dt, D per kernel
         let layer = 2 * d + (d * e + e) + 4 * (d * d + d) + (d * e + e) + (e * d + d) + 2 * ssm;
         let mut total = BIGS_VOCAB as u64 * d
-            + self.ngram.param_count(self.d_model)
+            + self.ngram.tables() as u64 * self.ngram.buckets as u64 * d
             + self.max_seq as u64 * d
             + 2 * d
             + self.layers as u64 * layer
@@ -631,9 +542,9 @@ impl ModelConfig {
                     c.heads_local,
                     c.max_seq,
                     c.norm_eps.to_bits(),
-                    c.ngram.orders_word(),
+                    c.ngram.orders,
                     c.ngram.buckets,
-                    c.local_ngram.orders_word(),
+                    c.local_ngram.orders,
                     c.local_ngram.buckets,
                 ]);
             }
@@ -648,7 +559,7 @@ impl ModelConfig {
                     c.n_classes,
                     c.heads,
                     c.norm_eps.to_bits(),
-                    c.ngram.orders_word(),
+                    c.ngram.orders,
                     c.ngram.buckets,
                 ]);
             }
@@ -669,7 +580,10 @@ impl ModelConfig {
             });
         }
         let eps = f32::from_bits(w[8]);
-        let ngram = NgramConfig::from_words(w[NGRAM_WORDS.start], w[NGRAM_WORDS.start + 1]);
+        let ngram = NgramConfig {
+            orders: w[NGRAM_WORDS.start],
+            buckets: w[NGRAM_WORDS.start + 1],
+        };
         let config = match family {
             ModelFamily::Megabyte => ModelConfig::Megabyte(MegabyteConfig {
                 patch_size: w[0],
@@ -682,10 +596,10 @@ impl ModelConfig {
                 max_seq: w[7],
                 norm_eps: eps,
                 ngram,
-                local_ngram: NgramConfig::from_words(
-                    w[LOCAL_NGRAM_WORDS.start],
-                    w[LOCAL_NGRAM_WORDS.start + 1],
-                ),
+                local_ngram: NgramConfig {
+                    orders: w[LOCAL_NGRAM_WORDS.start],
+                    buckets: w[LOCAL_NGRAM_WORDS.start + 1],
+                },
             }),
             ModelFamily::Bigs => ModelConfig::Bigs(BigsConfig {
                 d_model: w[0],
@@ -892,10 +806,7 @@ mod tests {
             NgramConfig {
                 orders: 0,
                 buckets: 5,
-                split: false,
             },
-            NgramConfig::from_words(NGRAM_SPLIT, 0),
-            NgramConfig::orders(3, 6, 16_384).split(),
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
@@ -914,29 +825,6 @@ mod tests {
             ModelConfig::from_words(ModelFamily::Megabyte, &m.to_words()).unwrap(),
             m
         );
-        // The split layout round-trips through bit 0 of the orders word,
-        // and needs a width the number of orders divides.
-        let split = BigsConfig::MICRO.with_ngram(NgramConfig::orders(3, 6, 6144).split());
-        let w = ModelConfig::Bigs(split).to_words();
-        assert_eq!(w[9], NgramConfig::orders(3, 6, 0).orders | NGRAM_SPLIT);
-        assert_eq!(
-            ModelConfig::from_words(ModelFamily::Bigs, &w).unwrap(),
-            ModelConfig::Bigs(split)
-        );
-        assert_eq!(
-            split.param_count(),
-            BigsConfig::MICRO
-                .with_ngram(NgramConfig::orders(3, 6, 1536))
-                .param_count()
-        );
-        let odd = BigsConfig::MICRO.with_ngram(NgramConfig::orders(3, 5, 100).split());
-        assert!(matches!(
-            odd.validate(),
-            Err(FormatError::BadConfig {
-                field: "ngram_orders",
-                ..
-            })
-        ));
         let mut bad = m.to_words();
         bad[13] = 1;
         assert!(ModelConfig::from_words(ModelFamily::Megabyte, &bad).is_err());

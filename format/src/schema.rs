@@ -96,17 +96,6 @@ pub enum NgramInput {
     Bigs,
 }
 
-impl NgramInput {
-    /// The start of its tables' names (SPEC.md).
-    const fn ngram_head(self) -> &'static str {
-        match self {
-            NgramInput::Global => "global.ngram.",
-            NgramInput::Local => "local.ngram.",
-            NgramInput::Bigs => "embed.ngram.",
-        }
-    }
-}
-
 /// One tensor of a MEGABYTE transformer block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BlockPart {
@@ -207,11 +196,6 @@ pub enum TensorId {
         input: NgramInput,
         order: u32,
     },
-    /// All orders' tables of an embedding in the split layout, one tensor
-    /// (`config::NgramConfig::split`).
-    NgramSplit {
-        input: NgramInput,
-    },
     BigsTok,
     BigsPos,
     BigsEmbedLn(Affine),
@@ -280,8 +264,14 @@ impl TensorId {
                 (pick(l, "global.ln_f.", "local.ln_f."), None, "", affine(a))
             }
             TensorId::GlobalToLocal => ("global_to_local", None, "", ""),
-            TensorId::Ngram { input, order } => (input.ngram_head(), Some(*order), "", ""),
-            TensorId::NgramSplit { input } => (input.ngram_head(), None, "", "split"),
+            TensorId::Ngram { input, order } => {
+                let head = match input {
+                    NgramInput::Global => "global.ngram.",
+                    NgramInput::Local => "local.ngram.",
+                    NgramInput::Bigs => "embed.ngram.",
+                };
+                (head, Some(*order), "", "")
+            }
             TensorId::BigsTok => ("embed.tok", None, "", ""),
             TensorId::BigsPos => ("embed.pos", None, "", ""),
             TensorId::BigsEmbedLn(a) => ("embed.ln.", None, "", affine(a)),
@@ -431,13 +421,6 @@ fn ngram_tables(
     width: u32,
     emit: &mut Emit<'_>,
 ) -> Result<(), ()> {
-    if c.split {
-        return emit(
-            TensorId::NgramSplit { input },
-            &[c.tables() * c.buckets, c.row_width(width)],
-            Role::NgramEmbedding,
-        );
-    }
     for order in c.each_order() {
         emit(
             TensorId::Ngram { input, order },
@@ -600,10 +583,6 @@ mod tests {
                     .with_local_ngram(NgramConfig::orders(2, 4, 30)),
             ),
             ModelConfig::Bigs(cls.with_ngram(NgramConfig::orders(2, 8, 7))),
-            ModelConfig::Bigs(cls.with_ngram(NgramConfig::orders(3, 6, 9).split())),
-            ModelConfig::Megabyte(
-                MegabyteConfig::MICRO.with_local_ngram(NgramConfig::orders(3, 6, 9).split()),
-            ),
         ] {
             assert_eq!(count_params(&c), c.param_count(), "{c:?}");
         }
@@ -662,12 +641,6 @@ mod tests {
                     order: 3,
                 },
                 "local.ngram.3",
-            ),
-            (
-                TensorId::NgramSplit {
-                    input: NgramInput::Bigs,
-                },
-                "embed.ngram.split",
             ),
             (TensorId::BigsTok, "embed.tok"),
             (TensorId::BigsPos, "embed.pos"),

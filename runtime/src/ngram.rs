@@ -13,8 +13,7 @@ use kilobyte_format::ModelFile;
 /// Tables a model can have: one per order.
 pub const MAX_TABLES: usize = (NGRAM_MAX_ORDER - NGRAM_MIN_ORDER + 1) as usize;
 
-/// The n-gram tables of one embedding, in ascending order; in the split
-/// layout, the one table that holds every order's rows.
+/// The n-gram tables of one embedding, in ascending order.
 #[derive(Clone, Debug)]
 pub struct NgramTables<'m> {
     pub config: NgramConfig,
@@ -29,11 +28,6 @@ impl<'m> NgramTables<'m> {
         config: NgramConfig,
     ) -> Result<Self, RuntimeError> {
         let mut tables = heapless::Vec::new();
-        if config.split {
-            let m = crate::tensors::matrix(file, TensorId::NgramSplit { input })?;
-            let _ = tables.push(m);
-            return Ok(NgramTables { config, tables });
-        }
         for order in config.each_order() {
             let m = crate::tensors::matrix(file, TensorId::Ngram { input, order })?;
             // At most MAX_TABLES orders pass the config's validation.
@@ -44,8 +38,7 @@ impl<'m> NgramTables<'m> {
 
     /// Adds to `x` the row of every order's n-gram ending at position `t`,
     /// where `id(i)` is the id at position `i`; `row` is scratch of `x`'s
-    /// length. Orders are added in ascending order, as the trainer does;
-    /// split, order i's row goes to its share of `x`'s columns.
+    /// length. Orders are added in ascending order, as the trainer does.
     pub fn add_rows(
         &self,
         t: usize,
@@ -53,17 +46,6 @@ impl<'m> NgramTables<'m> {
         x: &mut [f32],
         row: &mut [f32],
     ) -> Result<(), RuntimeError> {
-        let c = &self.config;
-        if let (true, Some(table)) = (c.split, self.tables.first()) {
-            let w = c.row_width(x.len() as u32) as usize;
-            for (i, n) in c.each_order().enumerate() {
-                let bucket = i * c.buckets as usize + c.bucket(n, t, &id) as usize;
-                let part = &mut x[i * w..(i + 1) * w];
-                kernels::embedding_row(table, bucket, &mut row[..w])?;
-                kernels::add(part, &row[..w])?;
-            }
-            return Ok(());
-        }
         for (table, n) in self.tables.iter().zip(self.config.each_order()) {
             let bucket = self.config.bucket(n, t, &id);
             kernels::embedding_row(table, bucket as usize, row)?;

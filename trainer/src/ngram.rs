@@ -5,10 +5,7 @@
 //!
 //! The hash is `kilobyte_format::config::NgramConfig::bucket`, shared with
 //! the runtime; the lookups are the backend's ordinary embedding ops, so
-//! every backend runs n-grams without kernels of its own. The split layout
-//! needs none either: an embedding `[rows, width]` read as `[rows * k,
-//! width / k]` puts order i's row of position r at row `r * k + i`, so one
-//! gather over the single table fills every order's columns.
+//! every backend runs n-grams without kernels of its own.
 
 use crate::backend::Backend;
 use crate::params::{find_param as find, ParamMeta};
@@ -19,11 +16,9 @@ use kilobyte_format::schema::{NgramInput, TensorId};
 /// The n-gram tables of one embedding and their rows for the current batch.
 pub struct NgramRows<B: Backend> {
     config: NgramConfig,
-    /// Parameter index of each order's table, ascending order; the one
-    /// table when split.
+    /// Parameter index of each order's table, ascending order.
     tables: Vec<usize>,
-    /// The rows of every position, one buffer per order; when split, one
-    /// buffer of `tables` rows per position.
+    /// The rows of every position, one buffer per order.
     ids: Vec<B::Ids>,
     host: Vec<u32>,
 }
@@ -37,25 +32,16 @@ impl<B: Backend> NgramRows<B> {
         config: NgramConfig,
         rows: usize,
     ) -> Result<Self> {
-        let k = config.tables() as usize;
-        let (tables, ids) = if config.split {
-            let table = find(meta, TensorId::NgramSplit { input })?;
-            (vec![table], vec![be.upload_ids(&vec![0; rows * k])?])
-        } else {
-            let tables = config
-                .each_order()
-                .map(|order| find(meta, TensorId::Ngram { input, order }))
-                .collect::<Result<_>>()?;
-            let ids = (0..k)
-                .map(|_| be.upload_ids(&vec![0; rows]))
-                .collect::<Result<_>>()?;
-            (tables, ids)
-        };
         Ok(NgramRows {
             config,
-            tables,
-            ids,
-            host: vec![0; if config.split { rows * k } else { rows }],
+            tables: config
+                .each_order()
+                .map(|order| find(meta, TensorId::Ngram { input, order }))
+                .collect::<Result<_>>()?,
+            ids: (0..config.tables())
+                .map(|_| be.upload_ids(&vec![0; rows]))
+                .collect::<Result<_>>()?,
+            host: vec![0; rows],
         })
     }
 
@@ -64,17 +50,6 @@ impl<B: Backend> NgramRows<B> {
     /// the runtime's window does.
     pub fn write(&mut self, be: &B, ids: &[u32], seq: usize) -> Result<()> {
         let c = self.config;
-        if c.split {
-            let k = c.tables() as usize;
-            let host = &mut self.host[..ids.len() * k];
-            for (i, rows) in host.chunks_exact_mut(k).enumerate() {
-                let text = &ids[i / seq * seq..];
-                for (o, (row, n)) in rows.iter_mut().zip(c.each_order()).enumerate() {
-                    *row = o as u32 * c.buckets + c.bucket(n, i % seq, |j| text[j]);
-                }
-            }
-            return be.write_ids(&mut self.ids[0], host);
-        }
         let host = &mut self.host[..ids.len()];
         for (buf, n) in self.ids.iter_mut().zip(c.each_order()) {
             for (i, row) in host.iter_mut().enumerate() {
@@ -86,10 +61,8 @@ impl<B: Backend> NgramRows<B> {
         Ok(())
     }
 
-    /// `out[r] += table_n[row_n(r)]` for every order, ascending (split:
-    /// into order n's columns).
+    /// `out[r] += table_n[row_n(r)]` for every order, ascending.
     pub fn forward(&self, be: &B, params: &[B::Buf], out: &mut B::Buf, rows: usize, width: usize) {
-        let (rows, width) = self.gather_shape(rows, width);
         for (&table, ids) in self.tables.iter().zip(&self.ids) {
             be.embedding_forward(out, &params[table], ids, rows, width, true);
         }
@@ -97,20 +70,8 @@ impl<B: Backend> NgramRows<B> {
 
     /// The tables' gradients from the embedding's gradient `dout`.
     pub fn backward(&self, be: &B, grads: &mut [B::Buf], dout: &B::Buf, rows: usize, width: usize) {
-        let (rows, width) = self.gather_shape(rows, width);
         for (&table, ids) in self.tables.iter().zip(&self.ids) {
             be.embedding_backward(&mut grads[table], dout, ids, rows, width);
-        }
-    }
-
-    /// Rows and width of the gathers for an embedding `[rows, width]`.
-    fn gather_shape(&self, rows: usize, width: usize) -> (usize, usize) {
-        let c = self.config;
-        if c.split {
-            let k = c.tables() as usize;
-            (rows * k, c.row_width(width as u32) as usize)
-        } else {
-            (rows, width)
         }
     }
 }

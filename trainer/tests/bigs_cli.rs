@@ -524,6 +524,16 @@ fn a_classifier_can_choose_its_weights_on_held_out_rows() {
         let e = fails(&a, &dir);
         assert!(e.contains(want), "{e}");
     }
+    // A dev table that is only scored at the end is still checked first.
+    std::fs::write(dir.join("unknown.tsv"), "sentence\tlabel\nthe film\t7\n").unwrap();
+    let mut late: Vec<&str> = classify_args("late", "10")
+        .into_iter()
+        .map(|a| if a == "dev.tsv" { "unknown.tsv" } else { a })
+        .collect();
+    late.extend(["--holdout", "0.25"]);
+    let e = fails(&late, &dir);
+    assert!(e.contains("unknown.tsv: line 2: label"), "{e}");
+    assert!(!dir.join("late/model.safetensors").exists());
     let mut mlm = vec![
         "train",
         "--model",

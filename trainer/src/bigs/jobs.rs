@@ -50,12 +50,14 @@ pub const DEFAULT_HOLDOUT: f64 = 0.1;
 /// The config.txt entry of a run's holdout share.
 const HOLDOUT_KEY: &str = "holdout";
 
-/// A classification run's labelled rows: those it trains on and those that
+/// A classification run's labelled rows: those it trains on, those that
 /// choose its best weights (the dev table, or the held-out rows of the
-/// training table, which training never reads).
+/// training table, which training never reads), and the dev table when it
+/// is only scored at the end.
 struct Tables {
     train: LabeledSet,
     select: LabeledSet,
+    report: Option<LabeledSet>,
 }
 
 impl LabelledFiles {
@@ -70,7 +72,11 @@ impl LabelledFiles {
                 .as_ref()
                 .context("a classifier needs --dev FILE or --holdout F")?;
             let select = read_labeled(dev, &self.text_column, &self.label_column)?;
-            return Ok(Tables { train, select });
+            return Ok(Tables {
+                train,
+                select,
+                report: None,
+            });
         }
         ensure!(
             self.holdout > 0.0 && self.holdout <= 0.5,
@@ -100,7 +106,16 @@ impl LabelledFiles {
             path: self.train.clone(),
             examples: held.into_iter().map(|(e, _)| e).collect(),
         };
-        Ok(Tables { train, select })
+        // Read now, so an error in it is named before any training.
+        let report = match &self.dev {
+            Some(dev) => Some(read_labeled(dev, &self.text_column, &self.label_column)?),
+            None => None,
+        };
+        Ok(Tables {
+            train,
+            select,
+            report,
+        })
     }
 }
 
@@ -388,10 +403,8 @@ fn start_with_pretraining(
     let Tables {
         train: train_set,
         select: dev_set,
+        report,
     } = files.read(opts.seed)?;
-    if let Some(dev) = files.dev.as_ref().filter(|_| files.holdout > 0.0) {
-        read_labeled(dev, &files.text_column, &files.label_column)?;
-    }
     let mut text = Vec::new();
     for e in train_set.examples.iter().filter(|e| !e.text.is_empty()) {
         text.extend_from_slice(&e.text);
@@ -400,7 +413,9 @@ fn start_with_pretraining(
     let max_seq = config.max_seq as usize;
     let (pre_opts, fine_opts) = phase_options(&opts, fraction, max_seq, text.len())?;
     let (params, rc) = classifier(files, config, true, &fine_opts)?;
-    examples(&dev_set, &params.labels, max_seq)?;
+    for set in std::iter::once(&dev_set).chain(&report) {
+        examples(set, &params.labels, max_seq)?;
+    }
     let rc = rc
         .with(PRETRAIN_FRACTION_KEY, fraction)
         .with("init", absolute(&pre_dir)?.display());
@@ -679,9 +694,14 @@ impl<B: Backend> BigsJob<B> {
                 let Tables {
                     train: train_set,
                     select: dev_set,
+                    report,
                 } = files.read(opts.seed)?;
                 let (train, cut) = examples(&train_set, labels, max_seq)?;
                 let (dev, dev_cut) = examples(&dev_set, labels, max_seq)?;
+                if let Some(report) = &report {
+                    // Its labels checked before any training, not at the end.
+                    examples(report, labels, max_seq)?;
+                }
                 if cut + dev_cut > 0 && state.step == 0 {
                     eprintln!(
                         "note: {cut} training and {dev_cut} {} texts are longer than T_max = {max_seq} bytes: training reads a random window of {max_seq} bytes of each, evaluation all of its windows",

@@ -14,11 +14,6 @@ fn tiny() -> BigsConfig {
     c
 }
 
-/// `tiny` with its n-gram orders side by side (rows 4 wide).
-fn tiny_split() -> BigsConfig {
-    tiny().with_ngram(NgramConfig::orders(2, 3, 5).split())
-}
-
 /// Parameters with larger weights than the init, so every path carries signal.
 fn params(config: BigsConfig, seed: u64) -> ParamSet {
     let mut set = ParamSet::init(ModelConfig::Bigs(config), seed).unwrap();
@@ -75,15 +70,10 @@ fn batches(rng: &mut Rng) -> [BigsBatch; 6] {
 
 /// Whole-model gradient check in f64 for both heads, SSM parameters
 /// included, with and without dropout: the hand-written backward against
-/// central differences; both n-gram layouts.
+/// central differences.
 #[test]
 fn whole_model_gradients_match_finite_differences() {
-    for config in [tiny(), tiny_split()] {
-        check_gradients(config);
-    }
-}
-
-fn check_gradients(config: BigsConfig) {
+    let config = tiny();
     let set = params(config, 3);
     let be = CpuBackend::<f64>::new();
     let mut model = BigsModel::new(&be, &set).unwrap();
@@ -194,18 +184,12 @@ fn bad_batches_are_errors() {
 
 /// The trainer's logits and the runtime's, on the exported f32 model, agree
 /// (both heads) at lengths 1, a middle one and T_max, and the class logits
-/// of texts longer than T_max, which both read in windows; both n-gram
-/// layouts.
+/// of texts longer than T_max, which both read in windows.
 #[test]
 fn trainer_and_runtime_logits_agree_on_the_export() {
-    for config in [tiny(), tiny_split()] {
-        check_parity(config);
-    }
-}
-
-fn check_parity(config: BigsConfig) {
     use kilobyte_format::{AlignedBytes, DType, ModelFile};
     use kilobyte_runtime::Bigs;
+    let config = tiny();
     let mut set = params(config, 8);
     set.labels = vec!["a".into(), "b".into(), "c".into()];
     let bytes = AlignedBytes::from_slice(

@@ -234,12 +234,6 @@ pub struct NgramArgs {
     /// the preset's, or 4096 when --ngram-orders turns them on)
     #[arg(long)]
     pub ngram_buckets: Option<u32>,
-    /// How the orders' rows meet the embedding: "sum" (each row as wide as
-    /// the embedding, all added) or "split" (each order fills its share of
-    /// the columns, so the same flash holds orders-times the rows) (default:
-    /// the preset's)
-    #[arg(long, value_parser = parse_ngram_layout)]
-    pub ngram_layout: Option<bool>,
 }
 
 impl NgramArgs {
@@ -248,10 +242,7 @@ impl NgramArgs {
     /// comes from the preset, or from `NgramConfig::DEFAULT` when the preset
     /// has none.
     pub fn apply(&self, c: &mut NgramConfig) {
-        if self.ngram_orders.is_none()
-            && self.ngram_buckets.is_none()
-            && self.ngram_layout.is_none()
-        {
+        if self.ngram_orders.is_none() && self.ngram_buckets.is_none() {
             return;
         }
         if self.ngram_orders == Some(0) || self.ngram_buckets == Some(0) {
@@ -266,7 +257,6 @@ impl NgramArgs {
         *c = NgramConfig {
             orders: self.ngram_orders.unwrap_or(base.orders),
             buckets: self.ngram_buckets.unwrap_or(base.buckets),
-            split: self.ngram_layout.unwrap_or(base.split),
         };
     }
 }
@@ -288,18 +278,8 @@ impl LocalNgramArgs {
         NgramArgs {
             ngram_orders: self.local_ngram_orders,
             ngram_buckets: self.local_ngram_buckets,
-            ngram_layout: None,
         }
         .apply(c)
-    }
-}
-
-/// Parses `--ngram-layout`: "split" is true, "sum" false.
-fn parse_ngram_layout(s: &str) -> std::result::Result<bool, String> {
-    match s {
-        "split" => Ok(true),
-        "sum" => Ok(false),
-        _ => Err(format!("expected \"sum\" or \"split\", not {s:?}")),
     }
 }
 

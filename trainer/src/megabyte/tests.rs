@@ -4,15 +4,14 @@ use kilobyte_format::config::NgramConfig;
 use kilobyte_format::{AlignedBytes, DType, ModelFile};
 use kilobyte_runtime::{ArenaSpec, Megabyte};
 
-/// With n-grams (global: orders 2..=4 summed, local: 3 and 5 split) in a
-/// few rows each, so rows repeat within a batch and their gradients add up.
+/// With n-grams (global: orders 2..=4, local: 3 and 5) in a few rows each,
+/// so rows repeat within a batch and their gradients add up.
 fn tiny() -> MegabyteConfig {
     MegabyteConfig::preset(4, 8, 2, 2, 16, 2, 2, 16)
         .with_ngram(NgramConfig::orders(2, 4, 5))
         .with_local_ngram(NgramConfig {
             orders: 1 << 3 | 1 << 5,
             buckets: 7,
-            split: true,
         })
 }
 
@@ -80,11 +79,11 @@ fn whole_model_gradients_match_finite_differences() {
 }
 
 /// The trainer's logits and the runtime's, on the exported f32 model, agree
-/// at every position (global n-grams split, local ones summed).
+/// at every position.
 #[test]
 fn trainer_and_runtime_logits_agree_on_the_export() {
     let config = MegabyteConfig::preset(4, 16, 2, 2, 32, 2, 4, 32)
-        .with_ngram(NgramConfig::orders(3, 6, 11).split())
+        .with_ngram(NgramConfig::orders(3, 6, 11))
         .with_local_ngram(NgramConfig::orders(2, 4, 13));
     let set = ParamSet::init(ModelConfig::Megabyte(config), 7).unwrap();
     let be = CpuBackend::<f32>::new();

@@ -50,6 +50,16 @@ pub const DEFAULT_HOLDOUT: f64 = 0.1;
 /// The config.txt entry of a run's holdout share.
 const HOLDOUT_KEY: &str = "holdout";
 
+/// The one range check of a holdout share, for the flag and for a stored
+/// config alike.
+pub fn check_holdout(share: f64) -> Result<()> {
+    ensure!(
+        share > 0.0 && share <= 0.5,
+        "--holdout {share}: must be in (0, 0.5]"
+    );
+    Ok(())
+}
+
 /// A classification run's labelled rows: those it trains on, those that
 /// choose its best weights (the dev table, or the held-out rows of the
 /// training table, which training never reads), and the dev table when it
@@ -78,11 +88,7 @@ impl LabelledFiles {
                 report: None,
             });
         }
-        ensure!(
-            self.holdout > 0.0 && self.holdout <= 0.5,
-            "--holdout {}: must be in (0, 0.5]",
-            self.holdout
-        );
+        check_holdout(self.holdout)?;
         let n = train.examples.len();
         let held = ((self.holdout * n as f64).round() as usize).max(1);
         ensure!(

@@ -9,7 +9,7 @@ use crate::bigs::jobs::{self, LabelledFiles};
 use crate::data::tsv::Column;
 use crate::family::{self, Start};
 use crate::train::{DataSource, Eval, TrainOptions};
-use anyhow::{anyhow, bail, ensure, Result};
+use anyhow::{anyhow, bail, Result};
 use kilobyte_format::ModelConfig;
 use std::path::PathBuf;
 
@@ -285,7 +285,7 @@ fn train(a: TrainArgs) -> Result<()> {
                         };
                         let holdout = match (a.holdout, &a.dev) {
                             (Some(f), _) => {
-                                ensure!(f > 0.0 && f <= 0.5, "--holdout {f}: must be in (0, 0.5]");
+                                jobs::check_holdout(f)?;
                                 f
                             }
                             (None, None) => jobs::DEFAULT_HOLDOUT,

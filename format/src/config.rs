@@ -122,7 +122,9 @@ impl NgramConfig {
         self.validate_as("ngram_orders", "ngram_buckets")
     }
 
-    /// [`NgramConfig::validate`], naming the header words as given.
+    /// [`NgramConfig::validate`], naming the header words as given. Out
+    /// of line: three callers, and the firmware's code budget (README).
+    #[inline(never)]
     pub fn validate_as(
         &self,
         orders_field: &'static str,
@@ -373,6 +375,11 @@ pub struct BigsConfig {
     pub norm_eps: f32,
     /// Hashed n-gram embeddings added to the token embedding (width d).
     pub ngram: NgramConfig,
+    /// The classifier's n-gram logits: the text's bag of hashed n-grams
+    /// (each occurrence weighing `1 / sqrt(text length)`) times a
+    /// `[n_classes, tables * buckets]` matrix, added to the head's logits.
+    /// A linear n-gram classifier inside the model; off without a classifier.
+    pub head_ngram: NgramConfig,
 }
 
 impl BigsConfig {
@@ -407,12 +414,26 @@ impl BigsConfig {
             heads: BIGS_HEAD_MLM,
             norm_eps: DEFAULT_NORM_EPS,
             ngram: NgramConfig::OFF,
+            head_ngram: NgramConfig::OFF,
         }
     }
 
     /// The same with hashed n-gram embeddings.
     pub const fn with_ngram(mut self, ngram: NgramConfig) -> Self {
         self.ngram = ngram;
+        self
+    }
+
+    /// The same as a classifier of `n_classes` (with the masked-byte head
+    /// too if `mlm`), with the default n-gram logits for that many classes.
+    pub const fn classifier(mut self, n_classes: u32, mlm: bool) -> Self {
+        self.heads = if mlm {
+            BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY
+        } else {
+            BIGS_HEAD_CLASSIFY
+        };
+        self.n_classes = n_classes;
+        self.head_ngram = default_head_ngram(n_classes);
         self
     }
 
@@ -467,7 +488,36 @@ impl BigsConfig {
             ));
         }
         self.ngram.validate()?;
+        self.validate_head_ngram()?;
         check_eps(self.norm_eps)
+    }
+
+    /// Columns of the n-gram logits' matrix: one per row of every order.
+    pub const fn head_ngram_features(&self) -> u64 {
+        self.head_ngram.tables() as u64 * self.head_ngram.buckets as u64
+    }
+
+    fn validate_head_ngram(&self) -> Result<(), FormatError> {
+        let h = self.head_ngram;
+        h.validate_as("head_ngram_orders", "head_ngram_buckets")?;
+        // Whole 32-element blocks per order keep every quantised block
+        // inside one order's columns, so the runtime reads one block per
+        // n-gram and class. One message for the three rules keeps the
+        // firmware's code small.
+        // In u32: orders x buckets <= 7 x 65,535 cannot overflow.
+        let weights = self.n_classes.checked_mul(h.tables() * h.buckets);
+        if h.enabled()
+            && !(self.has_classifier()
+                && h.buckets.is_multiple_of(32)
+                && weights.is_some_and(|w| w <= HEAD_NGRAM_MAX_WEIGHTS))
+        {
+            return Err(bad_config(
+                "head_ngram_buckets",
+                h.buckets,
+                "needs a classification head, a multiple of 32, and n_classes x orders x buckets <= 16777216",
+            ));
+        }
+        Ok(())
     }
 
     /// Total parameter count (f32 elements) of the weights this config needs.
@@ -489,7 +539,7 @@ impl BigsConfig {
         }
         if self.has_classifier() {
             let c = self.n_classes as u64;
-            total += d * d + d + c * d + c;
+            total += d * d + d + c * d + c + c * self.head_ngram_features();
         }
         total
     }
@@ -562,6 +612,7 @@ impl ModelConfig {
                     c.ngram.orders,
                     c.ngram.buckets,
                 ]);
+                w[HEAD_NGRAM_WORDS].copy_from_slice(&[c.head_ngram.orders, c.head_ngram.buckets]);
             }
         }
         w
@@ -572,7 +623,7 @@ impl ModelConfig {
     pub fn from_words(family: ModelFamily, w: &[u32; CONFIG_WORDS]) -> Result<Self, FormatError> {
         let end = match family {
             ModelFamily::Megabyte => LOCAL_NGRAM_WORDS.end,
-            ModelFamily::Bigs => NGRAM_WORDS.end,
+            ModelFamily::Bigs => HEAD_NGRAM_WORDS.end,
         };
         if let Some(i) = w[end..].iter().position(|&x| x != 0) {
             return Err(FormatError::ReservedNotZero {
@@ -612,6 +663,10 @@ impl ModelConfig {
                 heads: w[7],
                 norm_eps: eps,
                 ngram,
+                head_ngram: NgramConfig {
+                    orders: w[HEAD_NGRAM_WORDS.start],
+                    buckets: w[HEAD_NGRAM_WORDS.start + 1],
+                },
             }),
         };
         config.validate()?;
@@ -640,7 +695,7 @@ impl ModelConfig {
         };
         let mut w = [0u32; CONFIG_WORDS];
         for (i, name) in names.iter().enumerate() {
-            // Files from before n-grams lack their two fields: off.
+            // Files from before n-grams lack their fields: off.
             let optional = i >= NGRAM_WORDS.start;
             w[i] = match get(name) {
                 Some(v) => v,
@@ -670,6 +725,42 @@ impl ModelConfig {
 /// of MEGABYTE's local one.
 pub const NGRAM_WORDS: core::ops::Range<usize> = 9..11;
 pub const LOCAL_NGRAM_WORDS: core::ops::Range<usize> = 11..13;
+/// The header words of BiGS's n-gram logits (`BigsConfig::head_ngram`).
+pub const HEAD_NGRAM_WORDS: core::ops::Range<usize> = 11..13;
+
+/// Most weights of the n-gram logits' matrix (64 MiB in f32).
+pub const HEAD_NGRAM_MAX_WEIGHTS: u32 = 1 << 24;
+
+/// Weights the default n-gram logits spend, whatever the classes: 64 KiB
+/// at q8, about 3.5% of the micro model's flash.
+pub const HEAD_NGRAM_DEFAULT_WEIGHTS: u32 = 1 << 16;
+
+/// The n-gram logits a new classifier of `n_classes` gets: orders 2..=5
+/// (a character n-gram baseline's range, order 1 being the bytes the
+/// encoder already sees), rows as [`head_ngram_rows`] gives them: 8,192
+/// per order for two classes, 1,632 for ten.
+pub const fn default_head_ngram(n_classes: u32) -> NgramConfig {
+    let orders = NgramConfig::orders(2, 5, 0).orders;
+    NgramConfig {
+        orders,
+        buckets: head_ngram_rows(n_classes, orders),
+    }
+}
+
+/// Rows per order of `orders` (a bit set) for `n_classes`, as many as
+/// [`HEAD_NGRAM_DEFAULT_WEIGHTS`] allows, a multiple of 32 (at least 32).
+pub const fn head_ngram_rows(n_classes: u32, orders: u32) -> u32 {
+    let per_class = HEAD_NGRAM_DEFAULT_WEIGHTS / if n_classes == 0 { 1 } else { n_classes };
+    let tables = if orders == 0 { 1 } else { orders.count_ones() };
+    let buckets = per_class / tables / 32 * 32;
+    if buckets < 32 {
+        32
+    } else if buckets > NGRAM_MAX_BUCKETS / 32 * 32 {
+        NGRAM_MAX_BUCKETS / 32 * 32
+    } else {
+        buckets
+    }
+}
 
 /// Header word names for MEGABYTE, in order.
 pub const MEGABYTE_FIELDS: [&str; LOCAL_NGRAM_WORDS.end] = [
@@ -689,7 +780,7 @@ pub const MEGABYTE_FIELDS: [&str; LOCAL_NGRAM_WORDS.end] = [
 ];
 
 /// Header word names for BiGS, in order.
-pub const BIGS_FIELDS: [&str; NGRAM_WORDS.end] = [
+pub const BIGS_FIELDS: [&str; HEAD_NGRAM_WORDS.end] = [
     "d_model",
     "d_expand",
     "layers",
@@ -701,6 +792,8 @@ pub const BIGS_FIELDS: [&str; NGRAM_WORDS.end] = [
     "norm_eps_bits",
     "ngram_orders",
     "ngram_buckets",
+    "head_ngram_orders",
+    "head_ngram_buckets",
 ];
 
 fn bad_config(field: &'static str, value: u32, reason: &'static str) -> FormatError {
@@ -829,7 +922,7 @@ mod tests {
         bad[13] = 1;
         assert!(ModelConfig::from_words(ModelFamily::Megabyte, &bad).is_err());
         let mut bad = ModelConfig::Bigs(BigsConfig::MICRO).to_words();
-        bad[11] = 1;
+        bad[HEAD_NGRAM_WORDS.end] = 1;
         assert!(ModelConfig::from_words(ModelFamily::Bigs, &bad).is_err());
         let fields: [(&str, u32); NGRAM_WORDS.end] = {
             let mut f = [("", 0); NGRAM_WORDS.end];
@@ -854,6 +947,54 @@ mod tests {
             without,
             ModelConfig::Bigs(BigsConfig::MICRO.with_ngram(NgramConfig::OFF))
         );
+    }
+
+    #[test]
+    fn head_ngram_logits_validate_and_round_trip() {
+        assert_eq!(default_head_ngram(2), NgramConfig::orders(2, 5, 8192));
+        assert_eq!(default_head_ngram(10).buckets, 1632);
+        assert_eq!(default_head_ngram(65_536).buckets, 32);
+        let c = BigsConfig::MICRO.classifier(2, true);
+        c.validate().unwrap();
+        assert_eq!(c.head_ngram_features(), 4 * 8192);
+        let m = BigsConfig::MICRO.classifier(2, true);
+        let plain = BigsConfig {
+            head_ngram: NgramConfig::OFF,
+            ..m
+        };
+        assert_eq!(m.param_count() - plain.param_count(), 2 * 4 * 8192);
+        let w = ModelConfig::Bigs(c).to_words();
+        assert_eq!(w[HEAD_NGRAM_WORDS], [c.head_ngram.orders, 8192]);
+        assert_eq!(
+            ModelConfig::from_words(ModelFamily::Bigs, &w).unwrap(),
+            ModelConfig::Bigs(c)
+        );
+        let named = |c: BigsConfig| match c.validate() {
+            Err(FormatError::BadConfig { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let with = |h| BigsConfig { head_ngram: h, ..c };
+        assert_eq!(
+            named(with(NgramConfig::orders(2, 3, 40))),
+            "head_ngram_buckets"
+        );
+        assert_eq!(
+            named(with(NgramConfig::orders(1, 3, 64))),
+            "head_ngram_orders"
+        );
+        // Without a classifier the logits have nowhere to go.
+        let mlm_only = BigsConfig {
+            head_ngram: NgramConfig::orders(2, 3, 64),
+            ..BigsConfig::MICRO
+        };
+        assert_eq!(named(mlm_only), "head_ngram_buckets");
+        // The weight limit, whatever the class count.
+        let wide = BigsConfig {
+            n_classes: 65_536,
+            head_ngram: NgramConfig::orders(2, 8, 64),
+            ..c
+        };
+        assert_eq!(named(wide), "head_ngram_buckets");
     }
 
     #[test]

@@ -208,6 +208,10 @@ pub enum TensorId {
     MlmLn(Affine),
     ClsDense(Affine),
     ClsOut(Affine),
+    /// The n-gram logits' matrix `[n_classes, tables * buckets]`
+    /// (`BigsConfig::head_ngram`): column `i * buckets + row` is row `row`
+    /// of the i-th order, ascending.
+    ClsNgram,
     /// A classifier's label names ([`LABELS_TENSOR`]).
     Labels,
 }
@@ -312,6 +316,7 @@ impl TensorId {
             TensorId::MlmLn(a) => ("mlm.ln.", None, "", affine(a)),
             TensorId::ClsDense(a) => ("cls.dense.", None, "", affine(a)),
             TensorId::ClsOut(a) => ("cls.out.", None, "", affine(a)),
+            TensorId::ClsNgram => ("cls.ngram.", None, "", "weight"),
             TensorId::Labels => (LABELS_TENSOR, None, "", ""),
         }
     }
@@ -546,6 +551,11 @@ fn bigs_tensors(c: &BigsConfig, emit: &mut Emit<'_>) -> Result<(), ()> {
     if c.has_classifier() {
         affine_pair(&TensorId::ClsDense, &[d, d], Role::Matrix, emit)?;
         affine_pair(&TensorId::ClsOut, &[c.n_classes, d], Role::Matrix, emit)?;
+        if c.head_ngram.enabled() {
+            // Validation bounds the columns to 16,777,216 / n_classes.
+            let cols = c.head_ngram_features() as u32;
+            emit(TensorId::ClsNgram, &[c.n_classes, cols], Role::Matrix)?;
+        }
     }
     Ok(())
 }
@@ -583,6 +593,7 @@ mod tests {
                     .with_local_ngram(NgramConfig::orders(2, 4, 30)),
             ),
             ModelConfig::Bigs(cls.with_ngram(NgramConfig::orders(2, 8, 7))),
+            ModelConfig::Bigs(BigsConfig::MICRO.classifier(7, false)),
         ] {
             assert_eq!(count_params(&c), c.param_count(), "{c:?}");
         }
@@ -663,6 +674,7 @@ mod tests {
             (TensorId::MlmLn(Affine::Weight), "mlm.ln.weight"),
             (TensorId::ClsDense(Affine::Weight), "cls.dense.weight"),
             (TensorId::ClsOut(Affine::Bias), "cls.out.bias"),
+            (TensorId::ClsNgram, "cls.ngram.weight"),
             (TensorId::Labels, "meta.labels"),
         ] {
             assert_eq!(id.name().as_str(), want);
@@ -677,10 +689,10 @@ mod tests {
     // where it is pure logic and would take minutes.
     #[cfg_attr(miri, ignore)]
     fn tensor_ids_and_names_are_one_to_one() {
-        let mut cls = BigsConfig::MICRO.with_ngram(NgramConfig::orders(2, 8, 7));
+        let mut cls = BigsConfig::MICRO
+            .with_ngram(NgramConfig::orders(2, 8, 7))
+            .classifier(3, true);
         cls.layers = 2;
-        cls.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
-        cls.n_classes = 3;
         let mut mb = MegabyteConfig::MICRO
             .with_ngram(NgramConfig::orders(3, 6, 100))
             .with_local_ngram(NgramConfig::orders(2, 4, 30));

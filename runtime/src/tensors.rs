@@ -9,6 +9,9 @@ use kilobyte_format::schema::{Affine, TensorId};
 use kilobyte_format::ModelFile;
 
 /// A matrix `[rows, ...]`, its trailing dimensions flattened into columns.
+/// Out of line: it has a caller per weight, and the firmware's code budget
+/// (README) has no room for a copy in each.
+#[inline(never)]
 pub(crate) fn matrix<'m>(file: &ModelFile<'m>, id: TensorId) -> Result<Matrix<'m>, RuntimeError> {
     let t = file.get(id.name().as_str())?;
     let dims = t.shape.dims();

@@ -1,7 +1,8 @@
 //! Hashed n-gram embeddings in the trainer: for one embedding (BiGS's token
 //! embedding, MEGABYTE's global or local byte embedding), the parameter
 //! index of each order's table and the table rows of every position of a
-//! batch, computed on the host and uploaded once per step.
+//! batch, computed on the host and uploaded once per step; and a BiGS
+//! classifier's bag of n-grams, the input of its n-gram logits.
 //!
 //! The hash is `kilobyte_format::config::NgramConfig::bucket`, shared with
 //! the runtime; the lookups are the backend's ordinary embedding ops, so
@@ -72,6 +73,19 @@ impl<B: Backend> NgramRows<B> {
     pub fn backward(&self, be: &B, grads: &mut [B::Buf], dout: &B::Buf, rows: usize, width: usize) {
         for (&table, ids) in self.tables.iter().zip(&self.ids) {
             be.embedding_backward(&mut grads[table], dout, ids, rows, width);
+        }
+    }
+}
+
+/// Adds `scale` to the column of every n-gram of `window` in `row`, a row
+/// of the bag the n-gram logits' matrix reads (`BigsConfig::head_ngram`:
+/// column `i * buckets + bucket` for the i-th order). The n-grams start
+/// afresh at the window's first id, as the runtime's do.
+pub fn add_to_bag(config: NgramConfig, window: &[u32], scale: f32, row: &mut [f32]) {
+    let buckets = config.buckets as usize;
+    for t in 0..window.len() {
+        for (i, n) in config.each_order().enumerate() {
+            row[i * buckets + config.bucket(n, t, |j| window[j]) as usize] += scale;
         }
     }
 }

@@ -189,6 +189,9 @@ impl ParamSet {
                     | TensorId::MlmLn(Affine::Weight)
             );
             match spec.role {
+                // A linear classifier needs no symmetry breaking: the
+                // n-gram logits start with no opinion.
+                _ if spec.id == TensorId::ClsNgram => data.fill(0.0),
                 Role::Matrix if bigs && residual_out => normal(fan_in / (2.0 * depth).sqrt()),
                 Role::Matrix if bigs => normal(fan_in),
                 Role::Matrix if residual_out => normal(residual_std),

@@ -193,13 +193,17 @@ fn pretrain_finetune_resume_export_and_run() {
     assert_eq!(filled.trim_end().len(), 8);
 
     // A text longer than T_max = 48 is read whole, in windows of 48 bytes
-    // whose positions are pooled together: two copies of one window read
-    // as that window does, another second window changes the answer, and
-    // a line of a file reads as the same text given as an argument.
+    // whose positions are pooled together: two copies of one window get
+    // that window's class (the head's pooled vector is the same; the
+    // n-gram logits, over sqrt(length), grow with the repeated evidence),
+    // another second window changes the answer, and a line of a file
+    // reads as the same text given as an argument.
     let w = format!("{:<48}", "the plot was great 3");
     let v = format!("{:<48}", "the cast was bad 2, bad 2");
     let one = ok(&["classify", "c.kbm", &w], &dir);
-    assert_eq!(ok(&["classify", "c.kbm", &format!("{w}{w}")], &dir), one);
+    let class = |out: &str| out.split('\t').next().unwrap().to_string();
+    let twice = ok(&["classify", "c.kbm", &format!("{w}{w}")], &dir);
+    assert_eq!(class(&twice), class(&one));
     assert_ne!(ok(&["classify", "c.kbm", &format!("{w}{v}")], &dir), one);
     std::fs::write(dir.join("long.txt"), format!("{w}{v}\n")).unwrap();
     assert_eq!(
@@ -450,9 +454,44 @@ fn a_classifier_gets_the_recipe_defaults() {
         "train.eval_every = 500\n",
         "train.dropout = 0\n",
         "train.mlm_weight = 1\n",
+        // The default n-gram logits for two classes: orders 2..=5
+        // (bits 2-5), 8,192 rows each.
+        "kilobyte.head_ngram_orders = 60\n",
+        "kilobyte.head_ngram_buckets = 8192\n",
     ] {
         assert!(config.contains(line), "{line}: {config}");
     }
+    // The flags set them, or turn them off; the rows are whole blocks.
+    let with = |extra: &[&'static str], run: &'static str| {
+        let mut b = a.clone();
+        b[10] = run;
+        b.extend(extra);
+        b
+    };
+    ok(
+        &with(
+            &["--head-ngram-orders", "3,5", "--head-ngram-buckets", "64"],
+            "h",
+        ),
+        &dir,
+    );
+    let config = std::fs::read_to_string(dir.join("h/config.txt")).unwrap();
+    assert!(
+        config.contains("kilobyte.head_ngram_orders = 40\n"),
+        "{config}"
+    );
+    assert!(
+        config.contains("kilobyte.head_ngram_buckets = 64\n"),
+        "{config}"
+    );
+    ok(&with(&["--head-ngram-orders", "none"], "off"), &dir);
+    let config = std::fs::read_to_string(dir.join("off/config.txt")).unwrap();
+    assert!(
+        config.contains("kilobyte.head_ngram_buckets = 0\n"),
+        "{config}"
+    );
+    let e = fails(&with(&["--head-ngram-buckets", "40"], "bad"), &dir);
+    assert!(e.contains("a multiple of 32"), "{e}");
     std::fs::write(dir.join("text.txt"), "the film was good. ".repeat(200)).unwrap();
     let megabyte = [
         "train",
@@ -468,6 +507,9 @@ fn a_classifier_gets_the_recipe_defaults() {
         "0.1",
     ];
     assert!(fails(&megabyte, &dir).contains("--dropout 0.1: MEGABYTE"));
+    let mut m = megabyte[..7].to_vec();
+    m.extend(["--head-ngram-buckets", "64"]);
+    assert!(fails(&m, &dir).contains("only BiGS classifiers"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

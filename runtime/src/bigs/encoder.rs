@@ -395,12 +395,11 @@ impl<'a, 'm> Encoder<'a, 'm> {
             *v = libm::tanhf(*v);
         }
         let classes = self.model.config.n_classes as usize;
-        linear_rows(
-            &head.out,
-            self.mem.hidden,
-            &mut self.mem.class_logits[..classes],
-            self.mem.scratch,
-        )?;
+        let logits = &mut self.mem.class_logits[..classes];
+        linear_rows(&head.out, self.mem.hidden, logits, self.mem.scratch)?;
+        if let Some(bag) = &self.model.head_ngram {
+            bag.add(text, self.model.config.max_seq as usize, logits)?;
+        }
         Ok(&self.mem.class_logits[..classes])
     }
 

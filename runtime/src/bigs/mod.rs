@@ -18,7 +18,7 @@ pub use encoder::{Classification, Encoder, EncoderLayout};
 use crate::error::RuntimeError;
 use crate::kernels::{Matrix, Weights};
 use crate::megabyte::MAX_LAYERS;
-use crate::ngram::NgramTables;
+use crate::ngram::{NgramLogits, NgramTables};
 use crate::tensors::{matrix, norm, vector};
 use kilobyte_format::dtype::QK;
 use kilobyte_format::schema::{
@@ -103,6 +103,8 @@ pub struct Bigs<'m> {
     pub ln_f_bias: &'m [f32],
     pub mlm: Option<MlmHead<'m>>,
     pub classifier: Option<ClassHead<'m>>,
+    /// The classifier's n-gram logits, if it has them.
+    pub head_ngram: Option<NgramLogits<'m>>,
     /// Label names, newline-separated (`meta.labels`).
     labels: &'m str,
 }
@@ -225,6 +227,7 @@ impl<'m> Bigs<'m> {
             ln_f_bias,
             mlm,
             classifier,
+            head_ngram: NgramLogits::from_file(file, &config)?,
             labels,
         })
     }

@@ -7,7 +7,7 @@ extern crate std;
 use super::*;
 use crate::arena::{Arena, ARENA_ALIGN, ARENA_SLACK};
 use crate::testutil::aligned;
-use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM, BIGS_MASK};
+use kilobyte_format::config::{NgramConfig, BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM, BIGS_MASK};
 use kilobyte_format::writer::KbmWriter;
 use kilobyte_format::{for_each_tensor, AlignedBytes, DType, FormatError, Role};
 use std::collections::BTreeMap;
@@ -16,10 +16,13 @@ use std::string::String;
 use std::vec;
 use std::vec::Vec;
 
+/// Both heads, and n-gram logits of orders 2 and 3 in 32 rows each (rows
+/// repeat within a text, so their weights add up).
 fn tiny() -> BigsConfig {
     let mut c = BigsConfig::preset(32, 64, 2, 4, 2, 24);
     c.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
     c.n_classes = 3;
+    c.head_ngram = NgramConfig::orders(2, 3, 32);
     c
 }
 
@@ -211,7 +214,27 @@ impl Ref {
             .into_iter()
             .map(f64::tanh)
             .collect();
-        self.linear("cls.out", &h)
+        let mut logits = self.linear("cls.out", &h);
+        // The n-gram logits: each n-gram of each chunk (its own start) adds
+        // its column of the matrix, over the square root of the length.
+        let h = self.c.head_ngram;
+        if h.enabled() {
+            let w = self.w("cls.ngram.weight");
+            let features = (h.tables() * h.buckets) as usize;
+            let scale = 1.0 / (text.len() as f64).sqrt();
+            for chunk in text.chunks(self.c.max_seq as usize) {
+                for t in 0..chunk.len() {
+                    for (i, n) in h.each_order().enumerate() {
+                        let col =
+                            i * h.buckets as usize + h.bucket(n, t, |j| chunk[j] as u32) as usize;
+                        for (c, l) in logits.iter_mut().enumerate() {
+                            *l += scale * w[c * features + col];
+                        }
+                    }
+                }
+            }
+        }
+        logits
     }
 
     fn byte_logits(&self, ids: &[u32]) -> Vec<Vec<f64>> {
@@ -346,6 +369,7 @@ fn bad_inputs_are_errors() {
     let mut mlm = config;
     mlm.heads = BIGS_HEAD_MLM;
     mlm.n_classes = 0;
+    mlm.head_ngram = NgramConfig::OFF;
     let mut w = KbmWriter::new(ModelConfig::Bigs(mlm));
     for_each_tensor::<FormatError>(&ModelConfig::Bigs(mlm), |spec| {
         let Some(shape) = spec.shape else {
@@ -401,6 +425,7 @@ fn an_encoder_fits_an_arena_of_exactly_its_layout() {
     const TINY: BigsConfig = BigsConfig {
         heads: BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY,
         n_classes: 3,
+        head_ngram: NgramConfig::orders(2, 3, 32),
         ..BigsConfig::preset(32, 64, 2, 4, 2, 24)
     };
     const N: usize = Bigs::layout(&TINY, 20).bytes();

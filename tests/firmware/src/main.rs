@@ -13,7 +13,6 @@
 use core::ptr::{addr_of, addr_of_mut};
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprint, hprintln};
-use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
 use kilobyte_format::{include_model, BigsConfig, MegabyteConfig, ModelConfig, ModelFile};
 use kilobyte_runtime::{ArenaSpec, Bigs, Megabyte, StaticArena};
 
@@ -22,11 +21,9 @@ static BIGS_KBM: &[u8] = include_model!(env!("KILOBYTE_FW_BIGS"));
 
 /// The shapes the embedded models must have (checked at start-up).
 const MEGABYTE: MegabyteConfig = MegabyteConfig::MICRO;
-const BIGS: BigsConfig = BigsConfig {
-    heads: BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY,
-    n_classes: 2,
-    ..BigsConfig::MICRO
-};
+/// What `kilobyte init --model bigs --labels neg,pos` makes: both heads and
+/// the default n-gram logits for two classes.
+const BIGS: BigsConfig = BigsConfig::MICRO.classifier(2, true);
 const CONTEXT: usize = 512;
 const BIGS_LEN: usize = 128;
 const SPEC: ArenaSpec = ArenaSpec::new(CONTEXT).with_i8_cache();

@@ -26,7 +26,7 @@ use crate::text::{shown, shown_list};
 use crate::train::{self, DataSource, Eval, Job, TrainOptions, TrainReport};
 use crate::with_backend;
 use anyhow::{bail, ensure, Context, Result};
-use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
+use kilobyte_format::config::{self, NgramConfig, BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
 use kilobyte_format::{BigsConfig, ModelConfig};
 use kilobyte_runtime::rng::Rng;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,43 @@ pub struct LabelledFiles {
     pub holdout: f64,
     pub text_column: Column,
     pub label_column: Column,
+    /// The n-gram logits' orders and rows per order when the flags set
+    /// them (0: off); unset, the default for the table's classes.
+    pub head_ngram: HeadNgramChoice,
+}
+
+/// The n-gram logits a user asked for (`--head-ngram-orders`,
+/// `--head-ngram-buckets`); what is not given comes from
+/// `kilobyte_format::config::default_head_ngram` for the classes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HeadNgramChoice {
+    pub orders: Option<u32>,
+    pub buckets: Option<u32>,
+}
+
+impl HeadNgramChoice {
+    /// The choice that resolves to `h` for any class count.
+    pub fn exactly(h: NgramConfig) -> Self {
+        HeadNgramChoice {
+            orders: Some(h.orders),
+            buckets: Some(h.buckets),
+        }
+    }
+
+    pub fn resolve(self, classes: u32) -> NgramConfig {
+        if self.orders == Some(0) || self.buckets == Some(0) {
+            return NgramConfig::OFF;
+        }
+        let orders = self
+            .orders
+            .unwrap_or(config::default_head_ngram(classes).orders);
+        NgramConfig {
+            orders,
+            buckets: self
+                .buckets
+                .unwrap_or(config::head_ngram_rows(classes, orders)),
+        }
+    }
 }
 
 /// The holdout of a classification run given no dev table.
@@ -318,8 +355,10 @@ fn classifier(
     let config = BigsConfig {
         heads,
         n_classes: labels.len() as u32,
+        head_ngram: files.head_ngram.resolve(labels.len() as u32),
         ..encoder
     };
+    config.validate()?;
     let mut params = ParamSet::init(ModelConfig::Bigs(config), opts.seed)?;
     params.labels = labels;
     let mut rc = opts
@@ -808,6 +847,12 @@ fn stored_objective(c: &RunConfig, dir: &Path) -> Result<Objective> {
                 holdout,
                 text_column: col("text_column")?,
                 label_column: col("label_column")?,
+                // The stored classifier's, so that rebuilding it (a run
+                // resumed in pretraining) gives the same model.
+                head_ngram: match c.model {
+                    ModelConfig::Bigs(b) => HeadNgramChoice::exactly(b.head_ngram),
+                    ModelConfig::Megabyte(_) => HeadNgramChoice::exactly(NgramConfig::OFF),
+                },
             })
         }
         Some(other) => bail!("config.txt: unknown BiGS objective {}", shown(other)),
@@ -1095,6 +1140,7 @@ mod tests {
             holdout,
             text_column: Column::Name("sentence".into()),
             label_column: Column::Name("label".into()),
+            head_ngram: HeadNgramChoice::default(),
         };
         let lines = |s: &LabeledSet| s.examples.iter().map(|e| e.line).collect::<Vec<_>>();
         let a = files(0.1).read(1).unwrap();
@@ -1106,6 +1152,44 @@ mod tests {
         assert_ne!(lines(&files(0.1).read(2).unwrap().select), lines(&a.select));
         assert_eq!(files(0.001).read(1).unwrap().select.examples.len(), 1);
         assert!(files(0.0).read(1).is_err(), "no dev and no holdout");
+    }
+
+    #[test]
+    fn the_n_gram_logits_flags_resolve_against_the_classes() {
+        let none = HeadNgramChoice::default();
+        assert_eq!(none.resolve(2), NgramConfig::orders(2, 5, 8192));
+        assert_eq!(none.resolve(10).buckets, 1632);
+        let orders = NgramConfig::orders(2, 8, 0).orders;
+        let wide = HeadNgramChoice {
+            orders: Some(orders),
+            buckets: None,
+        };
+        // Seven orders share the same weights as the default's four.
+        assert_eq!(
+            wide.resolve(2),
+            NgramConfig {
+                orders,
+                buckets: 4672
+            }
+        );
+        let rows = HeadNgramChoice {
+            orders: None,
+            buckets: Some(64),
+        };
+        assert_eq!(rows.resolve(3), NgramConfig::orders(2, 5, 64));
+        for off in [Some(0), None] {
+            let c = HeadNgramChoice {
+                orders: off,
+                buckets: Some(0).filter(|_| off.is_none()),
+            };
+            assert_eq!(c.resolve(2), NgramConfig::OFF);
+        }
+        let h = NgramConfig::orders(3, 4, 96);
+        assert_eq!(HeadNgramChoice::exactly(h).resolve(7), h);
+        assert_eq!(
+            HeadNgramChoice::exactly(NgramConfig::OFF).resolve(7),
+            NgramConfig::OFF
+        );
     }
 
     #[test]

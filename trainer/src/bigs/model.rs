@@ -153,6 +153,8 @@ struct Indices {
     ln_f: Lin,
     mlm: Option<(Lin, Lin)>,
     cls: Option<(Lin, Lin)>,
+    /// The n-gram logits' matrix, if the classifier has one.
+    cls_ngram: Option<usize>,
 }
 
 /// Parameters and their gradients on a backend.
@@ -199,6 +201,11 @@ pub struct Workspace<B: Backend> {
     ct: B::Buf,
     /// Class logits `[batch, classes]`.
     pub class_logits: B::Buf,
+    /// The texts' bags of n-grams `[batch, features]` and the logits the
+    /// n-gram matrix reads from them (`BigsConfig::head_ngram`).
+    bag: B::Buf,
+    bag_logits: B::Buf,
+    host_bag: Vec<f32>,
     // Gradients: the heads', the residual stream's (down the layers), the
     // layers' own (shared) and the embeddings'.
     dlogits: B::Buf,
@@ -390,6 +397,11 @@ impl<B: Backend> BigsModel<B> {
             } else {
                 None
             },
+            cls_ngram: if config.has_classifier() && config.head_ngram.enabled() {
+                Some(find(&meta, TensorId::ClsNgram)?)
+            } else {
+                None
+            },
         };
         Ok(BigsModel {
             config,
@@ -423,6 +435,7 @@ impl<B: Backend> BigsModel<B> {
         );
         let rows = batch * seq;
         let classes = c.n_classes.max(1) as usize;
+        let features = c.head_ngram_features() as usize;
         let buf = |n: usize| be.alloc(n);
         let layers = (0..c.layers)
             .map(|_| LayerActs::new(be, rows, d, e, k, seq))
@@ -457,6 +470,9 @@ impl<B: Backend> BigsModel<B> {
             cp: buf(batch * d)?,
             ct: buf(batch * d)?,
             class_logits: buf(batch * classes)?,
+            bag: buf(batch * features.max(1))?,
+            bag_logits: buf(batch * classes)?,
+            host_bag: vec![0.0; batch * features],
             dlogits: buf(rows * 256)?,
             d_hn: buf(rows * d)?,
             d_hg: buf(rows * d)?,
@@ -634,6 +650,14 @@ impl<B: Backend> BigsModel<B> {
                 logits: &mut ws.class_logits,
             };
             head.forward(be, p, (dense, out), pooled, nb, d, classes);
+            if let Some(w) = self.ix.cls_ngram {
+                let windows = (0..nb).map(|i| {
+                    let text = &batch.ids[i * seq..][..batch.lengths[i] as usize];
+                    (i, text, text.len())
+                });
+                self.write_bags(be, ws, windows, nb)?;
+                add_ngram_logits(be, ws, &self.params[w], &self.config, nb);
+            }
             let ce = be.cross_entropy(
                 &ws.class_logits,
                 &ws.targets,
@@ -723,9 +747,35 @@ impl<B: Backend> BigsModel<B> {
             logits: &mut ws.class_logits,
         };
         head.forward(be, &self.params, head_ix, &ws.pool, texts.len(), d, classes);
+        if let Some(w) = self.ix.cls_ngram {
+            let windows = windows.iter().map(|&(i, w)| (i, w, texts[i].len()));
+            self.write_bags(be, ws, windows, texts.len())?;
+            add_ngram_logits(be, ws, &self.params[w], &self.config, texts.len());
+        }
         let mut logits = be.download_f64(&ws.class_logits)?;
         logits.truncate(texts.len() * classes);
         Ok(logits)
+    }
+
+    /// Writes the bags of n-grams of `nb` texts to `ws.bag` from their
+    /// windows `(text, ids, text length)`: each n-gram of a window adds
+    /// `1 / sqrt(text length)` to its text's row, as the runtime reads it.
+    fn write_bags<'t>(
+        &self,
+        be: &B,
+        ws: &mut Workspace<B>,
+        windows: impl Iterator<Item = (usize, &'t [u32], usize)>,
+        nb: usize,
+    ) -> Result<()> {
+        let h = self.config.head_ngram;
+        let features = self.config.head_ngram_features() as usize;
+        let host = &mut ws.host_bag[..nb * features];
+        host.fill(0.0);
+        for (i, window, len) in windows {
+            let scale = 1.0 / (len as f32).sqrt();
+            crate::ngram::add_to_bag(h, window, scale, &mut host[i * features..][..features]);
+        }
+        be.write(&mut ws.bag, &ws.host_bag)
     }
 
     /// Embeddings, layers and the final norm: `ws.xf`. With `dropout`,
@@ -833,6 +883,18 @@ impl<B: Backend> BigsModel<B> {
         if batch.task.labels().is_some() {
             let (dense, out) = ix.cls.expect("checked in step");
             let classes = c.n_classes as usize;
+            if let Some(w) = ix.cls_ngram {
+                let lin = Linear {
+                    rows: nb,
+                    in_dim: c.head_ngram_features() as usize,
+                    out_dim: classes,
+                };
+                let dw = WeightBias {
+                    weight: &mut g[w],
+                    bias: None,
+                };
+                be.matmul_backward(None, dw, &ws.d_class_logits, &ws.bag, &p[w], lin);
+            }
             be.zero_prefix(&mut ws.d_ct, nb * d);
             let lin = Linear {
                 rows: nb,
@@ -927,6 +989,24 @@ impl<B: Backend> BigsModel<B> {
         ws.ngram.backward(be, g, &ws.d_emb, rows, d);
         be.embedding_backward(&mut g[ix.pos], &ws.d_emb, &ws.pos, rows, d);
     }
+}
+
+/// `class_logits += bag W^T` for the first `nb` texts, `W` the n-gram
+/// logits' matrix `[classes, features]`.
+fn add_ngram_logits<B: Backend>(
+    be: &B,
+    ws: &mut Workspace<B>,
+    w: &B::Buf,
+    c: &BigsConfig,
+    nb: usize,
+) {
+    let lin = Linear {
+        rows: nb,
+        in_dim: c.head_ngram_features() as usize,
+        out_dim: c.n_classes as usize,
+    };
+    be.matmul_forward(&mut ws.bag_logits, &ws.bag, w, None, lin);
+    be.add_assign(&mut ws.class_logits, &ws.bag_logits);
 }
 
 /// The classification head's outputs: `tanh(dense(pooled))` and the

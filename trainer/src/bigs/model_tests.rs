@@ -5,12 +5,14 @@ use kilobyte_format::config::{NgramConfig, BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
 use kilobyte_format::{BigsConfig, ModelConfig};
 use kilobyte_runtime::rng::Rng;
 
-/// Both heads, two SSM kernels, room for padding, and n-grams of orders
-/// 2 and 3 in 5 rows each (rows repeat, so their gradients add up).
+/// Both heads, two SSM kernels, room for padding, n-grams of orders 2 and
+/// 3 in 5 rows each (rows repeat, so their gradients add up), and n-gram
+/// logits of orders 2 and 3 in 32 rows each.
 fn tiny() -> BigsConfig {
     let mut c = BigsConfig::preset(8, 12, 2, 3, 2, 7).with_ngram(NgramConfig::orders(2, 3, 5));
     c.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
     c.n_classes = 3;
+    c.head_ngram = NgramConfig::orders(2, 3, 32);
     c
 }
 
@@ -93,7 +95,12 @@ fn whole_model_gradients_match_finite_differences() {
         for (i, grad) in grads.iter().enumerate() {
             let base = be.download_f64(&model.params[i]).unwrap();
             let n = base.len();
-            for &j in &[0, n / 3, n / 2, n - 1] {
+            // Fixed entries, and the largest gradient: a sparse tensor (the
+            // n-gram logits') may have none at the fixed ones.
+            let largest = (0..n)
+                .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
+                .unwrap_or(0);
+            for &j in &[0, n / 3, n / 2, n - 1, largest] {
                 let mut loss_at = |delta: f64| {
                     let mut v = base.clone();
                     v[j] += delta;

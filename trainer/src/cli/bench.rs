@@ -380,7 +380,6 @@ fn multiplied_params(params: &ParamSet) -> usize {
 /// positions at once).
 fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
     use super::open::Head;
-    use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
     use kilobyte_runtime::Bigs;
     println!(
         "{:<6} {:<5} {:>10} {:>10} {:>10} {:>6} {:>12} {:>12} {:>12} {:>7} {:>8} {:>8}",
@@ -408,8 +407,7 @@ fn bench_bigs(args: &RuntimeArgs, roof: &Roofline) -> Result<()> {
                 preset.name()
             );
         };
-        config.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
-        config.n_classes = 2;
+        config = config.classifier(2, true);
         let n = args.bytes.clamp(1, config.max_seq as usize);
         let params = ParamSet::init(ModelConfig::Bigs(config), 1)?;
         let multiplied = multiplied_params(&params);

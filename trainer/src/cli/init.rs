@@ -4,7 +4,6 @@
 use super::model::{Family, NgramArgs, Preset};
 use crate::params::ParamSet;
 use anyhow::{bail, Context, Result};
-use kilobyte_format::config::{BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
 use kilobyte_format::{DType, ModelConfig};
 use std::path::PathBuf;
 
@@ -48,8 +47,7 @@ pub fn run(args: Args) -> Result<()> {
         Family::Bigs => {
             let mut c = args.preset.bigs();
             if !args.labels.is_empty() {
-                c.heads = BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY;
-                c.n_classes = args.labels.len() as u32;
+                c = c.classifier(args.labels.len() as u32, true);
             }
             args.ngram.apply(&mut c.ngram);
             ModelConfig::Bigs(c)

@@ -284,7 +284,7 @@ impl LocalNgramArgs {
 }
 
 /// Parses `--ngram-orders`: "3-6", "3,5,7" or "none" into a bit set.
-fn parse_ngram_orders(s: &str) -> std::result::Result<u32, String> {
+pub fn parse_ngram_orders(s: &str) -> std::result::Result<u32, String> {
     use kilobyte_format::config::{NGRAM_MAX_ORDER, NGRAM_MIN_ORDER};
     if s == "none" || s == "0" {
         return Ok(0);

@@ -9,7 +9,7 @@ use crate::bigs::jobs::{self, LabelledFiles};
 use crate::data::tsv::Column;
 use crate::family::{self, Start};
 use crate::train::{DataSource, Eval, TrainOptions};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use kilobyte_format::ModelConfig;
 use std::path::PathBuf;
 
@@ -67,6 +67,16 @@ pub struct TrainArgs {
     /// figure is clean [default: 0.1 without --dev, else none]
     #[arg(long)]
     pub holdout: Option<f64>,
+    /// BiGS classify: orders of the n-gram logits, a linear classifier over
+    /// the text's hashed n-grams whose logits add to the head's, as
+    /// --ngram-orders ("none": off) [default: 2-5]
+    #[arg(long, value_parser = super::model::parse_ngram_orders)]
+    pub head_ngram_orders: Option<u32>,
+    /// BiGS classify: rows per order of the n-gram logits, a multiple of 32
+    /// (0: off) [default: 65,536 weights shared by the classes and orders;
+    /// 8,192 for two classes]
+    #[arg(long)]
+    pub head_ngram_buckets: Option<u32>,
     /// BiGS classify: the text column, by header name or 0-based index.
     #[arg(long, default_value = crate::data::tsv::DEFAULT_TEXT_COLUMN)]
     pub text_column: Column,
@@ -270,6 +280,19 @@ fn train(a: TrainArgs) -> Result<()> {
         {
             bail!("--holdout: only BiGS classifiers (--model bigs --objective classify) hold rows out");
         }
+        if (a.head_ngram_orders.is_some() || a.head_ngram_buckets.is_some())
+            && !(model.family() == kilobyte_format::ModelFamily::Bigs
+                && a.objective == Objective::Classify)
+        {
+            bail!("--head-ngram-orders/--head-ngram-buckets: only BiGS classifiers (--model bigs --objective classify) have n-gram logits");
+        }
+        if let Some(n) = a.head_ngram_buckets {
+            let most = kilobyte_format::config::NGRAM_MAX_BUCKETS / 32 * 32;
+            ensure!(
+                n <= most && n.is_multiple_of(32),
+                "--head-ngram-buckets {n}: must be a multiple of 32 (whole quantisation blocks) up to {most}, or 0 for none"
+            );
+        }
         match model {
             ModelConfig::Bigs(config) => {
                 let objective = match a.objective {
@@ -297,6 +320,10 @@ fn train(a: TrainArgs) -> Result<()> {
                             holdout,
                             text_column: a.text_column.clone(),
                             label_column: a.label_column.clone(),
+                            head_ngram: jobs::HeadNgramChoice {
+                                orders: a.head_ngram_orders,
+                                buckets: a.head_ngram_buckets,
+                            },
                         })
                     }
                 };

@@ -150,8 +150,11 @@ fn whole_models_match_the_cpu() {
         assert!(e <= 1e-4, "MEGABYTE d{}: {e:.2e}", meta.name);
     }
 
-    let mut bc = BigsConfig::preset(32, 96, 2, 8, 1, 32).with_ngram(NgramConfig::orders(3, 5, 29));
-    bc.heads = kilobyte_format::config::BIGS_HEAD_MLM;
+    // The joint task: both heads, and the classifier's n-gram logits.
+    let mut bc = BigsConfig::preset(32, 96, 2, 8, 1, 32)
+        .with_ngram(NgramConfig::orders(3, 5, 29))
+        .classifier(3, true);
+    bc.head_ngram = NgramConfig::orders(2, 3, 32);
     let set = ParamSet::init(ModelConfig::Bigs(bc), 4).unwrap();
     let texts: Vec<Vec<u32>> = vec![
         (0..20).map(|i| (i * 7 % 256) as u32).collect(),
@@ -159,7 +162,9 @@ fn whole_models_match_the_cpu() {
     ];
     let batch = BigsBatch::from_sequences(
         &texts,
-        Task::Mlm {
+        Task::Joint {
+            labels: vec![2, 0],
+            mlm_weight: 0.5,
             targets: (0..64).map(|i| (i * 5 % 256) as u32).collect(),
             // Every third real position (sequence 0 is 20 long, padded to 32).
             weights: (0..64)

@@ -26,7 +26,7 @@ use crate::text::{shown, shown_list};
 use crate::train::{self, DataSource, Eval, Job, TrainOptions, TrainReport};
 use crate::with_backend;
 use anyhow::{bail, ensure, Context, Result};
-use kilobyte_format::config::{self, NgramConfig, BIGS_HEAD_CLASSIFY, BIGS_HEAD_MLM};
+use kilobyte_format::config::{self, NgramConfig, BIGS_HEAD_MLM};
 use kilobyte_format::{BigsConfig, ModelConfig};
 use kilobyte_runtime::rng::Rng;
 use std::path::{Path, PathBuf};
@@ -347,16 +347,10 @@ fn classifier(
         files.train.display(),
         labels.len()
     );
-    let heads = if mlm_head {
-        BIGS_HEAD_MLM | BIGS_HEAD_CLASSIFY
-    } else {
-        BIGS_HEAD_CLASSIFY
-    };
+    let classes = labels.len() as u32;
     let config = BigsConfig {
-        heads,
-        n_classes: labels.len() as u32,
-        head_ngram: files.head_ngram.resolve(labels.len() as u32),
-        ..encoder
+        head_ngram: files.head_ngram.resolve(classes),
+        ..encoder.classifier(classes, mlm_head)
     };
     config.validate()?;
     let mut params = ParamSet::init(ModelConfig::Bigs(config), opts.seed)?;

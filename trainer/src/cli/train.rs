@@ -274,16 +274,12 @@ fn train(a: TrainArgs) -> Result<()> {
             step_schedule: a.step_schedule,
         };
         crate::budget::check_here(&model, opts.batch, opts.seq)?;
-        if a.holdout.is_some()
-            && !(model.family() == kilobyte_format::ModelFamily::Bigs
-                && a.objective == Objective::Classify)
-        {
+        let classifier = model.family() == kilobyte_format::ModelFamily::Bigs
+            && a.objective == Objective::Classify;
+        if a.holdout.is_some() && !classifier {
             bail!("--holdout: only BiGS classifiers (--model bigs --objective classify) hold rows out");
         }
-        if (a.head_ngram_orders.is_some() || a.head_ngram_buckets.is_some())
-            && !(model.family() == kilobyte_format::ModelFamily::Bigs
-                && a.objective == Objective::Classify)
-        {
+        if (a.head_ngram_orders.is_some() || a.head_ngram_buckets.is_some()) && !classifier {
             bail!("--head-ngram-orders/--head-ngram-buckets: only BiGS classifiers (--model bigs --objective classify) have n-gram logits");
         }
         if let Some(n) = a.head_ngram_buckets {

@@ -731,14 +731,23 @@ pub const HEAD_NGRAM_WORDS: core::ops::Range<usize> = 11..13;
 /// Most weights of the n-gram logits' matrix (64 MiB in f32).
 pub const HEAD_NGRAM_MAX_WEIGHTS: u32 = 1 << 24;
 
-/// Weights the default n-gram logits spend, whatever the classes: 64 KiB
+/// Weights the default n-gram logits spend for up to eight classes: 64 KiB
 /// at q8, about 3.5% of the micro model's flash.
 pub const HEAD_NGRAM_DEFAULT_WEIGHTS: u32 = 1 << 16;
+
+/// Fewest rows per order the default n-gram logits get, whatever the
+/// classes. Past eight classes the 64 KiB share would leave each order
+/// under 2,048 rows, and there the collisions cost more than the flash
+/// saves: on 24 speakers of tinyshakespeare a logistic regression over
+/// these features fell from 27.7% to 21.1% at 672 rows, and the model
+/// from 30.9% to 26.7% (README, "Many classes"). So a many-class table
+/// pays 8 KiB at q8 per class instead.
+pub const HEAD_NGRAM_MIN_ROWS: u32 = 2048;
 
 /// The n-gram logits a new classifier of `n_classes` gets: orders 2..=5
 /// (a character n-gram baseline's range, order 1 being the bytes the
 /// encoder already sees), rows as [`head_ngram_rows`] gives them: 8,192
-/// per order for two classes, 1,632 for ten.
+/// per order for two classes, 2,048 from eight classes on.
 pub const fn default_head_ngram(n_classes: u32) -> NgramConfig {
     let orders = NgramConfig::orders(2, 5, 0).orders;
     NgramConfig {
@@ -747,16 +756,27 @@ pub const fn default_head_ngram(n_classes: u32) -> NgramConfig {
     }
 }
 
-/// Rows per order of `orders` (a bit set) for `n_classes`, as many as
-/// [`HEAD_NGRAM_DEFAULT_WEIGHTS`] allows, a multiple of 32 (at least 32).
+/// Rows per order of `orders` (a bit set) for `n_classes`: as many as
+/// [`HEAD_NGRAM_DEFAULT_WEIGHTS`] allows, but at least
+/// [`HEAD_NGRAM_MIN_ROWS`], within [`HEAD_NGRAM_MAX_WEIGHTS`] and the
+/// bucket limit; a multiple of 32 (at least 32).
 pub const fn head_ngram_rows(n_classes: u32, orders: u32) -> u32 {
-    let per_class = HEAD_NGRAM_DEFAULT_WEIGHTS / if n_classes == 0 { 1 } else { n_classes };
+    let classes = if n_classes == 0 { 1 } else { n_classes };
     let tables = if orders == 0 { 1 } else { orders.count_ones() };
-    let buckets = per_class / tables / 32 * 32;
+    let mut buckets = HEAD_NGRAM_DEFAULT_WEIGHTS / classes / tables;
+    if buckets < HEAD_NGRAM_MIN_ROWS {
+        buckets = HEAD_NGRAM_MIN_ROWS;
+    }
+    let most = HEAD_NGRAM_MAX_WEIGHTS / classes / tables;
+    if buckets > most {
+        buckets = most;
+    }
+    if buckets > NGRAM_MAX_BUCKETS {
+        buckets = NGRAM_MAX_BUCKETS;
+    }
+    buckets = buckets / 32 * 32;
     if buckets < 32 {
         32
-    } else if buckets > NGRAM_MAX_BUCKETS / 32 * 32 {
-        NGRAM_MAX_BUCKETS / 32 * 32
     } else {
         buckets
     }
@@ -952,8 +972,18 @@ mod tests {
     #[test]
     fn head_ngram_logits_validate_and_round_trip() {
         assert_eq!(default_head_ngram(2), NgramConfig::orders(2, 5, 8192));
-        assert_eq!(default_head_ngram(10).buckets, 1632);
-        assert_eq!(default_head_ngram(65_536).buckets, 32);
+        assert_eq!(default_head_ngram(4).buckets, 4096);
+        assert_eq!(default_head_ngram(8).buckets, 2048);
+        assert_eq!(default_head_ngram(24).buckets, HEAD_NGRAM_MIN_ROWS);
+        // Past what HEAD_NGRAM_MAX_WEIGHTS holds at the floor, the rows shrink.
+        assert_eq!(default_head_ngram(65_536).buckets, 64);
+        assert_eq!(default_head_ngram(1 << 20).buckets, 32);
+        for classes in [2, 3, 8, 10, 24, 100, 2047, 2048, 2049, 65_536] {
+            BigsConfig::MICRO
+                .classifier(classes, true)
+                .validate()
+                .unwrap();
+        }
         let c = BigsConfig::MICRO.classifier(2, true);
         c.validate().unwrap();
         assert_eq!(c.head_ngram_features(), 4 * 8192);

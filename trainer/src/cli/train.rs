@@ -73,8 +73,8 @@ pub struct TrainArgs {
     #[arg(long, value_parser = super::model::parse_ngram_orders)]
     pub head_ngram_orders: Option<u32>,
     /// BiGS classify: rows per order of the n-gram logits, a multiple of 32
-    /// (0: off) [default: 65,536 weights shared by the classes and orders;
-    /// 8,192 for two classes]
+    /// (0: off) [default: 65,536 weights shared by the classes and orders,
+    /// at least 2,048 rows per order; 8,192 for two classes]
     #[arg(long)]
     pub head_ngram_buckets: Option<u32>,
     /// BiGS classify: the text column, by header name or 0-based index.
